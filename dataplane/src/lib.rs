@@ -7,8 +7,14 @@
 //! - [`crypto`]: Ethereum-style publisher signatures and blake3 Merkle batch signatures.
 //! - [`linktag`]: the keyed header tag that authenticates datagrams on a link.
 //! - [`stream`]: stream and stream part names and keys.
+//! - [`relay`]: the sans-I/O relay core one shard runs (time passed in).
+//! - [`counters`]: the closed set of dataplane counters.
+//! - [`config`]: the node's TOML configuration and static links.
 
+pub mod config;
+pub mod counters;
 pub mod crypto;
 pub mod linktag;
+pub mod relay;
 pub mod stream;
 pub mod wire;
