@@ -38,11 +38,15 @@ pub enum Counter {
     DropsNeighborsFull = 27,
     DropsStreamPartsFull = 28,
     DatagramsSendFailed = 29,
+    EventsDropped = 30,
+    ChainsEvicted = 31,
+    DatagramsNoAddress = 32,
+    RecordsRepaired = 33,
 }
 
 impl Counter {
     /// All counters in id order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 34] = [
         Counter::DatagramsReceived,
         Counter::DatagramsMalformed,
         Counter::DatagramsUnknownLink,
@@ -73,6 +77,10 @@ impl Counter {
         Counter::DropsNeighborsFull,
         Counter::DropsStreamPartsFull,
         Counter::DatagramsSendFailed,
+        Counter::EventsDropped,
+        Counter::ChainsEvicted,
+        Counter::DatagramsNoAddress,
+        Counter::RecordsRepaired,
     ];
 
     /// The Prometheus metric name (without the `runnel_` prefix and `_total` suffix).
@@ -108,6 +116,10 @@ impl Counter {
             Counter::DropsNeighborsFull => "drops_neighbors_full",
             Counter::DropsStreamPartsFull => "drops_stream_parts_full",
             Counter::DatagramsSendFailed => "datagrams_send_failed",
+            Counter::EventsDropped => "events_dropped",
+            Counter::ChainsEvicted => "chains_evicted",
+            Counter::DatagramsNoAddress => "datagrams_no_address",
+            Counter::RecordsRepaired => "records_repaired",
         }
     }
 }

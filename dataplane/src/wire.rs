@@ -627,6 +627,20 @@ impl DatagramBuilder {
         Self { buffer, count: 0, capacity }
     }
 
+    /// Builds into a recycled buffer (cleared first), so steady state allocates nothing.
+    pub fn from_buffer(mut buffer: Vec<u8>, capacity: usize) -> Self {
+        assert!((HEADER_LENGTH + 1..=DATAGRAM_LENGTH_MAX).contains(&capacity), "datagram capacity {capacity} out of range");
+        buffer.clear();
+        buffer.reserve(capacity);
+        buffer.resize(HEADER_LENGTH, 0);
+        Self { buffer, count: 0, capacity }
+    }
+
+    /// The finished datagram's buffer (call after [`DatagramBuilder::finish`]).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buffer
+    }
+
     pub fn reset(&mut self) {
         self.buffer.truncate(HEADER_LENGTH);
         self.count = 0;
@@ -670,6 +684,22 @@ impl DatagramBuilder {
 
     pub fn set_count(&mut self, count: u16) {
         self.count = count;
+    }
+
+    /// The publisher of every record packed so far, if they share one (records only).
+    pub fn single_publisher(&self) -> Option<[u8; 20]> {
+        let mut at = HEADER_LENGTH;
+        let mut publisher: Option<[u8; 20]> = None;
+        for _ in 0..self.count {
+            let length = u32::from_le_bytes(self.buffer[at..at + 4].try_into().ok()?) as usize;
+            let this: [u8; 20] = self.buffer[at + 4..at + 24].try_into().ok()?;
+            match publisher {
+                Some(p) if p != this => return None,
+                _ => publisher = Some(this),
+            }
+            at += length;
+        }
+        publisher
     }
 
     /// Pads the datagram with zeros to `length` (for equal-size GSO segments).

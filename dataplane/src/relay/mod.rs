@@ -1,17 +1,46 @@
 //! The relay core: what a shard does with datagrams, without doing any I/O.
 //!
 //! Modeled on quinn-proto: the caller feeds received bytes with [`Relay::handle_receive`],
-//! drains datagrams to send with [`Relay::poll_transmit`], and drives timers with
-//! [`Relay::poll_timeout`] / [`Relay::handle_timeout`]. Time is an argument (`now_us`,
-//! microseconds on any monotonic clock), so a seeded simulation drives thousands of relays
-//! deterministically and the shard runtime drives one per core.
+//! closes the datagrams being packed with [`Relay::flush`] once per receive batch, drains
+//! sends with [`Relay::poll_transmit`], and drives timers with [`Relay::poll_timeout`] /
+//! [`Relay::handle_timeout`]. Time is an argument (`now_us`, microseconds on any monotonic
+//! clock), so a seeded simulation drives many relays deterministically and the shard runtime
+//! drives one per core.
 //!
-//! (Implementation in progress: API is fixed, bodies land next.)
+//! One record's path: the datagram's link, tag and link sequence are checked; each record is
+//! validated in place; a duplicate (per publisher and chain) is dropped before any crypto;
+//! the signature is verified once (policy [`VerifyPolicy`]); the record goes to the repair
+//! ring, is appended to a datagram being packed for every interested neighbor except the
+//! one it came from, and is released in chain order to local subscribers (clients). A gap in a
+//! chain is NAKed to a neighbor after `nak_delay_us` and given up after `nak_retries_max`.
+//!
+//! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
+//! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
+//! reassembly bytes/entries/time, events. Whatever a bound refuses is counted.
 
-use crate::config::{LinkConfig, VerifyPolicy};
-use crate::counters::Counters;
+pub mod chain;
+pub mod reassembly;
+pub mod repair;
+pub mod replay;
+
+use crate::config::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
+use crate::counters::{Counter, Counters};
+use crate::crypto::{SignatureError, VerifyCost, Verifier};
+use crate::linktag::LinkKey;
 use crate::stream::StreamPartKey;
+use crate::wire::{
+    self, Datagram, DatagramBuilder, FragmentHeader, HeaderFields, Kind, NakRange, Record, FLAG_REPAIR,
+    FLAG_SINGLE_PUBLISHER, FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, NAK_RANGE_LENGTH,
+};
+use chain::ChainState;
+use reassembly::{FragmentOutcome, Reassembler};
+use repair::RepairRing;
+use replay::ReplayWindow;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Microseconds on the caller's monotonic clock.
 pub type Micros = u64;
@@ -19,11 +48,68 @@ pub type Micros = u64;
 /// Tunables of one relay (one shard). Every bound is in the name or documented.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// This shard's index; neighbors address stream parts to `peer port + shard_of(key)`.
+    /// This shard's index and the node's shard count.
     pub shard_index: u16,
     pub shards: u16,
+    /// Largest datagram this relay builds (UDP payload bytes).
     pub datagram_length_max: usize,
     pub verify: VerifyPolicy,
+    /// Datagrams waiting to be sent on one link; beyond this they are dropped and counted.
+    pub link_queue_datagrams_max: usize,
+    /// Repair ring of one stream part: bytes and age bounds.
+    pub repair_ring_bytes_max: usize,
+    pub repair_age_max_us: Micros,
+    /// Wait this long after a gap opens before the first NAK (reordering settles).
+    pub nak_delay_us: Micros,
+    /// Between NAK retries (each retry asks the next neighbor).
+    pub nak_interval_us: Micros,
+    /// NAKs per gap before it is given up and counted lost.
+    pub nak_retries_max: u32,
+    /// Records one chain may hold back for ordered delivery.
+    pub reorder_records_max: usize,
+    pub chains_per_stream_part_max: usize,
+    pub stream_parts_max: usize,
+    pub neighbors_per_stream_part_max: usize,
+    pub clients_per_stream_part_max: usize,
+    /// Interest (Subscribe) expires without a refresh within this time.
+    pub interest_timeout_us: Micros,
+    /// How often Subscribe is refreshed to neighbors, and housekeeping runs.
+    pub subscribe_interval_us: Micros,
+    pub reassembly_bytes_max: usize,
+    pub reassembly_entries_max: usize,
+    pub reassembly_timeout_us: Micros,
+    /// Events waiting for the runtime; beyond this they are dropped and counted.
+    pub events_max: usize,
+}
+
+impl RelayConfig {
+    /// Defaults for everything but the shard layout, datagram size and verify policy.
+    pub fn new(shard_index: u16, shards: u16, datagram_length_max: usize, verify: VerifyPolicy) -> Self {
+        assert!(shard_index < shards, "shard index {shard_index} out of {shards}");
+        Self {
+            shard_index,
+            shards,
+            datagram_length_max,
+            verify,
+            link_queue_datagrams_max: 16_384,
+            repair_ring_bytes_max: 32 << 20,
+            repair_age_max_us: 5_000_000,
+            nak_delay_us: 5_000,
+            nak_interval_us: 20_000,
+            nak_retries_max: 8,
+            reorder_records_max: 65_536,
+            chains_per_stream_part_max: 4096,
+            stream_parts_max: 4096,
+            neighbors_per_stream_part_max: 8,
+            clients_per_stream_part_max: 4096,
+            interest_timeout_us: 5_000_000,
+            subscribe_interval_us: 1_000_000,
+            reassembly_bytes_max: 64 << 20,
+            reassembly_entries_max: 256,
+            reassembly_timeout_us: 3_000_000,
+            events_max: 1024,
+        }
+    }
 }
 
 /// One send: `segments` datagrams in the caller's buffer, each `segment_size` bytes except
@@ -43,52 +129,788 @@ pub enum Event {
     SignatureFailure { link_id: u32, publisher: [u8; 20] },
 }
 
+/// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64).
+pub const GSO_SEGMENTS_MAX: usize = 64;
+/// Most bytes in one GSO send (one IP packet's worth of UDP payload).
+pub const GSO_BYTES_MAX: usize = 65_000;
+/// Most datagram buffers kept for reuse.
+const BUFFER_POOL_MAX: usize = 4096;
+/// Most NAK ranges one gap asks for at once.
+const NAK_RANGES_MAX: usize = 16;
+/// Longest range a NAK may ask to resend (bounds the work one NAK causes).
+const NAK_RANGE_SEQUENCES_MAX: u64 = 4096;
+/// Most replay windows one link keeps (one per sending port of the peer).
+const REPLAY_WINDOWS_PER_LINK_MAX: usize = 256;
+
+struct Outgoing {
+    destination: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+struct Link {
+    config: LinkConfig,
+    /// Where a client was last heard from (neighbors use their configured address).
+    client_address: Option<SocketAddr>,
+    replay: FastMap<SocketAddr, ReplayWindow>,
+    send_sequence: u64,
+    outbound: VecDeque<Outgoing>,
+    queue_datagrams_max: usize,
+    /// Datagrams being packed: one per (stream part, header flags).
+    packing: FastMap<(StreamPartKey, u16), DatagramBuilder>,
+}
+
+impl Link {
+    fn destination(&self, part: &StreamPartKey) -> Option<SocketAddr> {
+        match self.config.role {
+            LinkRole::Neighbor => {
+                let mut address = self.config.peer?;
+                address.set_port(address.port() + shard_of(part, self.config.peer_shards));
+                Some(address)
+            }
+            LinkRole::Client => self.client_address,
+        }
+    }
+}
+
+type ChainId = ([u8; 20], u64);
+
+struct StreamPartState {
+    /// Interested neighbor links → interest expiry.
+    neighbors: FastMap<u32, Micros>,
+    /// Subscribed client links → interest expiry.
+    clients: FastMap<u32, Micros>,
+    chains: FastMap<ChainId, ChainState>,
+    repair: RepairRing,
+}
+
 /// A shard's relay state.
 pub struct Relay {
     config: RelayConfig,
     counters: Counters,
+    links: FastMap<u32, Link>,
+    /// Neighbor link ids, for Subscribe refreshes.
+    neighbor_links: Vec<u32>,
+    stream_parts: FastMap<StreamPartKey, StreamPartState>,
+    verifier: Verifier,
+    reassembler: Reassembler,
+    events: VecDeque<Event>,
+    /// Links with datagrams waiting in `outbound`, round-robin.
+    ready: VecDeque<u32>,
+    /// (link, stream part, flags) with a datagram being packed.
+    dirty: Vec<(u32, StreamPartKey, u16)>,
+    /// Chains with an open gap.
+    gapped: FastSet<(StreamPartKey, ChainId)>,
+    buffer_pool: Vec<Vec<u8>>,
+    next_housekeeping_us: Micros,
+    now_us: Micros,
 }
 
 impl Relay {
     pub fn new(config: RelayConfig) -> Self {
-        Self { config, counters: Counters::default() }
+        let reassembler =
+            Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
+        Self {
+            config,
+            counters: Counters::default(),
+            links: FastMap::default(),
+            neighbor_links: Vec::new(),
+            stream_parts: FastMap::default(),
+            verifier: Verifier::default(),
+            reassembler,
+            events: VecDeque::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            gapped: FastSet::default(),
+            buffer_pool: Vec::new(),
+            next_housekeeping_us: 0,
+            now_us: 0,
+        }
     }
 
     pub fn config(&self) -> &RelayConfig {
         &self.config
     }
 
+    /// Does this shard own `part`?
+    pub fn owns(&self, part: &StreamPartKey) -> bool {
+        shard_of(part, self.config.shards) == self.config.shard_index
+    }
+
     /// Adds (or replaces) a link.
-    pub fn add_link(&mut self, _link: &LinkConfig) {}
+    pub fn add_link(&mut self, link: &LinkConfig) {
+        if link.role == LinkRole::Neighbor && !self.neighbor_links.contains(&link.id) {
+            self.neighbor_links.push(link.id);
+        }
+        self.links.insert(
+            link.id,
+            Link {
+                config: link.clone(),
+                client_address: None,
+                replay: FastMap::default(),
+                send_sequence: 0,
+                outbound: VecDeque::new(),
+                queue_datagrams_max: self.config.link_queue_datagrams_max,
+                packing: FastMap::default(),
+            },
+        );
+    }
+
+    /// Removes a link and every interest it held.
+    pub fn remove_link(&mut self, link_id: u32) {
+        self.links.remove(&link_id);
+        self.neighbor_links.retain(|id| *id != link_id);
+        self.ready.retain(|id| *id != link_id);
+        self.dirty.retain(|(id, _, _)| *id != link_id);
+        for state in self.stream_parts.values_mut() {
+            state.neighbors.remove(&link_id);
+            state.clients.remove(&link_id);
+        }
+    }
 
     /// Joins a stream part: this shard carries it and subscribes to it at its neighbors.
-    pub fn join(&mut self, _now_us: Micros, _key: StreamPartKey) {}
+    /// Returns false (counted) when the stream part bound is reached.
+    pub fn join(&mut self, now_us: Micros, part: StreamPartKey) -> bool {
+        self.now_us = self.now_us.max(now_us);
+        if self.stream_parts.contains_key(&part) {
+            return true;
+        }
+        if self.stream_parts.len() >= self.config.stream_parts_max {
+            self.counters.increment(Counter::DropsStreamPartsFull);
+            return false;
+        }
+        self.stream_parts.insert(
+            part,
+            StreamPartState {
+                neighbors: FastMap::default(),
+                clients: FastMap::default(),
+                chains: FastMap::default(),
+                repair: RepairRing::new(self.config.repair_ring_bytes_max, self.config.repair_age_max_us),
+            },
+        );
+        for link_id in self.neighbor_links.clone() {
+            self.send_control(link_id, part, Kind::Subscribe);
+        }
+        true
+    }
+
+    /// Stream parts this shard has joined.
+    pub fn joined(&self) -> impl Iterator<Item = &StreamPartKey> {
+        self.stream_parts.keys()
+    }
 
     /// Feeds one receive buffer: one datagram, or several coalesced by GRO.
-    pub fn handle_receive(&mut self, _now_us: Micros, _from: SocketAddr, _buffer: &[u8]) {
-        self.counters.increment(crate::counters::Counter::DatagramsReceived);
+    pub fn handle_receive(&mut self, now_us: Micros, from: SocketAddr, buffer: &[u8]) {
+        self.now_us = self.now_us.max(now_us);
+        for datagram in wire::split_datagrams(buffer) {
+            self.counters.increment(Counter::DatagramsReceived);
+            match datagram {
+                Ok(datagram) => self.handle_datagram(from, datagram),
+                Err(_) => self.counters.increment(Counter::DatagramsMalformed),
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, from: SocketAddr, datagram: Datagram<'_>) {
+        let link_id = datagram.link_id();
+        let Some(link) = self.links.get_mut(&link_id) else {
+            self.counters.increment(Counter::DatagramsUnknownLink);
+            return;
+        };
+        if !datagram.tag_matches(&link.config.key) {
+            self.counters.increment(Counter::DatagramsBadTag);
+            return;
+        }
+        if !link.replay.contains_key(&from) && link.replay.len() >= REPLAY_WINDOWS_PER_LINK_MAX {
+            link.replay.clear();
+        }
+        if !link.replay.entry(from).or_default().accept(datagram.link_seq()) {
+            self.counters.increment(Counter::DatagramsReplayed);
+            return;
+        }
+        let role = link.config.role;
+        if role == LinkRole::Client {
+            link.client_address = Some(from);
+        }
+        let part = datagram.stream_part_key();
+        match datagram.kind {
+            Kind::Subscribe => {
+                self.counters.increment(Counter::SubscribesReceived);
+                if !self.owns(&part) || !self.join(self.now_us, part) {
+                    self.counters.increment(Counter::DatagramsNotJoined);
+                    return;
+                }
+                let expiry = self.now_us + self.config.interest_timeout_us;
+                let state = self.stream_parts.get_mut(&part).expect("joined above");
+                let (map, max) = match role {
+                    LinkRole::Neighbor => (&mut state.neighbors, self.config.neighbors_per_stream_part_max),
+                    LinkRole::Client => (&mut state.clients, self.config.clients_per_stream_part_max),
+                };
+                if map.len() >= max && !map.contains_key(&link_id) {
+                    self.counters.increment(Counter::DropsNeighborsFull);
+                    return;
+                }
+                map.insert(link_id, expiry);
+            }
+            Kind::Unsubscribe => {
+                if let Some(state) = self.stream_parts.get_mut(&part) {
+                    state.neighbors.remove(&link_id);
+                    state.clients.remove(&link_id);
+                }
+            }
+            Kind::Data => {
+                if !self.accepts_data(&part, role) {
+                    self.counters.increment(Counter::DatagramsNotJoined);
+                    return;
+                }
+                let repair = datagram.flags() & FLAG_REPAIR != 0;
+                for record in datagram.records() {
+                    match record {
+                        Ok(record) => self.handle_record(link_id, part, &record, repair),
+                        Err(_) => {
+                            self.counters.increment(Counter::RecordsMalformed);
+                            break;
+                        }
+                    }
+                }
+            }
+            Kind::Fragment => {
+                if !self.accepts_data(&part, role) {
+                    self.counters.increment(Counter::DatagramsNotJoined);
+                    return;
+                }
+                self.counters.increment(Counter::FragmentsReceived);
+                let Ok((header, slice)) = datagram.fragment() else {
+                    self.counters.increment(Counter::FragmentsDropped);
+                    return;
+                };
+                let chain: ChainId = (header.publisher, header.chain_id.to_native());
+                let sequence = header.sequence.to_native();
+                let state = self.stream_parts.get(&part).expect("accepts_data joined it");
+                if state.chains.get(&chain).is_some_and(|c| c.is_duplicate(sequence)) {
+                    self.counters.increment(Counter::RecordsDuplicate);
+                    return;
+                }
+                let key = (part.0, chain.0, chain.1, sequence);
+                let outcome = self.reassembler.insert(
+                    self.now_us,
+                    key,
+                    header.record_length.to_native(),
+                    header.offset.to_native(),
+                    slice,
+                );
+                match outcome {
+                    FragmentOutcome::Incomplete => {}
+                    FragmentOutcome::Dropped => self.counters.increment(Counter::FragmentsDropped),
+                    FragmentOutcome::Complete(bytes) => {
+                        self.counters.increment(Counter::ReassembliesCompleted);
+                        match Record::parse(&bytes) {
+                            Ok(record)
+                                if record.bytes.len() == bytes.len()
+                                    && record.publisher() == chain.0
+                                    && record.chain_id() == chain.1
+                                    && record.sequence() == sequence =>
+                            {
+                                let repair = datagram.flags() & FLAG_REPAIR != 0;
+                                self.handle_record(link_id, part, &record, repair)
+                            }
+                            _ => self.counters.increment(Counter::RecordsMalformed),
+                        }
+                    }
+                }
+            }
+            Kind::Nak => {
+                self.counters.increment(Counter::NaksReceived);
+                let Ok(ranges) = datagram.nak_ranges() else {
+                    self.counters.increment(Counter::DatagramsMalformed);
+                    return;
+                };
+                let ranges: Vec<NakRange> = ranges
+                    .map(|r| NakRange {
+                        publisher: r.publisher,
+                        chain_id: r.chain_id.to_native(),
+                        first_sequence: r.first_sequence.to_native(),
+                        last_sequence: r.last_sequence.to_native(),
+                    })
+                    .collect();
+                self.answer_nak(link_id, part, &ranges);
+            }
+        }
+    }
+
+    /// Data for `part` is taken if this shard carries it; a client publishing joins it.
+    fn accepts_data(&mut self, part: &StreamPartKey, role: LinkRole) -> bool {
+        if self.stream_parts.contains_key(part) {
+            return true;
+        }
+        role == LinkRole::Client && self.owns(part) && self.join(self.now_us, *part)
+    }
+
+    fn handle_record(&mut self, source_link: u32, part: StreamPartKey, record: &Record<'_>, repair: bool) {
+        let now_us = self.now_us;
+        let chain_id: ChainId = (record.publisher(), record.chain_id());
+        let sequence = record.sequence();
+        let state = self.stream_parts.get_mut(&part).expect("caller checked the stream part is joined");
+        if state.chains.get(&chain_id).is_some_and(|c| c.is_duplicate(sequence)) {
+            self.counters.increment(Counter::RecordsDuplicate);
+            return;
+        }
+        if self.config.verify == VerifyPolicy::All {
+            match self.verifier.verify(&part, record) {
+                Ok(VerifyCost::Ecdsa) => self.counters.increment(Counter::SignaturesEcdsa),
+                Ok(VerifyCost::CachedRoot) => self.counters.increment(Counter::SignaturesCachedRoot),
+                Err(SignatureError::Malformed | SignatureError::WrongSigner) => {
+                    self.counters.increment(Counter::RecordsBadSignature);
+                    if self.events.len() < self.config.events_max {
+                        self.events.push_back(Event::SignatureFailure { link_id: source_link, publisher: chain_id.0 });
+                    } else {
+                        self.counters.increment(Counter::EventsDropped);
+                    }
+                    return;
+                }
+            }
+        }
+        self.counters.increment(Counter::RecordsAccepted);
+        if repair {
+            self.counters.increment(Counter::RecordsRepaired);
+        }
+        // The stream part state again (verify borrowed self).
+        let state = self.stream_parts.get_mut(&part).expect("joined");
+        if !state.chains.contains_key(&chain_id) && state.chains.len() >= self.config.chains_per_stream_part_max {
+            let idle = state.chains.iter().min_by_key(|(_, c)| c.last_activity_us).map(|(id, _)| *id).expect("full");
+            state.chains.remove(&idle);
+            self.gapped.remove(&(part, idle));
+            self.counters.increment(Counter::ChainsEvicted);
+        }
+        state.repair.insert(now_us, (chain_id.0, chain_id.1, sequence), record.bytes);
+
+        // Forward to every interested neighbor but the source: flooding never waits for order.
+        let mut forwarded = 0;
+        for (&link_id, &expiry) in &state.neighbors {
+            if link_id == source_link || expiry < now_us {
+                continue;
+            }
+            if let Some(link) = self.links.get_mut(&link_id) {
+                Self::append(&self.config, &mut self.counters, &mut self.buffer_pool, &mut self.ready, &mut self.dirty, link, part, 0, record.bytes);
+                forwarded += 1;
+            }
+        }
+        self.counters.add(Counter::RecordsForwarded, forwarded);
+
+        // Release in chain order to subscribed clients.
+        let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
+        let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(sequence, now_us));
+        chain.last_activity_us = now_us;
+        let clients = &state.clients;
+        let links = &mut self.links;
+        let (config, counters, pool, ready, dirty) =
+            (&self.config, &mut self.counters, &mut self.buffer_pool, &mut self.ready, &mut self.dirty);
+        let mut delivered_copies = 0u64;
+        let outcome = chain.accept(sequence, record.bytes, ordered, config.reorder_records_max, |bytes| {
+            for (&link_id, &expiry) in clients {
+                if link_id == source_link || expiry < now_us {
+                    continue;
+                }
+                if let Some(link) = links.get_mut(&link_id) {
+                    Self::append(config, counters, pool, ready, dirty, link, part, 0, bytes);
+                    delivered_copies += 1;
+                }
+            }
+        });
+        self.counters.add(Counter::RecordsDelivered, delivered_copies);
+        self.counters.add(Counter::RecordsLost, outcome.lost);
+        self.counters.add(Counter::DropsReorderBufferFull, outcome.reorder_dropped);
+        if chain.has_gap() {
+            if chain.gap.is_none() {
+                chain.gap = Some(chain::Gap { next_nak_us: now_us + self.config.nak_delay_us, naks_sent: 0, source_link });
+            }
+            self.gapped.insert((part, chain_id));
+        }
+    }
+
+    /// Appends `record` to the datagram being packed for (`link`, `part`, `flags`), sealing it
+    /// first if the record does not fit; records larger than a datagram go as fragments.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        config: &RelayConfig,
+        counters: &mut Counters,
+        pool: &mut Vec<Vec<u8>>,
+        ready: &mut VecDeque<u32>,
+        dirty: &mut Vec<(u32, StreamPartKey, u16)>,
+        link: &mut Link,
+        part: StreamPartKey,
+        flags: u16,
+        record: &[u8],
+    ) {
+        let capacity = config.datagram_length_max;
+        if record.len() > capacity - HEADER_LENGTH {
+            Self::send_fragments(config, counters, pool, ready, link, part, flags, record);
+            return;
+        }
+        let key = (part, flags);
+        if let Some(builder) = link.packing.get_mut(&key) {
+            if builder.try_push(record) {
+                return;
+            }
+            // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
+            let mut builder = link.packing.remove(&key).expect("present");
+            builder.pad_to(capacity);
+            Self::seal(counters, ready, link, part, flags, builder);
+        }
+        let mut builder = DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity);
+        let pushed = builder.try_push(record);
+        debug_assert!(pushed, "a record that fits an empty datagram");
+        link.packing.insert(key, builder);
+        dirty.push((link.config.id, part, flags));
+    }
+
+    /// Finishes a datagram (header, link sequence, tag) and queues it on the link.
+    fn seal(
+        counters: &mut Counters,
+        ready: &mut VecDeque<u32>,
+        link: &mut Link,
+        part: StreamPartKey,
+        flags: u16,
+        mut builder: DatagramBuilder,
+    ) {
+        let Some(destination) = link.destination(&part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        // The single-publisher flag lets the XDP filter check publish permission per
+        // datagram; it is set when every record is from one publisher.
+        let single = builder.single_publisher();
+        let fields = HeaderFields {
+            kind: Kind::Data,
+            link_id: link.config.id,
+            link_seq: link.send_sequence,
+            stream_part_key: part.0,
+            flags: flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 },
+            message_count: 0,
+            total_length: 0,
+            publisher: single.unwrap_or([0; 20]),
+        };
+        link.send_sequence += 1;
+        builder.finish(fields, &link.config.key);
+        Self::enqueue(counters, ready, link, destination, builder.into_buffer());
+    }
+
+    fn enqueue(counters: &mut Counters, ready: &mut VecDeque<u32>, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>) {
+        if link.outbound.len() >= link.queue_datagrams_max {
+            counters.increment(Counter::DropsLinkQueueFull);
+            return;
+        }
+        if link.outbound.is_empty() {
+            ready.push_back(link.config.id);
+        }
+        link.outbound.push_back(Outgoing { destination, bytes });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_fragments(
+        config: &RelayConfig,
+        counters: &mut Counters,
+        pool: &mut Vec<Vec<u8>>,
+        ready: &mut VecDeque<u32>,
+        link: &mut Link,
+        part: StreamPartKey,
+        flags: u16,
+        record: &[u8],
+    ) {
+        let Some(destination) = link.destination(&part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let Ok(parsed) = Record::parse(record) else {
+            debug_assert!(false, "only validated records are forwarded");
+            return;
+        };
+        let slice_max = config.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
+        let header = FragmentHeader {
+            publisher: parsed.publisher(),
+            chain_id: parsed.chain_id(),
+            sequence: parsed.sequence(),
+            record_length: record.len() as u32,
+            offset: 0,
+            fragment_length: 0,
+            reserved: 0,
+        };
+        for (index, slice) in record.chunks(slice_max).enumerate() {
+            let mut builder = DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), config.datagram_length_max);
+            wire::encode_fragment(&FragmentHeader { offset: (index * slice_max) as u32, ..header }, slice, builder.body_mut());
+            builder.set_count(1);
+            let fields = HeaderFields {
+                kind: Kind::Fragment,
+                link_id: link.config.id,
+                link_seq: link.send_sequence,
+                stream_part_key: part.0,
+                flags: flags | FLAG_SINGLE_PUBLISHER,
+                message_count: 0,
+                total_length: 0,
+                publisher: header.publisher,
+            };
+            link.send_sequence += 1;
+            builder.finish(fields, &link.config.key);
+            Self::enqueue(counters, ready, link, destination, builder.into_buffer());
+        }
+    }
+
+    /// Sends a bodiless control datagram (Subscribe/Unsubscribe) for `part` on a link.
+    fn send_control(&mut self, link_id: u32, part: StreamPartKey, kind: Kind) {
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        let Some(destination) = link.destination(&part) else {
+            self.counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let mut builder = DatagramBuilder::from_buffer(self.buffer_pool.pop().unwrap_or_default(), HEADER_LENGTH + 1);
+        let fields = HeaderFields {
+            kind,
+            link_id,
+            link_seq: link.send_sequence,
+            stream_part_key: part.0,
+            flags: 0,
+            message_count: 0,
+            total_length: 0,
+            publisher: [0; 20],
+        };
+        link.send_sequence += 1;
+        builder.finish(fields, &link.config.key);
+        Self::enqueue(&mut self.counters, &mut self.ready, link, destination, builder.into_buffer());
+    }
+
+    fn answer_nak(&mut self, link_id: u32, part: StreamPartKey, ranges: &[NakRange]) {
+        let Some(state) = self.stream_parts.get(&part) else { return };
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        for range in ranges {
+            let last = range.last_sequence.min(range.first_sequence.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
+            for sequence in range.first_sequence..=last {
+                match state.repair.get(&(range.publisher, range.chain_id, sequence)) {
+                    Some(record) => {
+                        Self::append(
+                            &self.config,
+                            &mut self.counters,
+                            &mut self.buffer_pool,
+                            &mut self.ready,
+                            &mut self.dirty,
+                            link,
+                            part,
+                            FLAG_REPAIR,
+                            record,
+                        );
+                        self.counters.increment(Counter::RepairsSent);
+                    }
+                    None => self.counters.increment(Counter::RepairMisses),
+                }
+            }
+        }
     }
 
     /// Closes the datagrams being packed so they can be sent: call once per receive batch.
-    pub fn flush(&mut self) {}
+    pub fn flush(&mut self) {
+        for (link_id, part, flags) in std::mem::take(&mut self.dirty) {
+            let Some(link) = self.links.get_mut(&link_id) else { continue };
+            let Some(builder) = link.packing.remove(&(part, flags)) else { continue };
+            Self::seal(&mut self.counters, &mut self.ready, link, part, flags, builder);
+        }
+    }
 
-    /// Writes the next send into `buffer` (cleared first).
-    pub fn poll_transmit(&mut self, _buffer: &mut Vec<u8>) -> Option<Transmit> {
+    /// Writes the next send into `buffer` (cleared first): datagrams of one link to one
+    /// destination, equal-sized but for the last, at most [`GSO_SEGMENTS_MAX`].
+    pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
+        buffer.clear();
+        while let Some(link_id) = self.ready.pop_front() {
+            let Some(link) = self.links.get_mut(&link_id) else { continue };
+            let Some(first) = link.outbound.pop_front() else { continue };
+            let destination = first.destination;
+            let segment_size = first.bytes.len();
+            buffer.extend_from_slice(&first.bytes);
+            self.recycle(first.bytes);
+            let link = self.links.get_mut(&link_id).expect("present");
+            let mut segments = 1;
+            while segments < GSO_SEGMENTS_MAX {
+                let Some(next) = link.outbound.front() else { break };
+                if next.destination != destination
+                    || next.bytes.len() > segment_size
+                    || buffer.len() + next.bytes.len() > GSO_BYTES_MAX
+                {
+                    break;
+                }
+                let last = next.bytes.len() < segment_size;
+                let next = link.outbound.pop_front().expect("front exists");
+                buffer.extend_from_slice(&next.bytes);
+                segments += 1;
+                if self.buffer_pool.len() < BUFFER_POOL_MAX {
+                    self.buffer_pool.push(next.bytes);
+                }
+                if last {
+                    break;
+                }
+            }
+            if !link.outbound.is_empty() {
+                self.ready.push_back(link_id);
+            }
+            self.counters.add(Counter::DatagramsSent, segments as u64);
+            return Some(Transmit { destination, segment_size, segments, length: buffer.len() });
+        }
         None
+    }
+
+    fn recycle(&mut self, bytes: Vec<u8>) {
+        if self.buffer_pool.len() < BUFFER_POOL_MAX {
+            self.buffer_pool.push(bytes);
+        }
     }
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Micros> {
-        None
+        let mut next = self.next_housekeeping_us;
+        for (part, chain_id) in &self.gapped {
+            if let Some(gap) = self.stream_parts.get(part).and_then(|s| s.chains.get(chain_id)).and_then(|c| c.gap) {
+                next = next.min(gap.next_nak_us);
+            }
+        }
+        if let Some(expiry) = self.reassembler.next_expiry_us() {
+            next = next.min(expiry);
+        }
+        Some(next)
     }
 
-    pub fn handle_timeout(&mut self, _now_us: Micros) {}
+    pub fn handle_timeout(&mut self, now_us: Micros) {
+        self.now_us = self.now_us.max(now_us);
+        let now_us = self.now_us;
+        if now_us >= self.next_housekeeping_us {
+            self.next_housekeeping_us = now_us + self.config.subscribe_interval_us;
+            self.housekeeping(now_us);
+        }
+        self.counters.add(Counter::ReassembliesExpired, self.reassembler.expire(now_us) as u64);
+        self.service_gaps(now_us);
+        self.flush();
+    }
+
+    fn housekeeping(&mut self, now_us: Micros) {
+        let parts: Vec<StreamPartKey> = self.stream_parts.keys().copied().collect();
+        for part in parts {
+            for link_id in self.neighbor_links.clone() {
+                self.send_control(link_id, part, Kind::Subscribe);
+            }
+            let state = self.stream_parts.get_mut(&part).expect("listed");
+            state.neighbors.retain(|_, expiry| *expiry >= now_us);
+            state.clients.retain(|_, expiry| *expiry >= now_us);
+            state.repair.evict(now_us);
+        }
+    }
+
+    fn service_gaps(&mut self, now_us: Micros) {
+        let due: Vec<(StreamPartKey, ChainId)> = self
+            .gapped
+            .iter()
+            .filter(|(part, chain_id)| {
+                self.stream_parts
+                    .get(part)
+                    .and_then(|s| s.chains.get(chain_id))
+                    .and_then(|c| c.gap)
+                    .is_none_or(|gap| gap.next_nak_us <= now_us)
+            })
+            .copied()
+            .collect();
+        for (part, chain_id) in due {
+            let Some(state) = self.stream_parts.get_mut(&part) else {
+                self.gapped.remove(&(part, chain_id));
+                continue;
+            };
+            let Some(chain) = state.chains.get_mut(&chain_id) else {
+                self.gapped.remove(&(part, chain_id));
+                continue;
+            };
+            let Some(mut gap) = chain.gap.filter(|_| chain.has_gap()) else {
+                chain.gap = None;
+                self.gapped.remove(&(part, chain_id));
+                continue;
+            };
+            // Ask the neighbor the record beyond the gap came from, then the others in turn.
+            let mut askable: Vec<u32> = state.neighbors.keys().copied().collect();
+            askable.sort_unstable();
+            if let Some(position) = askable.iter().position(|id| *id == gap.source_link) {
+                askable.rotate_left(position);
+            }
+            if gap.naks_sent < self.config.nak_retries_max && !askable.is_empty() {
+                let target = askable[gap.naks_sent as usize % askable.len()];
+                let ranges = chain.missing_ranges(NAK_RANGES_MAX);
+                gap.naks_sent += 1;
+                gap.next_nak_us = now_us + self.config.nak_interval_us;
+                chain.gap = Some(gap);
+                self.send_nak(target, part, chain_id, &ranges);
+                continue;
+            }
+            // Given up: count the missing records lost and release what waits behind them.
+            let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
+            let clients = &state.clients;
+            let links = &mut self.links;
+            let (config, counters, pool, ready, dirty) =
+                (&self.config, &mut self.counters, &mut self.buffer_pool, &mut self.ready, &mut self.dirty);
+            let mut delivered = 0u64;
+            let outcome = chain.give_up_gap(ordered, &mut |bytes: &[u8]| {
+                for (&link_id, &expiry) in clients {
+                    if expiry < now_us {
+                        continue;
+                    }
+                    if let Some(link) = links.get_mut(&link_id) {
+                        Self::append(config, counters, pool, ready, dirty, link, part, 0, bytes);
+                        delivered += 1;
+                    }
+                }
+            });
+            self.counters.add(Counter::RecordsDelivered, delivered);
+            self.counters.add(Counter::RecordsLost, outcome.lost);
+            if chain.has_gap() {
+                chain.gap = Some(chain::Gap { next_nak_us: now_us + self.config.nak_delay_us, naks_sent: 0, source_link: gap.source_link });
+            } else {
+                chain.gap = None;
+                self.gapped.remove(&(part, chain_id));
+            }
+        }
+    }
+
+    fn send_nak(&mut self, link_id: u32, part: StreamPartKey, chain_id: ChainId, ranges: &[(u64, u64)]) {
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        let Some(destination) = link.destination(&part) else {
+            self.counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let capacity = HEADER_LENGTH + NAK_RANGE_LENGTH * ranges.len();
+        let mut builder = DatagramBuilder::from_buffer(self.buffer_pool.pop().unwrap_or_default(), capacity.max(HEADER_LENGTH + 1));
+        for &(first, last) in ranges {
+            wire::encode_nak_range(
+                &NakRange { publisher: chain_id.0, chain_id: chain_id.1, first_sequence: first, last_sequence: last },
+                builder.body_mut(),
+            );
+        }
+        builder.set_count(ranges.len() as u16);
+        let fields = HeaderFields {
+            kind: Kind::Nak,
+            link_id,
+            link_seq: link.send_sequence,
+            stream_part_key: part.0,
+            flags: 0,
+            message_count: 0,
+            total_length: 0,
+            publisher: [0; 20],
+        };
+        link.send_sequence += 1;
+        builder.finish(fields, &link.config.key);
+        self.counters.increment(Counter::NaksSent);
+        Self::enqueue(&mut self.counters, &mut self.ready, link, destination, builder.into_buffer());
+    }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        None
+        self.events.pop_front()
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The link's key, for runtimes that check tags before calling the relay (XDP mirror).
+    pub fn link_key(&self, link_id: u32) -> Option<&LinkKey> {
+        self.links.get(&link_id).map(|l| &l.config.key)
     }
 }
