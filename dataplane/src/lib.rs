@@ -10,7 +10,9 @@
 //! - [`relay`]: the sans-I/O relay core one shard runs (time passed in).
 //! - [`counters`]: the closed set of dataplane counters.
 //! - [`config`]: the node's TOML configuration and static links.
+//! - [`client`]: the publisher/subscriber side of a client link (sans-I/O core + UDP client).
 
+pub mod client;
 pub mod config;
 pub mod counters;
 pub mod crypto;
