@@ -17,6 +17,8 @@ pub mod config;
 pub mod counters;
 pub mod crypto;
 pub mod linktag;
+pub mod node;
 pub mod relay;
+pub mod shard;
 pub mod stream;
 pub mod wire;
