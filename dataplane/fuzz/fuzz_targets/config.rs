@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use runnel_dataplane::config::NodeConfig;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(config) = NodeConfig::parse(text) {
         assert!(config.shards >= 1);
         assert!(config.links.iter().all(|link| link.peer_shards >= 1));

@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(record.bytes.len() <= rest.len());
         let first = verifier.verify(&key, &record);
         let second = verifier.verify(&key, &record);
-        assert_eq!(first.is_ok(), second.is_ok(), "a cached check disagrees with the first check");
+        assert_eq!(
+            first.is_ok(),
+            second.is_ok(),
+            "a cached check disagrees with the first check"
+        );
         rest = &rest[record.bytes.len()..];
     }
 });
