@@ -80,7 +80,7 @@ fn publisher_records_verify_and_chain() {
 fn record_cost(mode: &SigningMode, index: usize) -> runnel_dataplane::crypto::VerifyCost {
     use runnel_dataplane::crypto::VerifyCost;
     match mode {
-        SigningMode::Batch { batch_size_max } if index % batch_size_max != 0 => VerifyCost::CachedRoot,
+        SigningMode::Batch { batch_size_max } if !index.is_multiple_of(*batch_size_max) => VerifyCost::CachedRoot,
         _ => VerifyCost::Ecdsa,
     }
 }
@@ -124,7 +124,7 @@ fn core_packs_fragments_and_delivers() {
         };
         let payload: Vec<u8> = (0..length).map(|_| rng.random()).collect();
         publisher.publish(&Outgoing::binary(1_700_000_000_000 + i, &payload)).unwrap();
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             publisher.flush();
         }
         expected.extend(split_records(publisher.records()));

@@ -37,8 +37,7 @@ use crate::relay::Transmit;
 use crate::stream::StreamPartKey;
 use crate::wire::{
     encode_fragment, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, FragmentHeader, HeaderFields, Kind,
-    Record, FLAG_SINGLE_PUBLISHER, FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, MESSAGE_HEADER_LENGTH,
-    SIGNATURE_LENGTH,
+    Record, FLAG_SINGLE_PUBLISHER, FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -411,8 +410,8 @@ impl ClientCore {
         let publisher = record.publisher();
         if let Some(open) = self.open {
             if open.stream_part_key != *stream_part_key {
-                let same_destination = shard_of(&open.stream_part_key, self.link.node_shards)
-                    == shard_of(stream_part_key, self.link.node_shards);
+                let same_destination =
+                    shard_of(&open.stream_part_key, self.link.node_shards) == shard_of(stream_part_key, self.link.node_shards);
                 self.close_open(same_destination);
             }
         }
@@ -609,7 +608,10 @@ impl ClientCore {
             return;
         }
         let found = self.reassemblies.iter().position(|r| {
-            r.stream_part_key == stream_part_key && r.publisher == header.publisher && r.chain_id == chain_id && r.sequence == sequence
+            r.stream_part_key == stream_part_key
+                && r.publisher == header.publisher
+                && r.chain_id == chain_id
+                && r.sequence == sequence
         });
         let index = match found {
             Some(index) if self.reassemblies[index].record.len() == record_length => index,

@@ -55,7 +55,10 @@ impl ClientLinkConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawClientLink = toml::from_str(text).map_err(|e| ConfigError(format!("invalid TOML: {e}")))?;
         let node: SocketAddr = raw.node.parse().map_err(|_| {
-            ConfigError(format!("node = {:?} is not an address: write the node's listen ip:port, e.g. \"127.0.0.1:7000\"", raw.node))
+            ConfigError(format!(
+                "node = {:?} is not an address: write the node's listen ip:port, e.g. \"127.0.0.1:7000\"",
+                raw.node
+            ))
         })?;
         let node_shards = raw.node_shards.unwrap_or(1);
         if node_shards == 0 || node_shards > SHARDS_MAX {

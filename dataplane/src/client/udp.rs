@@ -268,7 +268,8 @@ impl UdpClient {
         let index = match self.publishers.iter().position(|p| p.stream_part_key() == *key) {
             Some(index) => index,
             None => {
-                let publisher_key = self.options.publisher_key.clone().ok_or_else(|| invalid_input(PublishError::NoPublisherKey))?;
+                let publisher_key =
+                    self.options.publisher_key.clone().ok_or_else(|| invalid_input(PublishError::NoPublisherKey))?;
                 if self.publishers.len() >= PUBLISHERS_MAX {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -359,9 +360,8 @@ impl UdpClient {
             delivered += 1;
             on_delivery(delivery);
         };
-        let wait = self.core.poll_timeout().map_or(timeout, |due| {
-            timeout.min(Duration::from_micros(due.saturating_sub(self.now_us())))
-        });
+        let wait =
+            self.core.poll_timeout().map_or(timeout, |due| timeout.min(Duration::from_micros(due.saturating_sub(self.now_us()))));
         let first = if wait.is_zero() {
             self.recv_nonblocking()
         } else {
