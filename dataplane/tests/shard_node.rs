@@ -164,3 +164,49 @@ fn drop_stops_the_node() {
     assert!(started.elapsed() < Duration::from_secs(2), "stop took {:?}", started.elapsed());
     UdpSocket::bind(addrs[0]).expect("port released after drop");
 }
+
+// Goal: the send path works end to end: joining a stream part makes the owning shard send a
+// Subscribe to the configured neighbor from that shard's own port (io_uring SendMsg), tagged
+// with the link key; the relay's timer (poll_timeout/handle_timeout) then refreshes it.
+#[test]
+fn join_sends_subscribe_from_the_owning_shard_and_refreshes_it() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let neighbor = UdpSocket::bind("127.0.0.1:0").unwrap();
+    neighbor.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let key_hex = "42".repeat(32);
+    let node = loop {
+        let port: u16 = rng.random_range(20_000..60_000);
+        let text = format!(
+            "[node]\nlisten = \"127.0.0.1:{port}\"\nshards = 2\n[[links]]\nid = 5\nkey = \"{key_hex}\"\nrole = \"neighbor\"\npeer = \"{}\"\npeer_shards = 1\n",
+            neighbor.local_addr().unwrap()
+        );
+        match Node::start(NodeConfig::parse(&text).unwrap()) {
+            Ok(node) => break node,
+            Err(NodeError::AddressInUse { .. }) => continue,
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let part = runnel_dataplane::stream::StreamPartKey([rng.random(); 32]);
+    let owner = runnel_dataplane::config::shard_of(&part, 2) as usize;
+    node.join_stream_part(part).unwrap();
+
+    let mut buffer = [0u8; 2048];
+    let started = Instant::now();
+    for round in 0..2 {
+        let (length, from) = neighbor.recv_from(&mut buffer).unwrap_or_else(|e| panic!("subscribe {round} not received: {e}"));
+        assert_eq!(from, node.local_addrs()[owner], "sent from the owning shard's port");
+        let datagram = wire::Datagram::parse(&buffer[..length]).expect("well-formed");
+        assert_eq!(datagram.kind, Kind::Subscribe);
+        assert_eq!(datagram.link_id(), 5);
+        assert_eq!(datagram.stream_part_key(), part);
+        assert!(datagram.tag_matches(&LinkKey([0x42; 32])), "tagged with the link key");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500), "the second Subscribe is a timed refresh");
+    let counters = &node.counters()[owner];
+    assert!(counters.get(Counter::DatagramsSent) >= 2);
+    assert_eq!(counters.get(Counter::DatagramsSendFailed), 0);
+    assert!(node.runtime_counters()[owner].get(RuntimeCounter::SendCompletions) >= 2);
+    assert_eq!(node.runtime_counters()[owner].get(RuntimeCounter::CommandsHandled), 1);
+    assert_eq!(node.runtime_counters()[1 - owner].get(RuntimeCounter::CommandsHandled), 0);
+    node.stop().unwrap();
+}
