@@ -1,0 +1,281 @@
+//! `runnel bench fanout`: one publisher → one server → N subscribers, Runnel against NATS.
+//!
+//! Both systems get the same [`Workload`](crate::workload::Workload): same payload size,
+//! subscriber count, durations, batch size (one flush per [`crate::GSO_SEGMENTS_MAX`]
+//! datagrams' worth of messages, what one GSO send carries) and the same latency rate. Each
+//! server runs as its own child process, measured the same way (see [`crate::process`]).
+//! NATS messages carry no signatures; Runnel's carry per-message or batch signatures
+//! ([`SignatureMode`]), so the comparison favours NATS by that work.
+
+use crate::measure::LatencySummary;
+use crate::nats::NatsServer;
+use crate::workload::{self, SystemResult, Workload};
+use crate::{BenchError, WorkDir};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the Runnel publisher signs its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SignatureMode {
+    /// One secp256k1 signature per message (the default for low rates).
+    #[default]
+    Single,
+    /// One signature per batch over a blake3 Merkle root; each message carries its path.
+    Batch,
+}
+
+impl SignatureMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SignatureMode::Single => "single",
+            SignatureMode::Batch => "batch",
+        }
+    }
+}
+
+impl std::str::FromStr for SignatureMode {
+    type Err = BenchError;
+    fn from_str(text: &str) -> Result<Self, BenchError> {
+        match text {
+            "single" => Ok(SignatureMode::Single),
+            "batch" => Ok(SignatureMode::Batch),
+            other => Err(BenchError::new(format!(
+                "--signatures {other:?}: use single or batch"
+            ))),
+        }
+    }
+}
+
+/// What to run (`runnel bench fanout` flags).
+#[derive(Clone, Debug)]
+pub struct FanoutOptions {
+    /// `--subscribers N`
+    pub subscribers: usize,
+    /// `--size BYTES`: payload length (at least 16).
+    pub payload_length: usize,
+    /// `--duration SECS`: length of the throughput phase.
+    pub duration: Duration,
+    /// `--against nats`: also run the NATS baseline.
+    pub against_nats: bool,
+    /// Run the Runnel side (false only to measure the baseline alone).
+    pub runnel: bool,
+    /// `--signatures single|batch`
+    pub signatures: SignatureMode,
+    /// Length of the paced latency phase.
+    pub latency_duration: Duration,
+    /// Send rate of the latency phase.
+    pub latency_rate_per_s: u64,
+    /// The `nats-server` binary; default: PATH, then /usr/sbin.
+    pub nats_server: Option<PathBuf>,
+    /// The `runnel` binary started as `runnel node --config FILE`; default: this executable.
+    pub runnel_binary: Option<PathBuf>,
+}
+
+impl Default for FanoutOptions {
+    fn default() -> Self {
+        Self {
+            subscribers: 1,
+            payload_length: 64,
+            duration: Duration::from_secs(5),
+            against_nats: true,
+            runnel: true,
+            signatures: SignatureMode::Single,
+            latency_duration: Duration::from_secs(3),
+            latency_rate_per_s: 10_000,
+            nats_server: None,
+            runnel_binary: None,
+        }
+    }
+}
+
+impl FanoutOptions {
+    fn workload(&self) -> Workload {
+        Workload {
+            subscribers: self.subscribers,
+            payload_length: self.payload_length,
+            duration: self.duration,
+            latency_duration: self.latency_duration,
+            latency_rate_per_s: self.latency_rate_per_s,
+            batch_messages: crate::GSO_SEGMENTS_MAX
+                * crate::messages_per_datagram(self.payload_length),
+            samples_max: 100_000,
+        }
+    }
+}
+
+/// Results of one fan-out run.
+#[derive(Clone, Debug)]
+pub struct FanoutReport {
+    pub options: FanoutOptions,
+    pub runnel: Option<SystemResult>,
+    pub nats: Option<SystemResult>,
+}
+
+/// Runs the fan-out benchmark: Runnel first, then NATS, each with its server started and
+/// stopped inside this call.
+pub fn fanout(options: FanoutOptions) -> Result<FanoutReport, BenchError> {
+    if options.subscribers == 0 || options.subscribers > 1000 {
+        return Err(BenchError::new(format!(
+            "--subscribers {}: use 1..=1000",
+            options.subscribers
+        )));
+    }
+    if !options.runnel && !options.against_nats {
+        return Err(BenchError::new(
+            "nothing to run: enable Runnel or --against nats",
+        ));
+    }
+    let workload = options.workload();
+    let runnel = if options.runnel {
+        Some(run_runnel(&options, &workload)?)
+    } else {
+        None
+    };
+    let nats = if options.against_nats {
+        let work_dir = WorkDir::create("fanout-nats")?;
+        let mut server = NatsServer::start(
+            options.nats_server.as_deref(),
+            options.payload_length,
+            &work_dir.0,
+        )?;
+        Some(workload::measure(&mut server, &workload)?)
+    } else {
+        None
+    };
+    Ok(FanoutReport {
+        options,
+        runnel,
+        nats,
+    })
+}
+
+fn run_runnel(_options: &FanoutOptions, _workload: &Workload) -> Result<SystemResult, BenchError> {
+    Err(BenchError::new("the Runnel side needs `runnel node` and the dataplane client, which this build does not have yet"))
+}
+
+/// A table row: label, the value it shows, decimals.
+type TableRow = (&'static str, fn(&SystemResult) -> f64, usize);
+
+fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+        _ => None,
+    }
+}
+
+/// One system's result as JSON.
+pub fn system_json(result: &SystemResult) -> Value {
+    let LatencySummary {
+        samples,
+        p50_us,
+        p99_us,
+        p999_us,
+        max_us,
+    } = result.latency;
+    json!({
+        "delivered_per_s": result.delivered_per_s,
+        "published_per_s": result.published_per_s,
+        "sent": result.sent,
+        "delivered": result.delivered,
+        "delivered_fraction": result.delivered_fraction,
+        "latency_us_p50": p50_us,
+        "latency_us_p99": p99_us,
+        "latency_us_p999": p999_us,
+        "latency_us_max": max_us,
+        "latency_samples": samples,
+        "latency_delivered_fraction": result.latency_delivered_fraction,
+        "cpu_percent": result.cpu_percent,
+        "rss_kib": result.rss_kib,
+        "subscriber_errors": result.subscriber_errors,
+    })
+}
+
+impl FanoutReport {
+    /// Runnel delivered msgs/s over NATS delivered msgs/s, when both ran.
+    pub fn ratio_delivered(&self) -> Option<f64> {
+        ratio(
+            self.runnel.as_ref().map(|r| r.delivered_per_s),
+            self.nats.as_ref().map(|r| r.delivered_per_s),
+        )
+    }
+
+    /// One JSON object: `runnel.delivered_per_s`, `nats.delivered_per_s`, `ratio_delivered`,
+    /// `runnel.latency_us_p99`, `nats.latency_us_p99`, and the rest of each side's numbers.
+    pub fn to_json(&self) -> Value {
+        let o = &self.options;
+        json!({
+            "scenario": "fanout",
+            "subscribers": o.subscribers,
+            "size": o.payload_length,
+            "duration_s": o.duration.as_secs_f64(),
+            "signatures": o.signatures.name(),
+            "latency_rate_per_s": o.latency_rate_per_s,
+            "runnel": self.runnel.as_ref().map(system_json),
+            "nats": self.nats.as_ref().map(system_json),
+            "ratio_delivered": self.ratio_delivered(),
+            "ratio_published": ratio(self.runnel.as_ref().map(|r| r.published_per_s), self.nats.as_ref().map(|r| r.published_per_s)),
+        })
+    }
+
+    /// A table on stdout: one column per system and the Runnel/NATS ratio.
+    pub fn print_table(&self) {
+        print!("{}", self.table());
+    }
+
+    pub fn table(&self) -> String {
+        let o = &self.options;
+        let mut out = format!(
+            "fanout: 1 publisher -> 1 server -> {} subscribers, {} B payload, {:.0} s throughput + {:.0} s at {} msgs/s, signatures {}\n",
+            o.subscribers,
+            o.payload_length,
+            o.duration.as_secs_f64(),
+            o.latency_duration.as_secs_f64(),
+            o.latency_rate_per_s,
+            o.signatures.name()
+        );
+        let rows: [TableRow; 9] = [
+            ("delivered msgs/s", |r| r.delivered_per_s, 0),
+            ("publish msgs/s", |r| r.published_per_s, 0),
+            ("delivered fraction", |r| r.delivered_fraction, 4),
+            ("latency p50 us", |r| r.latency.p50_us, 1),
+            ("latency p99 us", |r| r.latency.p99_us, 1),
+            ("latency max us", |r| r.latency.max_us, 1),
+            (
+                "latency delivered fraction",
+                |r| r.latency_delivered_fraction,
+                4,
+            ),
+            ("server CPU %", |r| r.cpu_percent, 1),
+            ("server RSS MiB", |r| r.rss_kib as f64 / 1024.0, 1),
+        ];
+        out += &format!(
+            "{:<28}{:>16}{:>16}{:>14}\n",
+            "", "runnel", "nats", "runnel/nats"
+        );
+        for (name, value, decimals) in rows {
+            let cell = |result: &Option<SystemResult>| {
+                result
+                    .as_ref()
+                    .map_or("-".to_string(), |r| format!("{:.*}", decimals, value(r)))
+            };
+            let ratio = ratio(
+                self.runnel.as_ref().map(value),
+                self.nats.as_ref().map(value),
+            )
+            .map_or("-".to_string(), |x| format!("{x:.2}"));
+            out += &format!(
+                "{name:<28}{:>16}{:>16}{:>14}\n",
+                cell(&self.runnel),
+                cell(&self.nats),
+                ratio
+            );
+        }
+        for (system, result) in [("runnel", &self.runnel), ("nats", &self.nats)] {
+            for error in result.iter().flat_map(|r| &r.subscriber_errors) {
+                out += &format!("{system}: {error}\n");
+            }
+        }
+        out
+    }
+}
