@@ -106,8 +106,11 @@ fn two_shards_count_garbage_and_stop_cleanly() {
     }
     let expected = |shard: usize| (rounds[shard] * garbage.len()) as u64;
     wait_until("every datagram to be counted", Duration::from_secs(10), || {
-        let runtime = node.runtime_counters();
-        (0..2).all(|shard| runtime[shard].get(RuntimeCounter::ReceiveCompletions) == expected(shard) + rounds[shard] as u64)
+        let (runtime, relay) = (node.runtime_counters(), node.counters());
+        (0..2).all(|shard| {
+            runtime[shard].get(RuntimeCounter::ReceiveCompletions) == expected(shard) + rounds[shard] as u64
+                && relay[shard].get(Counter::DatagramsMalformed) >= expected(shard)
+        })
     });
     // The relay sees every non-empty datagram as received and malformed; nothing else moves.
     for (shard, counters) in node.counters().iter().enumerate() {
@@ -201,11 +204,14 @@ fn join_sends_subscribe_from_the_owning_shard_and_refreshes_it() {
         assert_eq!(datagram.stream_part_key(), part);
         assert!(datagram.tag_matches(&LinkKey([0x42; 32])), "tagged with the link key");
     }
-    assert!(started.elapsed() >= Duration::from_millis(500), "the second Subscribe is a timed refresh");
-    let counters = &node.counters()[owner];
-    assert!(counters.get(Counter::DatagramsSent) >= 2);
-    assert_eq!(counters.get(Counter::DatagramsSendFailed), 0);
-    assert!(node.runtime_counters()[owner].get(RuntimeCounter::SendCompletions) >= 2);
+    // `join` sends one Subscribe per neighbor; only the relay's housekeeping timer (driven by
+    // poll_timeout/handle_timeout, every subscribe_interval_us = 1 s) sends the second.
+    assert!(started.elapsed() < Duration::from_secs(3), "the refresh came late: {:?}", started.elapsed());
+    // Counters are published once per shard loop turn, so they may trail the wire briefly.
+    wait_until("send counters", Duration::from_secs(5), || {
+        node.counters()[owner].get(Counter::DatagramsSent) >= 2 && node.runtime_counters()[owner].get(RuntimeCounter::SendCompletions) >= 2
+    });
+    assert_eq!(node.counters()[owner].get(Counter::DatagramsSendFailed), 0);
     assert_eq!(node.runtime_counters()[owner].get(RuntimeCounter::CommandsHandled), 1);
     assert_eq!(node.runtime_counters()[1 - owner].get(RuntimeCounter::CommandsHandled), 0);
     node.stop().unwrap();
