@@ -827,6 +827,51 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
     for script in scripts {
         seeds.push(("relay", script));
     }
+
+    // client_link: a full link file and one relying on the default datagram size.
+    let link_file = format!(
+        "node = \"127.0.0.1:7000\"\nnode_shards = 2\nlink_id = {CLIENT_LINK_ID}\nkey = \"{}\"\n",
+        hex::encode(client_key.0)
+    );
+    let link = runnel_dataplane::client::ClientLinkConfig::parse(&link_file)
+        .expect("seed link file parses");
+    seeds.push(("client_link", link_file.into_bytes()));
+    seeds.push(("client_link", link.to_toml().into_bytes()));
+
+    // client: node traffic on link 7, in the format of dataplane/fuzz/fuzz_targets/client.rs.
+    let chunk =
+        |bytes: &[u8]| -> Vec<u8> { [&(bytes.len() as u16).to_le_bytes()[..], bytes].concat() };
+    const CLIENT_VERIFY: u8 = 1;
+    const CLIENT_REWRITE_TAGS: u8 = 2;
+    seeds.push((
+        "client",
+        [
+            vec![CLIENT_VERIFY],
+            chunk(&encodings.data_datagram),
+            chunk(&batch_datagram),
+            chunk(&repair),
+        ]
+        .concat(),
+    ));
+    seeds.push((
+        "client",
+        [
+            vec![CLIENT_VERIFY | CLIENT_REWRITE_TAGS],
+            chunk(&fragments[0]),
+            chunk(&fragments[1]),
+            chunk(&coalesced),
+        ]
+        .concat(),
+    ));
+    seeds.push((
+        "client",
+        [
+            vec![0],
+            chunk(&repair_gap(&batch_datagram, &link_key)),
+            chunk(&encodings.data_datagram),
+        ]
+        .concat(),
+    ));
     seeds
 }
 
@@ -865,7 +910,14 @@ fn repair_gap(batch_datagram: &[u8], key: &LinkKey) -> Vec<u8> {
 fn fuzz_seed_corpora() {
     let (_, encodings) = build_vectors();
     let seeds = fuzz_seeds(&encodings);
-    for target in ["datagram", "record", "config", "relay"] {
+    for target in [
+        "datagram",
+        "record",
+        "config",
+        "relay",
+        "client_link",
+        "client",
+    ] {
         assert!(
             seeds.iter().any(|(t, _)| *t == target),
             "no seed for fuzz target {target}"
