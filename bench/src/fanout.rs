@@ -9,6 +9,7 @@
 
 use crate::measure::LatencySummary;
 use crate::nats::NatsServer;
+use crate::runnel::RunnelNodes;
 use crate::workload::{self, SystemResult, Workload};
 use crate::{BenchError, WorkDir};
 use serde_json::{json, Value};
@@ -150,8 +151,29 @@ pub fn fanout(options: FanoutOptions) -> Result<FanoutReport, BenchError> {
     })
 }
 
-fn run_runnel(_options: &FanoutOptions, _workload: &Workload) -> Result<SystemResult, BenchError> {
-    Err(BenchError::new("the Runnel side needs `runnel node` and the dataplane client, which this build does not have yet"))
+fn run_runnel(options: &FanoutOptions, workload: &Workload) -> Result<SystemResult, BenchError> {
+    let binary = runnel_binary(options.runnel_binary.as_deref())?;
+    let work_dir = WorkDir::create("fanout-runnel")?;
+    let mut nodes = RunnelNodes::start(
+        &binary,
+        1,
+        options.subscribers,
+        options.signatures,
+        &work_dir.0,
+    )?;
+    workload::measure(&mut nodes, workload)
+}
+
+/// The `runnel` binary to start nodes with: the one given, else this executable.
+pub fn runnel_binary(explicit: Option<&std::path::Path>) -> Result<PathBuf, BenchError> {
+    match explicit {
+        Some(path) => Ok(path.to_path_buf()),
+        None => std::env::current_exe().map_err(|e| {
+            BenchError::new(format!(
+                "cannot find this executable to start nodes with: {e}"
+            ))
+        }),
+    }
 }
 
 /// A table row: label, the value it shows, decimals.

@@ -30,10 +30,13 @@ pub mod fanout;
 pub mod measure;
 pub mod nats;
 pub mod process;
+pub mod relay_chain;
+pub mod runnel;
 pub mod udp_ceiling;
 pub mod workload;
 
 pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
+pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
 
 use runnel_dataplane::wire::{

@@ -4,11 +4,15 @@
 //! ```text
 //! runnel-bench fanout --subscribers N --size BYTES --duration SECS [--against nats]
 //!              [--signatures single|batch] [--only-nats] [--latency-duration SECS]
+//!              [--latency-rate MSGS_PER_S]
 //!              [--runnel-binary PATH] [--nats-server PATH] [--json]
+//! runnel-bench relay-chain [--size BYTES] [--duration SECS] [--signatures single|batch]
+//!              [--runnel-binary PATH] [--json]
 //! runnel-bench udp-ceiling [--duration SECS] [--json]
+//! runnel-bench node --config FILE    # the node child the benchmarks start (= `runnel node`)
 //! ```
 
-use runnel_bench::{BenchError, FanoutOptions, UdpCeilingOptions};
+use runnel_bench::{BenchError, FanoutOptions, RelayChainOptions, UdpCeilingOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,7 +40,7 @@ fn seconds(text: &str, flag: &str) -> Result<Duration, BenchError> {
 }
 
 fn run(args: &[String]) -> Result<(), BenchError> {
-    let usage = "usage: runnel-bench fanout|udp-ceiling [flags] (see the source's doc comment)";
+    let usage = "usage: runnel-bench fanout|relay-chain|udp-ceiling|node [flags] (see the source's doc comment)";
     let (command, rest) = args.split_first().ok_or_else(|| BenchError::new(usage))?;
     let mut json = false;
     let mut iter = rest.iter();
@@ -63,6 +67,9 @@ fn run(args: &[String]) -> Result<(), BenchError> {
                         }
                     },
                     "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
+                    "--latency-rate" => {
+                        options.latency_rate_per_s = number(value(&mut iter, flag)?, flag)?
+                    }
                     "--only-nats" => {
                         options.runnel = false;
                         options.against_nats = true;
@@ -84,6 +91,34 @@ fn run(args: &[String]) -> Result<(), BenchError> {
                 report.print_table();
             }
         }
+        "relay-chain" => {
+            let mut options = RelayChainOptions::default();
+            while let Some(flag) = iter.next() {
+                match flag.as_str() {
+                    "--size" => options.payload_length = number(value(&mut iter, flag)?, flag)?,
+                    "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
+                    "--latency-duration" => {
+                        options.latency_duration = seconds(value(&mut iter, flag)?, flag)?
+                    }
+                    "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
+                    "--runnel-binary" => {
+                        options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?))
+                    }
+                    "--json" => json = true,
+                    other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
+                }
+            }
+            let report = runnel_bench::relay_chain(options)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_table();
+            }
+        }
+        "node" => match (iter.next().map(String::as_str), iter.next()) {
+            (Some("--config"), Some(path)) => runnel_bench::runnel::serve_node(path.as_ref())?,
+            _ => return Err(BenchError::new("usage: runnel-bench node --config FILE")),
+        },
         "udp-ceiling" => {
             let mut options = UdpCeilingOptions::default();
             while let Some(flag) = iter.next() {
