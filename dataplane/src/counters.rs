@@ -42,11 +42,12 @@ pub enum Counter {
     ChainsEvicted = 31,
     DatagramsNoAddress = 32,
     RecordsRepaired = 33,
+    TailProbesSent = 34,
 }
 
 impl Counter {
     /// All counters in id order.
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 35] = [
         Counter::DatagramsReceived,
         Counter::DatagramsMalformed,
         Counter::DatagramsUnknownLink,
@@ -81,6 +82,7 @@ impl Counter {
         Counter::ChainsEvicted,
         Counter::DatagramsNoAddress,
         Counter::RecordsRepaired,
+        Counter::TailProbesSent,
     ];
 
     /// The Prometheus metric name (without the `runnel_` prefix and `_total` suffix).
@@ -120,6 +122,7 @@ impl Counter {
             Counter::ChainsEvicted => "chains_evicted",
             Counter::DatagramsNoAddress => "datagrams_no_address",
             Counter::RecordsRepaired => "records_repaired",
+            Counter::TailProbesSent => "tail_probes_sent",
         }
     }
 }

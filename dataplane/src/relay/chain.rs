@@ -14,6 +14,12 @@
 
 use std::collections::BTreeMap;
 
+/// When a chain is first seen at a sequence that has a predecessor, the relay starts this
+/// many sequences earlier, so records that were merely reordered (or are still in a
+/// neighbor's repair ring) are recovered and delivered in order instead of being taken for
+/// duplicates. A late joiner therefore gets a short history, or waits one NAK cycle.
+pub const CHAIN_START_LOOKBACK: u64 = 256;
+
 /// Sequences tracked above the delivery point.
 pub const DEDUP_WINDOW: u64 = 8192;
 const WORDS: usize = (DEDUP_WINDOW / 64) as usize;
@@ -21,6 +27,9 @@ const WORDS: usize = (DEDUP_WINDOW / 64) as usize;
 /// An open gap: when we noticed it and how NAKs for it are going.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gap {
+    /// The first missing sequence when the NAKs below were counted: a new first hole
+    /// starts its own retry count.
+    pub first_missing: u64,
     pub next_nak_us: u64,
     pub naks_sent: u32,
     /// The link that delivered the record beyond the gap: first one to ask.
@@ -36,6 +45,10 @@ pub struct ChainState {
     buffered: BTreeMap<u64, Box<[u8]>>,
     pub gap: Option<Gap>,
     pub last_activity_us: u64,
+    /// When to resend the chain's newest record to neighbors if nothing newer arrives
+    /// (tail-loss probe), and how many probes were sent for it.
+    pub tail_probe_due_us: Option<u64>,
+    pub tail_probes_sent: u32,
 }
 
 /// What happened to an accepted record, for counters.
@@ -55,6 +68,8 @@ impl ChainState {
             buffered: BTreeMap::new(),
             gap: None,
             last_activity_us: now_us,
+            tail_probe_due_us: None,
+            tail_probes_sent: 0,
         }
     }
 
@@ -205,6 +220,11 @@ impl ChainState {
             ranges.push((first, sequence - 1));
         }
         ranges
+    }
+
+    /// Highest sequence seen (or, before anything is seen, the one before the start).
+    pub fn newest_sequence(&self) -> Option<u64> {
+        self.top.checked_sub(1)
     }
 
     pub fn has_gap(&self) -> bool {

@@ -80,6 +80,11 @@ pub struct RelayConfig {
     pub reassembly_timeout_us: Micros,
     /// Events waiting for the runtime; beyond this they are dropped and counted.
     pub events_max: usize,
+    /// A chain idle this long has its newest record resent to neighbors (flagged repair),
+    /// so a lost tail is noticed: the probe either fills it or reveals the gap.
+    pub tail_probe_us: Micros,
+    /// Probes per idle chain (spaced by doubling intervals).
+    pub tail_probes_max: u32,
 }
 
 impl RelayConfig {
@@ -108,6 +113,8 @@ impl RelayConfig {
             reassembly_entries_max: 256,
             reassembly_timeout_us: 3_000_000,
             events_max: 1024,
+            tail_probe_us: 30_000,
+            tail_probes_max: 2,
         }
     }
 }
@@ -200,6 +207,8 @@ pub struct Relay {
     dirty: Vec<(u32, StreamPartKey, u16)>,
     /// Chains with an open gap.
     gapped: FastSet<(StreamPartKey, ChainId)>,
+    /// Chains with a pending tail probe.
+    probing: FastSet<(StreamPartKey, ChainId)>,
     buffer_pool: Vec<Vec<u8>>,
     next_housekeeping_us: Micros,
     now_us: Micros,
@@ -221,6 +230,7 @@ impl Relay {
             ready: VecDeque::new(),
             dirty: Vec::new(),
             gapped: FastSet::default(),
+            probing: FastSet::default(),
             buffer_pool: Vec::new(),
             next_housekeeping_us: 0,
             now_us: 0,
@@ -479,6 +489,7 @@ impl Relay {
             let idle = state.chains.iter().min_by_key(|(_, c)| c.last_activity_us).map(|(id, _)| *id).expect("full");
             state.chains.remove(&idle);
             self.gapped.remove(&(part, idle));
+            self.probing.remove(&(part, idle));
             self.counters.increment(Counter::ChainsEvicted);
         }
         state.repair.insert(now_us, (chain_id.0, chain_id.1, sequence), record.bytes);
@@ -498,8 +509,14 @@ impl Relay {
 
         // Release in chain order to subscribed clients.
         let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
-        let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(sequence, now_us));
+        let start = if record.previous().is_some() { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
+        let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(start, now_us));
         chain.last_activity_us = now_us;
+        if chain.newest_sequence().is_none_or(|newest| sequence >= newest) {
+            chain.tail_probe_due_us = Some(now_us + self.config.tail_probe_us);
+            chain.tail_probes_sent = 0;
+            self.probing.insert((part, chain_id));
+        }
         let clients = &state.clients;
         let links = &mut self.links;
         let (config, counters, pool, ready, dirty) =
@@ -521,7 +538,8 @@ impl Relay {
         self.counters.add(Counter::DropsReorderBufferFull, outcome.reorder_dropped);
         if chain.has_gap() {
             if chain.gap.is_none() {
-                chain.gap = Some(chain::Gap { next_nak_us: now_us + self.config.nak_delay_us, naks_sent: 0, source_link });
+                let first_missing = chain.next_sequence();
+                chain.gap = Some(chain::Gap { first_missing, next_nak_us: now_us + self.config.nak_delay_us, naks_sent: 0, source_link });
             }
             self.gapped.insert((part, chain_id));
         }
@@ -768,6 +786,11 @@ impl Relay {
                 next = next.min(gap.next_nak_us);
             }
         }
+        for (part, chain_id) in &self.probing {
+            if let Some(due) = self.stream_parts.get(part).and_then(|s| s.chains.get(chain_id)).and_then(|c| c.tail_probe_due_us) {
+                next = next.min(due);
+            }
+        }
         if let Some(expiry) = self.reassembler.next_expiry_us() {
             next = next.min(expiry);
         }
@@ -783,7 +806,61 @@ impl Relay {
         }
         self.counters.add(Counter::ReassembliesExpired, self.reassembler.expire(now_us) as u64);
         self.service_gaps(now_us);
+        self.service_tail_probes(now_us);
         self.flush();
+    }
+
+    fn service_tail_probes(&mut self, now_us: Micros) {
+        let due: Vec<(StreamPartKey, ChainId)> = self
+            .probing
+            .iter()
+            .filter(|(part, chain_id)| {
+                self.stream_parts
+                    .get(part)
+                    .and_then(|s| s.chains.get(chain_id))
+                    .and_then(|c| c.tail_probe_due_us)
+                    .is_none_or(|due| due <= now_us)
+            })
+            .copied()
+            .collect();
+        for (part, chain_id) in due {
+            let Some(state) = self.stream_parts.get_mut(&part) else {
+                self.probing.remove(&(part, chain_id));
+                continue;
+            };
+            let Some(chain) = state.chains.get_mut(&chain_id) else {
+                self.probing.remove(&(part, chain_id));
+                continue;
+            };
+            let newest = chain.newest_sequence();
+            chain.tail_probes_sent += 1;
+            if chain.tail_probes_sent >= self.config.tail_probes_max {
+                chain.tail_probe_due_us = None;
+                self.probing.remove(&(part, chain_id));
+            } else {
+                chain.tail_probe_due_us = Some(now_us + (self.config.tail_probe_us << chain.tail_probes_sent));
+            }
+            let Some(record) = newest.and_then(|n| state.repair.get(&(chain_id.0, chain_id.1, n))) else { continue };
+            for (&link_id, &expiry) in &state.neighbors {
+                if expiry < now_us {
+                    continue;
+                }
+                if let Some(link) = self.links.get_mut(&link_id) {
+                    Self::append(
+                        &self.config,
+                        &mut self.counters,
+                        &mut self.buffer_pool,
+                        &mut self.ready,
+                        &mut self.dirty,
+                        link,
+                        part,
+                        FLAG_REPAIR,
+                        record,
+                    );
+                    self.counters.increment(Counter::TailProbesSent);
+                }
+            }
+        }
     }
 
     fn housekeeping(&mut self, now_us: Micros) {
@@ -832,9 +909,16 @@ impl Relay {
             if let Some(position) = askable.iter().position(|id| *id == gap.source_link) {
                 askable.rotate_left(position);
             }
+            let ranges = chain.missing_ranges(NAK_RANGES_MAX);
+            if let Some(&(first_missing, _)) = ranges.first() {
+                if first_missing != gap.first_missing {
+                    // The hole we were asking for is filled; a newer one gets its own retries.
+                    gap.first_missing = first_missing;
+                    gap.naks_sent = 0;
+                }
+            }
             if gap.naks_sent < self.config.nak_retries_max && !askable.is_empty() {
                 let target = askable[gap.naks_sent as usize % askable.len()];
-                let ranges = chain.missing_ranges(NAK_RANGES_MAX);
                 gap.naks_sent += 1;
                 gap.next_nak_us = now_us + self.config.nak_interval_us;
                 chain.gap = Some(gap);
@@ -862,7 +946,12 @@ impl Relay {
             self.counters.add(Counter::RecordsDelivered, delivered);
             self.counters.add(Counter::RecordsLost, outcome.lost);
             if chain.has_gap() {
-                chain.gap = Some(chain::Gap { next_nak_us: now_us + self.config.nak_delay_us, naks_sent: 0, source_link: gap.source_link });
+                chain.gap = Some(chain::Gap {
+                    first_missing: chain.next_sequence(),
+                    next_nak_us: now_us + self.config.nak_delay_us,
+                    naks_sent: 0,
+                    source_link: gap.source_link,
+                });
             } else {
                 chain.gap = None;
                 self.gapped.remove(&(part, chain_id));
