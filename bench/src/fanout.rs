@@ -41,9 +41,7 @@ impl std::str::FromStr for SignatureMode {
         match text {
             "single" => Ok(SignatureMode::Single),
             "batch" => Ok(SignatureMode::Batch),
-            other => Err(BenchError::new(format!(
-                "--signatures {other:?}: use single or batch"
-            ))),
+            other => Err(BenchError::new(format!("--signatures {other:?}: use single or batch"))),
         }
     }
 }
@@ -98,8 +96,7 @@ impl FanoutOptions {
             duration: self.duration,
             latency_duration: self.latency_duration,
             latency_rate_per_s: self.latency_rate_per_s,
-            batch_messages: crate::GSO_SEGMENTS_MAX
-                * crate::messages_per_datagram(self.payload_length),
+            batch_messages: crate::GSO_SEGMENTS_MAX * crate::messages_per_datagram(self.payload_length),
             samples_max: 100_000,
         }
     }
@@ -117,50 +114,27 @@ pub struct FanoutReport {
 /// stopped inside this call.
 pub fn fanout(options: FanoutOptions) -> Result<FanoutReport, BenchError> {
     if options.subscribers == 0 || options.subscribers > 1000 {
-        return Err(BenchError::new(format!(
-            "--subscribers {}: use 1..=1000",
-            options.subscribers
-        )));
+        return Err(BenchError::new(format!("--subscribers {}: use 1..=1000", options.subscribers)));
     }
     if !options.runnel && !options.against_nats {
-        return Err(BenchError::new(
-            "nothing to run: enable Runnel or --against nats",
-        ));
+        return Err(BenchError::new("nothing to run: enable Runnel or --against nats"));
     }
     let workload = options.workload();
-    let runnel = if options.runnel {
-        Some(run_runnel(&options, &workload)?)
-    } else {
-        None
-    };
+    let runnel = if options.runnel { Some(run_runnel(&options, &workload)?) } else { None };
     let nats = if options.against_nats {
         let work_dir = WorkDir::create("fanout-nats")?;
-        let mut server = NatsServer::start(
-            options.nats_server.as_deref(),
-            options.payload_length,
-            &work_dir.0,
-        )?;
+        let mut server = NatsServer::start(options.nats_server.as_deref(), options.payload_length, &work_dir.0)?;
         Some(workload::measure(&mut server, &workload)?)
     } else {
         None
     };
-    Ok(FanoutReport {
-        options,
-        runnel,
-        nats,
-    })
+    Ok(FanoutReport { options, runnel, nats })
 }
 
 fn run_runnel(options: &FanoutOptions, workload: &Workload) -> Result<SystemResult, BenchError> {
     let binary = runnel_binary(options.runnel_binary.as_deref())?;
     let work_dir = WorkDir::create("fanout-runnel")?;
-    let mut nodes = RunnelNodes::start(
-        &binary,
-        1,
-        options.subscribers,
-        options.signatures,
-        &work_dir.0,
-    )?;
+    let mut nodes = RunnelNodes::start(&binary, 1, options.subscribers, options.signatures, &work_dir.0)?;
     workload::measure(&mut nodes, workload)
 }
 
@@ -168,11 +142,7 @@ fn run_runnel(options: &FanoutOptions, workload: &Workload) -> Result<SystemResu
 pub fn runnel_binary(explicit: Option<&std::path::Path>) -> Result<PathBuf, BenchError> {
     match explicit {
         Some(path) => Ok(path.to_path_buf()),
-        None => std::env::current_exe().map_err(|e| {
-            BenchError::new(format!(
-                "cannot find this executable to start nodes with: {e}"
-            ))
-        }),
+        None => std::env::current_exe().map_err(|e| BenchError::new(format!("cannot find this executable to start nodes with: {e}"))),
     }
 }
 
@@ -188,13 +158,7 @@ fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
 
 /// One system's result as JSON.
 pub fn system_json(result: &SystemResult) -> Value {
-    let LatencySummary {
-        samples,
-        p50_us,
-        p99_us,
-        p999_us,
-        max_us,
-    } = result.latency;
+    let LatencySummary { samples, p50_us, p99_us, p999_us, max_us } = result.latency;
     json!({
         "delivered_per_s": result.delivered_per_s,
         "published_per_s": result.published_per_s,
@@ -216,10 +180,7 @@ pub fn system_json(result: &SystemResult) -> Value {
 impl FanoutReport {
     /// Runnel delivered msgs/s over NATS delivered msgs/s, when both ran.
     pub fn ratio_delivered(&self) -> Option<f64> {
-        ratio(
-            self.runnel.as_ref().map(|r| r.delivered_per_s),
-            self.nats.as_ref().map(|r| r.delivered_per_s),
-        )
+        ratio(self.runnel.as_ref().map(|r| r.delivered_per_s), self.nats.as_ref().map(|r| r.delivered_per_s))
     }
 
     /// One JSON object: `runnel.delivered_per_s`, `nats.delivered_per_s`, `ratio_delivered`,
@@ -263,35 +224,16 @@ impl FanoutReport {
             ("latency p50 us", |r| r.latency.p50_us, 1),
             ("latency p99 us", |r| r.latency.p99_us, 1),
             ("latency max us", |r| r.latency.max_us, 1),
-            (
-                "latency delivered fraction",
-                |r| r.latency_delivered_fraction,
-                4,
-            ),
+            ("latency delivered fraction", |r| r.latency_delivered_fraction, 4),
             ("server CPU %", |r| r.cpu_percent, 1),
             ("server RSS MiB", |r| r.rss_kib as f64 / 1024.0, 1),
         ];
-        out += &format!(
-            "{:<28}{:>16}{:>16}{:>14}\n",
-            "", "runnel", "nats", "runnel/nats"
-        );
+        out += &format!("{:<28}{:>16}{:>16}{:>14}\n", "", "runnel", "nats", "runnel/nats");
         for (name, value, decimals) in rows {
-            let cell = |result: &Option<SystemResult>| {
-                result
-                    .as_ref()
-                    .map_or("-".to_string(), |r| format!("{:.*}", decimals, value(r)))
-            };
-            let ratio = ratio(
-                self.runnel.as_ref().map(value),
-                self.nats.as_ref().map(value),
-            )
-            .map_or("-".to_string(), |x| format!("{x:.2}"));
-            out += &format!(
-                "{name:<28}{:>16}{:>16}{:>14}\n",
-                cell(&self.runnel),
-                cell(&self.nats),
-                ratio
-            );
+            let cell = |result: &Option<SystemResult>| result.as_ref().map_or("-".to_string(), |r| format!("{:.*}", decimals, value(r)));
+            let ratio =
+                ratio(self.runnel.as_ref().map(value), self.nats.as_ref().map(value)).map_or("-".to_string(), |x| format!("{x:.2}"));
+            out += &format!("{name:<28}{:>16}{:>16}{:>14}\n", cell(&self.runnel), cell(&self.nats), ratio);
         }
         for (system, result) in [("runnel", &self.runnel), ("nats", &self.nats)] {
             for error in result.iter().flat_map(|r| &r.subscriber_errors) {

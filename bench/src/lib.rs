@@ -39,9 +39,7 @@ pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
 pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
 
-use runnel_dataplane::wire::{
-    DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH,
-};
+use runnel_dataplane::wire::{DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH};
 
 /// A benchmark that could not run, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +63,7 @@ impl std::error::Error for BenchError {}
 /// the wire format packs them (88-byte datagram header; per message an 80-byte record header,
 /// the payload and a 65-byte signature), at least 1.
 pub fn messages_per_datagram(payload_length: usize) -> usize {
-    ((DATAGRAM_LENGTH_DEFAULT - HEADER_LENGTH)
-        / (MESSAGE_HEADER_LENGTH + payload_length + SIGNATURE_LENGTH))
-        .max(1)
+    ((DATAGRAM_LENGTH_DEFAULT - HEADER_LENGTH) / (MESSAGE_HEADER_LENGTH + payload_length + SIGNATURE_LENGTH)).max(1)
 }
 
 /// Segments per UDP GSO send: 44 × 1472 bytes fit the 64 KiB limit of one send.
@@ -78,13 +74,8 @@ pub struct WorkDir(pub std::path::PathBuf);
 
 impl WorkDir {
     pub fn create(scenario: &str) -> Result<WorkDir, BenchError> {
-        let path = std::env::temp_dir().join(format!(
-            "runnel-bench-{scenario}-{}-{}",
-            std::process::id(),
-            measure::now_ns()
-        ));
-        std::fs::create_dir_all(&path)
-            .map_err(|e| BenchError::new(format!("cannot create {}: {e}", path.display())))?;
+        let path = std::env::temp_dir().join(format!("runnel-bench-{scenario}-{}-{}", std::process::id(), measure::now_ns()));
+        std::fs::create_dir_all(&path).map_err(|e| BenchError::new(format!("cannot create {}: {e}", path.display())))?;
         Ok(WorkDir(path))
     }
 }

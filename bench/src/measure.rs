@@ -61,11 +61,7 @@ pub struct LatencySamples {
 
 impl LatencySamples {
     pub fn new(samples_max: usize) -> Self {
-        Self {
-            samples_ns: Vec::with_capacity(samples_max.min(1 << 20)),
-            samples_max,
-            dropped: 0,
-        }
+        Self { samples_ns: Vec::with_capacity(samples_max.min(1 << 20)), samples_max, dropped: 0 }
     }
 
     #[inline]
@@ -100,13 +96,7 @@ impl LatencySummary {
             let index = ((quantile * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1;
             all[index] as f64 / 1000.0
         };
-        Self {
-            samples: all.len() as u64,
-            p50_us: rank(0.50),
-            p99_us: rank(0.99),
-            p999_us: rank(0.999),
-            max_us: rank(1.0),
-        }
+        Self { samples: all.len() as u64, p50_us: rank(0.50), p99_us: rank(0.99), p999_us: rank(0.999), max_us: rank(1.0) }
     }
 }
 
@@ -127,10 +117,7 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(rate_per_s: u64) -> Self {
-        Self {
-            start: Instant::now(),
-            rate_per_s: rate_per_s.max(1),
-        }
+        Self { start: Instant::now(), rate_per_s: rate_per_s.max(1) }
     }
 
     /// Messages that should have been sent by now.
@@ -140,8 +127,7 @@ impl Pacer {
 
     /// Sleeps until message number `sent` is due (returns at once if it already is).
     pub fn wait_for(&self, sent: u64) {
-        let due_at = self.start
-            + Duration::from_nanos((sent as u128 * 1_000_000_000 / self.rate_per_s as u128) as u64);
+        let due_at = self.start + Duration::from_nanos((sent as u128 * 1_000_000_000 / self.rate_per_s as u128) as u64);
         let now = Instant::now();
         if due_at > now {
             std::thread::sleep(due_at - now);

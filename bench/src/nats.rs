@@ -50,11 +50,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts `nats-server` (found on PATH or in /usr/sbin unless `binary` is given) on a
     /// free loopback port and waits until it accepts connections.
-    pub fn start(
-        binary: Option<&Path>,
-        payload_length_max: usize,
-        work_dir: &Path,
-    ) -> Result<NatsServer, BenchError> {
+    pub fn start(binary: Option<&Path>, payload_length_max: usize, work_dir: &Path) -> Result<NatsServer, BenchError> {
         let binary = process::find_executable("nats-server", binary)?;
         let port = process::free_tcp_port()?;
         let log = work_dir.join("nats-server.log");
@@ -65,12 +61,7 @@ impl NatsServer {
             child.check_running(&log)?;
             return Err(error);
         }
-        Ok(NatsServer {
-            child,
-            port,
-            log,
-            payload_length_max,
-        })
+        Ok(NatsServer { child, port, log, payload_length_max })
     }
 
     pub fn port(&self) -> u16 {
@@ -115,11 +106,7 @@ struct ProtocolReader {
 
 impl ProtocolReader {
     fn new(capacity: usize) -> Self {
-        Self {
-            buffer: vec![0u8; capacity].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        Self { buffer: vec![0u8; capacity].into_boxed_slice(), start: 0, end: 0 }
     }
 
     /// Moves unparsed bytes to the front and reads once more from `stream`. Returns the
@@ -143,27 +130,17 @@ impl ProtocolReader {
             let data = &self.buffer[self.start..self.end];
             let Some(newline) = data.iter().position(|&b| b == b'\n') else {
                 if data.len() > LINE_LENGTH_MAX {
-                    return Err(BenchError::new(format!(
-                        "NATS server sent a line longer than {LINE_LENGTH_MAX} bytes"
-                    )));
+                    return Err(BenchError::new(format!("NATS server sent a line longer than {LINE_LENGTH_MAX} bytes")));
                 }
                 return Ok(outcome);
             };
-            let line = data[..newline]
-                .strip_suffix(b"\r")
-                .unwrap_or(&data[..newline]);
+            let line = data[..newline].strip_suffix(b"\r").unwrap_or(&data[..newline]);
             let after_line = newline + 1;
             if line.starts_with(b"MSG ") {
                 // MSG <subject> <sid> [reply-to] <#bytes>
-                let size = line
-                    .rsplit(|&b| b == b' ')
-                    .next()
-                    .and_then(parse_decimal)
-                    .ok_or_else(|| {
-                        BenchError::new(format!(
-                            "malformed MSG line from NATS server: {:?}",
-                            String::from_utf8_lossy(line)
-                        ))
+                let size =
+                    line.rsplit(|&b| b == b' ').next().and_then(parse_decimal).ok_or_else(|| {
+                        BenchError::new(format!("malformed MSG line from NATS server: {:?}", String::from_utf8_lossy(line)))
                     })?;
                 let total = after_line + size + 2;
                 if total > data.len() {
@@ -184,15 +161,9 @@ impl ProtocolReader {
             } else if line.starts_with(b"PONG") {
                 outcome.pongs += 1;
             } else if line.starts_with(b"-ERR") {
-                return Err(BenchError::new(format!(
-                    "NATS server error: {}",
-                    String::from_utf8_lossy(&line[4..]).trim()
-                )));
+                return Err(BenchError::new(format!("NATS server error: {}", String::from_utf8_lossy(&line[4..]).trim())));
             } else if !(line.starts_with(b"+OK") || line.starts_with(b"INFO") || line.is_empty()) {
-                return Err(BenchError::new(format!(
-                    "unexpected line from NATS server: {:?}",
-                    String::from_utf8_lossy(line)
-                )));
+                return Err(BenchError::new(format!("unexpected line from NATS server: {:?}", String::from_utf8_lossy(line))));
             }
             self.start += after_line;
         }
@@ -204,37 +175,20 @@ fn parse_decimal(text: &[u8]) -> Option<usize> {
     if text.is_empty() || text.len() > 12 {
         return None;
     }
-    text.iter().try_fold(0usize, |value, &digit| {
-        digit
-            .is_ascii_digit()
-            .then(|| value * 10 + (digit - b'0') as usize)
-    })
+    text.iter().try_fold(0usize, |value, &digit| digit.is_ascii_digit().then(|| value * 10 + (digit - b'0') as usize))
 }
 
 /// Opens a connection: INFO, CONNECT, PING → PONG (the handshake is complete when the PONG
 /// arrives). Returns the stream and a reader holding whatever followed the PONG.
-fn handshake(
-    port: u16,
-    extra: &[u8],
-    read_buffer_bytes: usize,
-) -> Result<(TcpStream, ProtocolReader), BenchError> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| {
-        BenchError::new(format!(
-            "cannot connect to nats-server on 127.0.0.1:{port}: {e}"
-        ))
-    })?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| BenchError::new(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| BenchError::new(e.to_string()))?;
+fn handshake(port: u16, extra: &[u8], read_buffer_bytes: usize) -> Result<(TcpStream, ProtocolReader), BenchError> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| BenchError::new(format!("cannot connect to nats-server on 127.0.0.1:{port}: {e}")))?;
+    stream.set_nodelay(true).map_err(|e| BenchError::new(e.to_string()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| BenchError::new(e.to_string()))?;
     let mut request = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n".to_vec();
     request.extend_from_slice(extra);
     request.extend_from_slice(b"PING\r\n");
-    stream
-        .write_all(&request)
-        .map_err(|e| BenchError::new(format!("cannot write to nats-server: {e}")))?;
+    stream.write_all(&request).map_err(|e| BenchError::new(format!("cannot write to nats-server: {e}")))?;
     let mut reader = ProtocolReader::new(read_buffer_bytes);
     loop {
         let outcome = reader.parse(&mut |_| {})?;
@@ -242,17 +196,9 @@ fn handshake(
             return Ok((stream, reader));
         }
         match reader.read_from(&mut stream) {
-            Ok(0) => {
-                return Err(BenchError::new(
-                    "nats-server closed the connection during the handshake",
-                ))
-            }
+            Ok(0) => return Err(BenchError::new("nats-server closed the connection during the handshake")),
             Ok(_) => {}
-            Err(e) => {
-                return Err(BenchError::new(format!(
-                    "no PONG from nats-server during the handshake: {e}"
-                )))
-            }
+            Err(e) => return Err(BenchError::new(format!("no PONG from nats-server during the handshake: {e}"))),
         }
     }
 }
@@ -269,44 +215,25 @@ impl NatsSubscriber {
         let sub = format!("SUB {SUBJECT} 1\r\n");
         let buffer_bytes = READ_BUFFER_BYTES.max(2 * payload_length_max + 1024);
         let (stream, reader) = handshake(port, sub.as_bytes(), buffer_bytes)?;
-        Ok(NatsSubscriber {
-            stream,
-            reader,
-            read_timeout: None,
-        })
+        Ok(NatsSubscriber { stream, reader, read_timeout: None })
     }
 }
 
 impl Subscriber for NatsSubscriber {
-    fn receive(
-        &mut self,
-        wait: Duration,
-        on_message: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BenchError> {
+    fn receive(&mut self, wait: Duration, on_message: &mut dyn FnMut(&[u8])) -> Result<(), BenchError> {
         if self.read_timeout != Some(wait) {
-            self.stream
-                .set_read_timeout(Some(wait))
-                .map_err(|e| BenchError::new(e.to_string()))?;
+            self.stream.set_read_timeout(Some(wait)).map_err(|e| BenchError::new(e.to_string()))?;
             self.read_timeout = Some(wait);
         }
         match self.reader.read_from(&mut self.stream) {
             Ok(0) => return Err(BenchError::new("nats-server closed the connection")),
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(())
-            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(()),
             Err(e) => return Err(BenchError::new(format!("reading from nats-server: {e}"))),
         }
         let outcome = self.reader.parse(on_message)?;
         for _ in 0..outcome.pings {
-            self.stream
-                .write_all(b"PONG\r\n")
-                .map_err(|e| BenchError::new(format!("writing to nats-server: {e}")))?;
+            self.stream.write_all(b"PONG\r\n").map_err(|e| BenchError::new(format!("writing to nats-server: {e}")))?;
         }
         Ok(())
     }
@@ -331,17 +258,9 @@ pub struct NatsPublisher {
 impl NatsPublisher {
     pub fn connect(port: u16) -> Result<NatsPublisher, BenchError> {
         let (stream, mut reader) = handshake(port, b"", 64 * 1024)?;
-        let inbox = Arc::new(PublisherInbox {
-            pong_due: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            error: Mutex::new(None),
-        });
-        let mut read_stream = stream
-            .try_clone()
-            .map_err(|e| BenchError::new(e.to_string()))?;
-        read_stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(|e| BenchError::new(e.to_string()))?;
+        let inbox = Arc::new(PublisherInbox { pong_due: AtomicBool::new(false), stop: AtomicBool::new(false), error: Mutex::new(None) });
+        let mut read_stream = stream.try_clone().map_err(|e| BenchError::new(e.to_string()))?;
+        read_stream.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| BenchError::new(e.to_string()))?;
         let thread_inbox = Arc::clone(&inbox);
         let reader_thread = std::thread::Builder::new()
             .name("nats-publisher-reader".into())
@@ -359,14 +278,7 @@ impl NatsPublisher {
                             }
                             Err(e) => Some(e.to_string()),
                         },
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            None
-                        }
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
                         Err(e) => Some(format!("reading from nats-server: {e}")),
                     };
                     if let Some(error) = error {
@@ -377,9 +289,7 @@ impl NatsPublisher {
                     }
                 }
             })
-            .map_err(|e| {
-                BenchError::new(format!("cannot start the publisher's reader thread: {e}"))
-            })?;
+            .map_err(|e| BenchError::new(format!("cannot start the publisher's reader thread: {e}")))?;
         Ok(NatsPublisher {
             writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream),
             header: Vec::with_capacity(64),
@@ -395,8 +305,7 @@ impl Publisher for NatsPublisher {
     fn publish(&mut self, payload: &[u8]) -> Result<(), BenchError> {
         if payload.len() != self.header_length {
             self.header.clear();
-            self.header
-                .extend_from_slice(format!("PUB {SUBJECT} {}\r\n", payload.len()).as_bytes());
+            self.header.extend_from_slice(format!("PUB {SUBJECT} {}\r\n", payload.len()).as_bytes());
             self.header_length = payload.len();
         }
         let write = |writer: &mut BufWriter<TcpStream>| -> std::io::Result<()> {
@@ -409,22 +318,12 @@ impl Publisher for NatsPublisher {
 
     fn flush(&mut self) -> Result<(), BenchError> {
         if self.inbox.pong_due.swap(false, Ordering::Relaxed) {
-            self.writer
-                .write_all(b"PONG\r\n")
-                .map_err(|e| BenchError::new(format!("writing to nats-server: {e}")))?;
+            self.writer.write_all(b"PONG\r\n").map_err(|e| BenchError::new(format!("writing to nats-server: {e}")))?;
         }
-        if let Some(error) = self
-            .inbox
-            .error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(error) = self.inbox.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(BenchError::new(error));
         }
-        self.writer
-            .flush()
-            .map_err(|e| BenchError::new(format!("writing to nats-server: {e}")))
+        self.writer.flush().map_err(|e| BenchError::new(format!("writing to nats-server: {e}")))
     }
 }
 
@@ -456,25 +355,13 @@ mod tests {
     // partial message for the next read, and turns -ERR and garbage into errors, not panics.
     #[test]
     fn parses_server_operations() {
-        let (messages, outcome) = parse_all(
-            b"INFO {}\r\nMSG a 1 3\r\nabc\r\nPING\r\n+OK\r\nMSG a 1 r 2\r\nxy\r\nMSG a 1 5\r\nab",
-        );
+        let (messages, outcome) = parse_all(b"INFO {}\r\nMSG a 1 3\r\nabc\r\nPING\r\n+OK\r\nMSG a 1 r 2\r\nxy\r\nMSG a 1 5\r\nab");
         assert_eq!(messages, vec![b"abc".to_vec(), b"xy".to_vec()]);
         assert_eq!(outcome.unwrap(), ParseOutcome { pings: 1, pongs: 0 });
         let (_, outcome) = parse_all(b"-ERR 'Slow Consumer'\r\n");
         assert!(outcome.unwrap_err().to_string().contains("Slow Consumer"));
-        for garbage in [
-            &b"MSG a 1 x\r\n"[..],
-            b"MSG\r\n",
-            b"HELLO\r\n",
-            b"MSG a 1 99999999999999999\r\n",
-            b"MSG a 1 1000\r\n",
-        ] {
-            assert!(
-                parse_all(garbage).1.is_err(),
-                "{:?} should be rejected",
-                String::from_utf8_lossy(garbage)
-            );
+        for garbage in [&b"MSG a 1 x\r\n"[..], b"MSG\r\n", b"HELLO\r\n", b"MSG a 1 99999999999999999\r\n", b"MSG a 1 1000\r\n"] {
+            assert!(parse_all(garbage).1.is_err(), "{:?} should be rejected", String::from_utf8_lossy(garbage));
         }
     }
 
@@ -482,11 +369,9 @@ mod tests {
     // in order, and the server is gone once the guard drops.
     #[test]
     fn round_trip_through_nats_server() {
-        let dir =
-            std::env::temp_dir().join(format!("runnel-bench-nats-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("runnel-bench-nats-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = NatsServer::start(None, 1024, &dir)
-            .expect("nats-server must be installed (apt-get install -y nats-server)");
+        let mut server = NatsServer::start(None, 1024, &dir).expect("nats-server must be installed (apt-get install -y nats-server)");
         let pid = server.server_pids()[0];
         let mut subscriber = server.subscriber(0).unwrap();
         let mut publisher = server.publisher().unwrap();
@@ -497,20 +382,13 @@ mod tests {
         let mut received = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while received.len() < 1000 && std::time::Instant::now() < deadline {
-            subscriber
-                .receive(Duration::from_millis(50), &mut |p| {
-                    received.push(u32::from_le_bytes(p.try_into().unwrap()))
-                })
-                .unwrap();
+            subscriber.receive(Duration::from_millis(50), &mut |p| received.push(u32::from_le_bytes(p.try_into().unwrap()))).unwrap();
         }
         assert_eq!(received, (0..1000).collect::<Vec<_>>());
         drop(publisher);
         drop(subscriber);
         drop(server);
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "nats-server {pid} still running"
-        );
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "nats-server {pid} still running");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

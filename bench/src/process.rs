@@ -29,40 +29,21 @@ impl ChildGuard {
     /// Starts `command` with stdin/stdout closed, stderr appended to `log`, and a parent-death
     /// signal, so it cannot outlive this process.
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<ChildGuard, BenchError> {
-        let log_file = std::fs::File::create(log).map_err(|e| {
-            BenchError::new(format!(
-                "cannot create log file {} for {name}: {e}",
-                log.display()
-            ))
-        })?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file));
+        let log_file =
+            std::fs::File::create(log).map_err(|e| BenchError::new(format!("cannot create log file {} for {name}: {e}", log.display())))?;
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log_file));
         // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
         // is async-signal-safe; it touches no memory shared with the parent.
         unsafe {
             command.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .map_err(|e| BenchError::new(format!("cannot start {name} ({command:?}): {e}")))?;
-        Ok(ChildGuard {
-            child,
-            name: name.to_string(),
-        })
+        let child = command.spawn().map_err(|e| BenchError::new(format!("cannot start {name} ({command:?}): {e}")))?;
+        Ok(ChildGuard { child, name: name.to_string() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -73,12 +54,9 @@ impl ChildGuard {
     pub fn check_running(&mut self, log: &Path) -> Result<(), BenchError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(BenchError::new(format!(
-                "{} exited early ({status}); its log {} says: {}",
-                self.name,
-                log.display(),
-                log_tail(log)
-            ))),
+            Ok(Some(status)) => {
+                Err(BenchError::new(format!("{} exited early ({status}); its log {} says: {}", self.name, log.display(), log_tail(log))))
+            }
             Err(e) => Err(BenchError::new(format!("cannot poll {}: {e}", self.name))),
         }
     }
@@ -96,9 +74,7 @@ impl Drop for ChildGuard {
 pub fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let start = text.len().saturating_sub(600);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     text[start..].trim().to_string()
 }
 
@@ -107,10 +83,7 @@ pub fn log_tail(log: &Path) -> String {
 pub fn free_tcp_port() -> Result<u16, BenchError> {
     let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| BenchError::new(format!("cannot bind a loopback TCP port: {e}")))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| BenchError::new(e.to_string()))?
-        .port())
+    Ok(listener.local_addr().map_err(|e| BenchError::new(e.to_string()))?.port())
 }
 
 /// The first of `count` consecutive free UDP ports on 127.0.0.1 (a node with `count` shards
@@ -119,23 +92,16 @@ pub fn free_udp_ports(count: u16) -> Result<u16, BenchError> {
     for _attempt in 0..64 {
         let first = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| BenchError::new(format!("cannot bind a loopback UDP port: {e}")))?;
-        let port = first
-            .local_addr()
-            .map_err(|e| BenchError::new(e.to_string()))?
-            .port();
+        let port = first.local_addr().map_err(|e| BenchError::new(e.to_string()))?.port();
         if port as u32 + count as u32 > 65_535 {
             continue;
         }
-        let rest: Vec<_> = (1..count)
-            .map(|i| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + i)))
-            .collect();
+        let rest: Vec<_> = (1..count).map(|i| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + i))).collect();
         if rest.iter().all(|socket| socket.is_ok()) {
             return Ok(port);
         }
     }
-    Err(BenchError::new(format!(
-        "found no {count} consecutive free UDP ports on 127.0.0.1"
-    )))
+    Err(BenchError::new(format!("found no {count} consecutive free UDP ports on 127.0.0.1")))
 }
 
 /// Waits until something accepts TCP connections on `port`, up to `timeout`.
@@ -147,9 +113,7 @@ pub fn wait_for_tcp(port: u16, timeout: Duration) -> Result<(), BenchError> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(BenchError::new(format!(
-                "nothing accepted connections on 127.0.0.1:{port} within {timeout:?}"
-            )));
+            return Err(BenchError::new(format!("nothing accepted connections on 127.0.0.1:{port} within {timeout:?}")));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -159,18 +123,9 @@ pub fn wait_for_tcp(port: u16, timeout: Duration) -> Result<(), BenchError> {
 /// (Debian installs `nats-server` in /usr/sbin, which is not on every user's PATH).
 pub fn find_executable(name: &str, explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
     if let Some(path) = explicit {
-        return if path.is_file() {
-            Ok(path.to_path_buf())
-        } else {
-            Err(BenchError::new(format!(
-                "{} does not exist",
-                path.display()
-            )))
-        };
+        return if path.is_file() { Ok(path.to_path_buf()) } else { Err(BenchError::new(format!("{} does not exist", path.display()))) };
     }
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
     let extra = ["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/sbin"].map(PathBuf::from);
     path_dirs.iter().chain(extra.iter()).map(|dir| dir.join(name)).find(|candidate| candidate.is_file()).ok_or_else(|| {
         BenchError::new(format!("{name} not found on PATH or in /usr/sbin: install it (`apt-get install -y {name}`) or pass its path"))
@@ -188,9 +143,17 @@ pub struct ProcessSample {
 
 impl ProcessSample {
     pub fn read(pid: u32) -> Result<ProcessSample, BenchError> {
+        Self::read_from(&format!("/proc/{pid}"))
+    }
+
+    /// One thread of this process (its RSS is the process's).
+    pub fn read_own_thread(tid: u32) -> Result<ProcessSample, BenchError> {
+        Self::read_from(&format!("/proc/self/task/{tid}"))
+    }
+
+    fn read_from(dir: &str) -> Result<ProcessSample, BenchError> {
         let at = Instant::now();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_err(|e| BenchError::new(format!("cannot read /proc/{pid}/stat: {e}")))?;
+        let stat = std::fs::read_to_string(format!("{dir}/stat")).map_err(|e| BenchError::new(format!("cannot read {dir}/stat: {e}")))?;
         // The command name (field 2) is in parentheses and may contain spaces: fields after
         // the last ')' start at field 3 (state); utime and stime are fields 14 and 15.
         let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
@@ -198,24 +161,16 @@ impl ProcessSample {
         let field = |index: usize| fields.get(index - 3).and_then(|f| f.parse::<u64>().ok());
         let cpu_ticks = match (field(14), field(15)) {
             (Some(user), Some(system)) => user + system,
-            _ => {
-                return Err(BenchError::new(format!(
-                    "unexpected /proc/{pid}/stat format: {stat:?}"
-                )))
-            }
+            _ => return Err(BenchError::new(format!("unexpected {dir}/stat format: {stat:?}"))),
         };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| BenchError::new(format!("cannot read /proc/{pid}/status: {e}")))?;
+        let status =
+            std::fs::read_to_string(format!("{dir}/status")).map_err(|e| BenchError::new(format!("cannot read {dir}/status: {e}")))?;
         let rss_kib = status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        Ok(ProcessSample {
-            at,
-            cpu_ticks,
-            rss_kib,
-        })
+        Ok(ProcessSample { at, cpu_ticks, rss_kib })
     }
 
     /// CPU use between two samples, in percent of one core.
@@ -237,11 +192,7 @@ pub fn sample_all(pids: &[u32]) -> Result<Vec<ProcessSample>, BenchError> {
 
 /// Sum of CPU% and RSS over matching samples of several processes.
 pub fn cpu_and_rss(before: &[ProcessSample], after: &[ProcessSample]) -> (f64, u64) {
-    let cpu = before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| a.cpu_percent_since(b))
-        .sum();
+    let cpu = before.iter().zip(after).map(|(b, a)| a.cpu_percent_since(b)).sum();
     let rss = after.iter().map(|a| a.rss_kib).sum();
     (cpu, rss)
 }
@@ -255,8 +206,7 @@ mod tests {
     // shared with other tests, so no tighter lower bound holds).
     #[test]
     fn guard_kills_child_and_samples_read() {
-        let log =
-            std::env::temp_dir().join(format!("runnel-bench-test-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!("runnel-bench-test-{}.log", std::process::id()));
         let mut command = Command::new("sh");
         command.args(["-c", "while :; do :; done"]);
         let mut guard = ChildGuard::spawn("busy loop", command, &log).unwrap();

@@ -95,27 +95,12 @@ impl RelayChainReport {
             ("delivered msgs/s", format!("{:.0}", r.delivered_per_s)),
             ("publish msgs/s", format!("{:.0}", r.published_per_s)),
             ("delivered fraction", format!("{:.4}", r.delivered_fraction)),
-            (
-                "latency p50 us (2 hops)",
-                format!("{:.1}", r.latency.p50_us),
-            ),
-            (
-                "latency p99 us (2 hops)",
-                format!("{:.1}", r.latency.p99_us),
-            ),
+            ("latency p50 us (2 hops)", format!("{:.1}", r.latency.p50_us)),
+            ("latency p99 us (2 hops)", format!("{:.1}", r.latency.p99_us)),
             ("nodes CPU % (sum of 3)", format!("{:.1}", r.cpu_percent)),
-            (
-                "nodes RSS MiB (sum of 3)",
-                format!("{:.1}", r.rss_kib as f64 / 1024.0),
-            ),
-            (
-                "UDP ceiling msgs/s",
-                format!("{:.0}", self.ceiling.messages_per_s_at(o.payload_length)),
-            ),
-            (
-                "fraction of ceiling",
-                format!("{:.3}", self.fraction_of_ceiling()),
-            ),
+            ("nodes RSS MiB (sum of 3)", format!("{:.1}", r.rss_kib as f64 / 1024.0)),
+            ("UDP ceiling msgs/s", format!("{:.0}", self.ceiling.messages_per_s_at(o.payload_length))),
+            ("fraction of ceiling", format!("{:.3}", self.fraction_of_ceiling())),
         ];
         for (name, value) in rows {
             out += &format!("{name:<30}{value:>16}\n");
@@ -139,24 +124,15 @@ pub fn relay_chain(options: RelayChainOptions) -> Result<RelayChainReport, Bench
         duration: options.duration,
         latency_duration: options.latency_duration,
         latency_rate_per_s: options.latency_rate_per_s,
-        batch_messages: crate::GSO_SEGMENTS_MAX
-            * crate::messages_per_datagram(options.payload_length),
+        batch_messages: crate::GSO_SEGMENTS_MAX * crate::messages_per_datagram(options.payload_length),
         samples_max: 100_000,
     };
     let binary = runnel_binary(options.runnel_binary.as_deref())?;
     let runnel = {
         let work_dir = WorkDir::create("relay-chain")?;
-        let mut nodes =
-            RunnelNodes::start(&binary, CHAIN_NODES, 1, options.signatures, &work_dir.0)?;
+        let mut nodes = RunnelNodes::start(&binary, CHAIN_NODES, 1, options.signatures, &work_dir.0)?;
         workload::measure(&mut nodes, &workload)?
     };
-    let ceiling = udp_ceiling(UdpCeilingOptions {
-        duration: options.duration,
-        payload_lengths: vec![options.payload_length],
-    })?;
-    Ok(RelayChainReport {
-        options,
-        runnel,
-        ceiling,
-    })
+    let ceiling = udp_ceiling(UdpCeilingOptions { duration: options.duration, payload_lengths: vec![options.payload_length] })?;
+    Ok(RelayChainReport { options, runnel, ceiling })
 }

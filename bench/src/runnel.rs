@@ -22,10 +22,7 @@ use crate::fanout::SignatureMode;
 use crate::process::{self, ChildGuard};
 use crate::workload::{Publisher, Subscriber, System};
 use crate::BenchError;
-use runnel_dataplane::client::{
-    unix_time_ms, ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient,
-    BATCH_SIZE_DEFAULT,
-};
+use runnel_dataplane::client::{unix_time_ms, ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, BATCH_SIZE_DEFAULT};
 use runnel_dataplane::config::NodeConfig;
 use runnel_dataplane::crypto::PublisherKey;
 use runnel_dataplane::linktag::LinkKey;
@@ -67,11 +64,7 @@ pub fn serve_node(config_path: &Path) -> Result<(), BenchError> {
 /// touching the port).
 fn udp_port_bound(port: u16) -> bool {
     let needle = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/udp").is_ok_and(|table| {
-        table
-            .lines()
-            .any(|line| line.split_whitespace().nth(1) == Some(&needle))
-    })
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|table| table.lines().any(|line| line.split_whitespace().nth(1) == Some(&needle)))
 }
 
 /// Runnel nodes in a line, with client links for one publisher and N subscribers.
@@ -93,14 +86,9 @@ impl RunnelNodes {
         work_dir: &Path,
     ) -> Result<RunnelNodes, BenchError> {
         assert!(node_count >= 1, "a line of nodes has at least one node");
-        let ports: Vec<u16> = (0..node_count)
-            .map(|_| process::free_udp_ports(1))
-            .collect::<Result<_, _>>()?;
-        let address =
-            |node: usize| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], ports[node])) };
-        let neighbor_keys: Vec<LinkKey> = (1..node_count)
-            .map(|_| random_link_key())
-            .collect::<Result<_, _>>()?;
+        let ports: Vec<u16> = (0..node_count).map(|_| process::free_udp_ports(1)).collect::<Result<_, _>>()?;
+        let address = |node: usize| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], ports[node])) };
+        let neighbor_keys: Vec<LinkKey> = (1..node_count).map(|_| random_link_key()).collect::<Result<_, _>>()?;
         let client_link = |node: usize, link_id: u32| -> Result<ClientLinkConfig, BenchError> {
             Ok(ClientLinkConfig {
                 node: address(node),
@@ -111,26 +99,20 @@ impl RunnelNodes {
             })
         };
         let publisher_link = client_link(0, PUBLISHER_LINK_ID)?;
-        let subscriber_links: Vec<ClientLinkConfig> = (0..subscribers)
-            .map(|i| client_link(node_count - 1, PUBLISHER_LINK_ID + 1 + i as u32))
-            .collect::<Result<_, _>>()?;
+        let subscriber_links: Vec<ClientLinkConfig> =
+            (0..subscribers).map(|i| client_link(node_count - 1, PUBLISHER_LINK_ID + 1 + i as u32)).collect::<Result<_, _>>()?;
 
         let mut children = Vec::with_capacity(node_count);
         for node in 0..node_count {
-            let mut config = format!("[node]\nlisten = \"{}\"\nshards = 1\ndatagram_length_max = {DATAGRAM_LENGTH_DEFAULT}\nverify = \"all\"\n", address(node));
+            let mut config = format!(
+                "[node]\nlisten = \"{}\"\nshards = 1\ndatagram_length_max = {DATAGRAM_LENGTH_DEFAULT}\nverify = \"all\"\n",
+                address(node)
+            );
             let mut link = |id: u32, key: &LinkKey, peer: Option<usize>| {
-                let _ = write!(
-                    config,
-                    "\n[[links]]\nid = {id}\nkey = \"{}\"\n",
-                    hex_key(key)
-                );
+                let _ = write!(config, "\n[[links]]\nid = {id}\nkey = \"{}\"\n", hex_key(key));
                 match peer {
                     Some(peer) => {
-                        let _ = write!(
-                            config,
-                            "role = \"neighbor\"\npeer = \"{}\"\npeer_shards = 1\n",
-                            address(peer)
-                        );
+                        let _ = write!(config, "role = \"neighbor\"\npeer = \"{}\"\npeer_shards = 1\n", address(peer));
                     }
                     None => config.push_str("role = \"client\"\n"),
                 }
@@ -150,51 +132,38 @@ impl RunnelNodes {
                     link(subscriber.link_id, &subscriber.key, None);
                 }
             }
-            NodeConfig::parse(&config).map_err(|e| {
-                BenchError::new(format!("generated node config is invalid (a bug): {e}"))
-            })?;
+            NodeConfig::parse(&config).map_err(|e| BenchError::new(format!("generated node config is invalid (a bug): {e}")))?;
             let config_path = work_dir.join(format!("node-{node}.toml"));
-            std::fs::write(&config_path, &config).map_err(|e| {
-                BenchError::new(format!("cannot write {}: {e}", config_path.display()))
-            })?;
+            std::fs::write(&config_path, &config).map_err(|e| BenchError::new(format!("cannot write {}: {e}", config_path.display())))?;
             let log = work_dir.join(format!("node-{node}.log"));
             let mut command = Command::new(binary);
             command.arg("node").arg("--config").arg(&config_path);
-            children.push((
-                ChildGuard::spawn(&format!("runnel node {node}"), command, &log)?,
-                log,
-            ));
+            children.push((ChildGuard::spawn(&format!("runnel node {node}"), command, &log)?, log));
         }
         for (node, (child, log)) in children.iter_mut().enumerate() {
             let deadline = Instant::now() + NODE_START_TIMEOUT;
             while !udp_port_bound(ports[node]) {
                 child.check_running(log)?;
                 if Instant::now() > deadline {
-                    return Err(BenchError::new(format!("runnel node {node} did not bind UDP port {} within {NODE_START_TIMEOUT:?}; log: {}", ports[node], process::log_tail(log))));
+                    return Err(BenchError::new(format!(
+                        "runnel node {node} did not bind UDP port {} within {NODE_START_TIMEOUT:?}; log: {}",
+                        ports[node],
+                        process::log_tail(log)
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        let stream_part = StreamPart::parse(STREAM_PART)
-            .map_err(|e| BenchError::new(e.0))?
-            .key();
-        Ok(RunnelNodes {
-            children,
-            publisher_link,
-            subscriber_links,
-            stream_part,
-            signatures,
-        })
+        let stream_part = StreamPart::parse(STREAM_PART).map_err(|e| BenchError::new(e.0))?.key();
+        Ok(RunnelNodes { children, publisher_link, subscriber_links, stream_part, signatures })
     }
 }
 
 fn hex_key(key: &LinkKey) -> String {
-    key.0
-        .iter()
-        .fold(String::with_capacity(64), |mut text, byte| {
-            let _ = write!(text, "{byte:02x}");
-            text
-        })
+    key.0.iter().fold(String::with_capacity(64), |mut text, byte| {
+        let _ = write!(text, "{byte:02x}");
+        text
+    })
 }
 
 fn io_error(what: &str) -> impl Fn(std::io::Error) -> BenchError + '_ {
@@ -210,48 +179,24 @@ impl System for RunnelNodes {
     }
 
     fn check_running(&mut self) -> Result<(), BenchError> {
-        self.children
-            .iter_mut()
-            .try_for_each(|(child, log)| child.check_running(log))
+        self.children.iter_mut().try_for_each(|(child, log)| child.check_running(log))
     }
 
     fn publisher(&mut self) -> Result<RunnelPublisher, BenchError> {
         let signing = match self.signatures {
             SignatureMode::Single => SigningMode::PerMessage,
-            SignatureMode::Batch => SigningMode::Batch {
-                batch_size_max: BATCH_SIZE_DEFAULT,
-            },
+            SignatureMode::Batch => SigningMode::Batch { batch_size_max: BATCH_SIZE_DEFAULT },
         };
-        let options = ClientOptions {
-            publisher_key: Some(PublisherKey::generate()),
-            signing,
-            verify: false,
-            gso: true,
-        };
-        let client = UdpClient::connect_with(&self.publisher_link, options)
-            .map_err(io_error("publisher client"))?;
-        Ok(RunnelPublisher {
-            client,
-            stream_part: self.stream_part,
-            timestamp_ms: unix_time_ms(),
-        })
+        let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), signing, verify: false, gso: true };
+        let client = UdpClient::connect_with(&self.publisher_link, options).map_err(io_error("publisher client"))?;
+        Ok(RunnelPublisher { client, stream_part: self.stream_part, timestamp_ms: unix_time_ms() })
     }
 
     fn subscriber(&mut self, index: usize) -> Result<RunnelSubscriber, BenchError> {
-        let link = self
-            .subscriber_links
-            .get(index)
-            .ok_or_else(|| BenchError::new(format!("no client link for subscriber {index}")))?;
-        let options = ClientOptions {
-            publisher_key: None,
-            verify: false,
-            ..ClientOptions::default()
-        };
-        let mut client =
-            UdpClient::connect_with(link, options).map_err(io_error("subscriber client"))?;
-        client
-            .subscribe(&self.stream_part)
-            .map_err(io_error("subscribe"))?;
+        let link = self.subscriber_links.get(index).ok_or_else(|| BenchError::new(format!("no client link for subscriber {index}")))?;
+        let options = ClientOptions { publisher_key: None, verify: false, ..ClientOptions::default() };
+        let mut client = UdpClient::connect_with(link, options).map_err(io_error("subscriber client"))?;
+        client.subscribe(&self.stream_part).map_err(io_error("subscribe"))?;
         Ok(RunnelSubscriber { client })
     }
 }
@@ -269,9 +214,7 @@ impl Publisher for RunnelPublisher {
     #[inline]
     fn publish(&mut self, payload: &[u8]) -> Result<(), BenchError> {
         let message = Outgoing::binary(self.timestamp_ms, payload);
-        self.client
-            .publish(&self.stream_part, &message)
-            .map_err(io_error("publish"))
+        self.client.publish(&self.stream_part, &message).map_err(io_error("publish"))
     }
 
     fn flush(&mut self) -> Result<(), BenchError> {
@@ -286,14 +229,8 @@ pub struct RunnelSubscriber {
 }
 
 impl Subscriber for RunnelSubscriber {
-    fn receive(
-        &mut self,
-        wait: Duration,
-        on_message: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BenchError> {
-        self.client
-            .recv(wait, |delivery| on_message(delivery.payload))
-            .map_err(io_error("subscriber receive"))?;
+    fn receive(&mut self, wait: Duration, on_message: &mut dyn FnMut(&[u8])) -> Result<(), BenchError> {
+        self.client.recv(wait, |delivery| on_message(delivery.payload)).map_err(io_error("subscriber receive"))?;
         Ok(())
     }
 }

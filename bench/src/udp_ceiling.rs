@@ -35,10 +35,7 @@ pub struct UdpCeilingOptions {
 
 impl Default for UdpCeilingOptions {
     fn default() -> Self {
-        Self {
-            duration: Duration::from_secs(5),
-            payload_lengths: vec![64, 1024],
-        }
+        Self { duration: Duration::from_secs(5), payload_lengths: vec![64, 1024] }
     }
 }
 
@@ -65,11 +62,8 @@ impl UdpCeilingReport {
     }
 
     pub fn to_json(&self) -> Value {
-        let messages: serde_json::Map<String, Value> = self
-            .messages_per_s
-            .iter()
-            .map(|(size, rate)| (size.to_string(), json!(rate)))
-            .collect();
+        let messages: serde_json::Map<String, Value> =
+            self.messages_per_s.iter().map(|(size, rate)| (size.to_string(), json!(rate))).collect();
         json!({
             "scenario": "udp_ceiling",
             "duration_s": self.options.duration.as_secs_f64(),
@@ -90,34 +84,15 @@ impl UdpCeilingReport {
             self.datagram_length,
             self.options.duration.as_secs_f64()
         );
-        out += &format!(
-            "{:<34}{:>16.0}\n",
-            "sent datagrams/s", self.sent_datagrams_per_s
-        );
-        out += &format!(
-            "{:<34}{:>16.0}\n",
-            "forwarded datagrams/s", self.forwarded_datagrams_per_s
-        );
-        out += &format!(
-            "{:<34}{:>16.0}\n",
-            "delivered datagrams/s", self.delivered_datagrams_per_s
-        );
-        out += &format!(
-            "{:<34}{:>16.2}\n",
-            "delivered GB/s",
-            self.delivered_bytes_per_s / 1e9
-        );
+        out += &format!("{:<34}{:>16.0}\n", "sent datagrams/s", self.sent_datagrams_per_s);
+        out += &format!("{:<34}{:>16.0}\n", "forwarded datagrams/s", self.forwarded_datagrams_per_s);
+        out += &format!("{:<34}{:>16.0}\n", "delivered datagrams/s", self.delivered_datagrams_per_s);
+        out += &format!("{:<34}{:>16.2}\n", "delivered GB/s", self.delivered_bytes_per_s / 1e9);
         for (size, rate) in &self.messages_per_s {
-            let label = format!(
-                "messages/s at {size} B ({}/datagram)",
-                crate::messages_per_datagram(*size)
-            );
+            let label = format!("messages/s at {size} B ({}/datagram)", crate::messages_per_datagram(*size));
             out += &format!("{label:<34}{rate:>16.0}\n");
         }
-        out += &format!(
-            "{:<34}{:>16.1}\n",
-            "forwarder CPU %", self.forwarder_cpu_percent
-        );
+        out += &format!("{:<34}{:>16.1}\n", "forwarder CPU %", self.forwarder_cpu_percent);
         out += &format!("{:<34}{:>16}\n", "send errors", self.send_errors);
         out
     }
@@ -135,13 +110,7 @@ fn os_error(what: &str) -> BenchError {
     BenchError::new(format!("{what}: {}", std::io::Error::last_os_error()))
 }
 
-fn set_int_option(
-    socket: &UdpSocket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-    what: &str,
-) -> Result<(), BenchError> {
+fn set_int_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str) -> Result<(), BenchError> {
     // SAFETY: the fd is a valid socket owned by `socket`; the option value is a c_int that
     // outlives the call and its exact size is passed.
     let rc = unsafe {
@@ -163,36 +132,19 @@ fn set_int_option(
 fn bench_socket() -> Result<UdpSocket, BenchError> {
     let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| BenchError::new(format!("cannot bind a UDP socket: {e}")))?;
-    for (forced, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
+    for (forced, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
         if set_int_option(&socket, libc::SOL_SOCKET, forced, SOCKET_BUFFER_BYTES, "").is_err() {
-            set_int_option(
-                &socket,
-                libc::SOL_SOCKET,
-                plain,
-                SOCKET_BUFFER_BYTES,
-                "cannot size a socket buffer",
-            )?;
+            set_int_option(&socket, libc::SOL_SOCKET, plain, SOCKET_BUFFER_BYTES, "cannot size a socket buffer")?;
         }
     }
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| BenchError::new(e.to_string()))?;
+    socket.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| BenchError::new(e.to_string()))?;
     Ok(socket)
 }
 
 /// Receives one (possibly GRO-coalesced) buffer. Returns its length and segment size;
 /// `Ok(None)` on the read timeout.
-pub fn recv_gro(
-    socket: &UdpSocket,
-    buffer: &mut [u8],
-) -> Result<Option<(usize, usize)>, BenchError> {
-    let mut iov = libc::iovec {
-        iov_base: buffer.as_mut_ptr().cast(),
-        iov_len: buffer.len(),
-    };
+pub fn recv_gro(socket: &UdpSocket, buffer: &mut [u8]) -> Result<Option<(usize, usize)>, BenchError> {
+    let mut iov = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
     let mut control = [0u64; 8];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -206,9 +158,7 @@ pub fn recv_gro(
     if received < 0 {
         let error = std::io::Error::last_os_error();
         return match error.kind() {
-            std::io::ErrorKind::WouldBlock
-            | std::io::ErrorKind::TimedOut
-            | std::io::ErrorKind::Interrupted => Ok(None),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted => Ok(None),
             _ => Err(BenchError::new(format!("recvmsg: {error}"))),
         };
     }
@@ -220,8 +170,7 @@ pub fn recv_gro(
         let mut cmsg = libc::CMSG_FIRSTHDR(&header);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
-                segment = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>())
-                    .max(1) as usize;
+                segment = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()).max(1) as usize;
             }
             cmsg = libc::CMSG_NXTHDR(&header, cmsg);
         }
@@ -231,10 +180,7 @@ pub fn recv_gro(
 
 /// Sends `bytes` on a connected socket as segments of `segment` bytes (one GSO send).
 pub fn send_gso(socket: &UdpSocket, bytes: &[u8], segment: usize) -> std::io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
     let mut control = [0u64; 4];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -243,8 +189,7 @@ pub fn send_gso(socket: &UdpSocket, bytes: &[u8], segment: usize) -> std::io::Re
     if bytes.len() > segment {
         header.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is a pure size computation; 2 bytes fit in the 32-byte buffer.
-        header.msg_controllen =
-            unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+        header.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
         // SAFETY: the control buffer is 32 bytes, 8-aligned, larger than CMSG_SPACE(2) = 24;
         // CMSG_FIRSTHDR returns its start and CMSG_DATA a pointer inside it.
         unsafe {
@@ -282,25 +227,11 @@ pub fn udp_ceiling(options: UdpCeilingOptions) -> Result<UdpCeilingReport, Bench
     let forwarder_out = bench_socket()?;
     let sink = bench_socket()?;
     for socket in [&forwarder, &sink] {
-        set_int_option(
-            socket,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            1,
-            "cannot enable UDP_GRO (needs Linux >= 5.0)",
-        )?;
+        set_int_option(socket, libc::SOL_UDP, libc::UDP_GRO, 1, "cannot enable UDP_GRO (needs Linux >= 5.0)")?;
     }
-    let address = |socket: &UdpSocket| {
-        socket
-            .local_addr()
-            .map_err(|e| BenchError::new(e.to_string()))
-    };
-    sender
-        .connect(address(&forwarder)?)
-        .map_err(|e| BenchError::new(e.to_string()))?;
-    forwarder_out
-        .connect(address(&sink)?)
-        .map_err(|e| BenchError::new(e.to_string()))?;
+    let address = |socket: &UdpSocket| socket.local_addr().map_err(|e| BenchError::new(e.to_string()));
+    sender.connect(address(&forwarder)?).map_err(|e| BenchError::new(e.to_string()))?;
+    forwarder_out.connect(address(&sink)?).map_err(|e| BenchError::new(e.to_string()))?;
     let counters = Arc::new(Counters {
         sent: AtomicU64::new(0),
         forwarded: AtomicU64::new(0),
@@ -325,10 +256,8 @@ pub fn udp_ceiling(options: UdpCeilingOptions) -> Result<UdpCeilingReport, Bench
             let mut buffer = vec![0u8; BUFFER_BYTES];
             while !c.stop.load(Ordering::Relaxed) {
                 if let Some((length, segment)) = recv_gro(&sink, &mut buffer)? {
-                    c.delivered
-                        .fetch_add(length.div_ceil(segment) as u64, Ordering::Relaxed);
-                    c.delivered_bytes
-                        .fetch_add(length as u64, Ordering::Relaxed);
+                    c.delivered.fetch_add(length.div_ceil(segment) as u64, Ordering::Relaxed);
+                    c.delivered_bytes.fetch_add(length as u64, Ordering::Relaxed);
                 }
             }
             Ok(())
@@ -339,15 +268,12 @@ pub fn udp_ceiling(options: UdpCeilingOptions) -> Result<UdpCeilingReport, Bench
         "ceiling-forwarder",
         Box::new(move || {
             // SAFETY: gettid has no preconditions.
-            c.forwarder_tid
-                .store(unsafe { libc::gettid() } as u32, Ordering::Relaxed);
+            c.forwarder_tid.store(unsafe { libc::gettid() } as u32, Ordering::Relaxed);
             let mut buffer = vec![0u8; BUFFER_BYTES];
             while !c.stop.load(Ordering::Relaxed) {
                 if let Some((length, segment)) = recv_gro(&forwarder, &mut buffer)? {
                     match send_gso(&forwarder_out, &buffer[..length], segment) {
-                        Ok(()) => c
-                            .forwarded
-                            .fetch_add(length.div_ceil(segment) as u64, Ordering::Relaxed),
+                        Ok(()) => c.forwarded.fetch_add(length.div_ceil(segment) as u64, Ordering::Relaxed),
                         Err(_) => c.send_errors.fetch_add(1, Ordering::Relaxed),
                     };
                 }
@@ -374,40 +300,23 @@ pub fn udp_ceiling(options: UdpCeilingOptions) -> Result<UdpCeilingReport, Bench
         std::thread::sleep(WARMUP);
         let tid = counters.forwarder_tid.load(Ordering::Relaxed);
         let snapshot = |c: &Counters| {
-            [
-                &c.sent,
-                &c.forwarded,
-                &c.delivered,
-                &c.delivered_bytes,
-                &c.send_errors,
-            ]
-            .map(|counter| counter.load(Ordering::Relaxed))
+            [&c.sent, &c.forwarded, &c.delivered, &c.delivered_bytes, &c.send_errors].map(|counter| counter.load(Ordering::Relaxed))
         };
-        let cpu_before = ProcessSample::read(tid)?;
+        let cpu_before = ProcessSample::read_own_thread(tid)?;
         let before = snapshot(&counters);
         let start = Instant::now();
         std::thread::sleep(options.duration);
         let after = snapshot(&counters);
         let window_s = start.elapsed().as_secs_f64();
-        let cpu_after = ProcessSample::read(tid)?;
+        let cpu_after = ProcessSample::read_own_thread(tid)?;
         let rate = |i: usize| (after[i] - before[i]) as f64 / window_s;
-        Ok((
-            rate(0),
-            rate(1),
-            rate(2),
-            rate(3),
-            after[4] - before[4],
-            cpu_after.cpu_percent_since(&cpu_before),
-        ))
+        Ok((rate(0), rate(1), rate(2), rate(3), after[4] - before[4], cpu_after.cpu_percent_since(&cpu_before)))
     })();
     counters.stop.store(true, Ordering::Relaxed);
     for thread in threads {
-        thread
-            .join()
-            .map_err(|_| BenchError::new("a UDP ceiling thread panicked"))??;
+        thread.join().map_err(|_| BenchError::new("a UDP ceiling thread panicked"))??;
     }
-    let (sent, forwarded, delivered, delivered_bytes, send_errors, forwarder_cpu_percent) =
-        measured?;
+    let (sent, forwarded, delivered, delivered_bytes, send_errors, forwarder_cpu_percent) = measured?;
     let mut report = UdpCeilingReport {
         datagram_length,
         sent_datagrams_per_s: sent,
@@ -419,12 +328,7 @@ pub fn udp_ceiling(options: UdpCeilingOptions) -> Result<UdpCeilingReport, Bench
         send_errors,
         options,
     };
-    report.messages_per_s = report
-        .options
-        .payload_lengths
-        .iter()
-        .map(|&size| (size, report.messages_per_s_at(size)))
-        .collect();
+    report.messages_per_s = report.options.payload_lengths.iter().map(|&size| (size, report.messages_per_s_at(size))).collect();
     Ok(report)
 }
 
@@ -437,26 +341,12 @@ mod tests {
     // (~390k/s here), the GRO segment size is the sender's, and counts are consistent.
     #[test]
     fn ceiling_moves_coalesced_datagrams() {
-        let report = udp_ceiling(UdpCeilingOptions {
-            duration: Duration::from_millis(500),
-            payload_lengths: vec![64],
-        })
-        .unwrap();
+        let report = udp_ceiling(UdpCeilingOptions { duration: Duration::from_millis(500), payload_lengths: vec![64] }).unwrap();
         println!("{}", report.table());
-        assert!(
-            report.delivered_datagrams_per_s > 100_000.0,
-            "only {} datagrams/s",
-            report.delivered_datagrams_per_s
-        );
+        assert!(report.delivered_datagrams_per_s > 100_000.0, "only {} datagrams/s", report.delivered_datagrams_per_s);
         assert!(report.delivered_datagrams_per_s <= report.sent_datagrams_per_s * 1.05);
         let bytes_per_datagram = report.delivered_bytes_per_s / report.delivered_datagrams_per_s;
-        assert!(
-            (bytes_per_datagram - 1472.0).abs() < 1.0,
-            "{bytes_per_datagram} bytes per datagram"
-        );
-        assert_eq!(
-            report.messages_per_s[0].1,
-            report.delivered_datagrams_per_s * 6.0
-        );
+        assert!((bytes_per_datagram - 1472.0).abs() < 1.0, "{bytes_per_datagram} bytes per datagram");
+        assert_eq!(report.messages_per_s[0].1, report.delivered_datagrams_per_s * 6.0);
     }
 }

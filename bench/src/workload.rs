@@ -39,11 +39,7 @@ pub trait Publisher {
 pub trait Subscriber: Send + 'static {
     /// Waits at most about `wait` for data and calls `on_message` with the payload of every
     /// whole message that arrived. Returns `Ok` on a timeout too.
-    fn receive(
-        &mut self,
-        wait: Duration,
-        on_message: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BenchError>;
+    fn receive(&mut self, wait: Duration, on_message: &mut dyn FnMut(&[u8])) -> Result<(), BenchError>;
 }
 
 /// A running system under test.
@@ -94,21 +90,32 @@ pub struct SystemResult {
     pub samples_dropped: u64,
 }
 
+/// Messages one subscriber received, per phase (indexed by the payload's phase byte), on
+/// their own cache line.
 #[repr(align(64))]
 #[derive(Default)]
-struct PaddedCounter(AtomicU64);
+struct PhaseCounters([AtomicU64; 3]);
+
+impl PhaseCounters {
+    fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
 
 struct Shared {
-    received: Vec<PaddedCounter>,
+    received: Vec<PhaseCounters>,
     stop: AtomicBool,
 }
 
 impl Shared {
+    /// Messages of every phase, all subscribers.
     fn total(&self) -> u64 {
-        self.received
-            .iter()
-            .map(|c| c.0.load(Ordering::Relaxed))
-            .sum()
+        self.received.iter().map(PhaseCounters::total).sum()
+    }
+
+    /// Messages of one phase, all subscribers.
+    fn phase_total(&self, phase: u8) -> u64 {
+        self.received.iter().map(|c| c.0[phase as usize].load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -126,12 +133,8 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
             measure::PAYLOAD_LENGTH_MIN
         )));
     }
-    let shared = Arc::new(Shared {
-        received: (0..workload.subscribers)
-            .map(|_| PaddedCounter::default())
-            .collect(),
-        stop: AtomicBool::new(false),
-    });
+    let shared =
+        Arc::new(Shared { received: (0..workload.subscribers).map(|_| PhaseCounters::default()).collect(), stop: AtomicBool::new(false) });
     let mut threads = Vec::with_capacity(workload.subscribers);
     let mut run = || -> Result<SystemResult, BenchError> {
         for index in 0..workload.subscribers {
@@ -150,18 +153,10 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
 
         // 1. Readiness.
         let ready_deadline = Instant::now() + READINESS_TIMEOUT;
-        while shared
-            .received
-            .iter()
-            .any(|c| c.0.load(Ordering::Relaxed) == 0)
-        {
+        while shared.received.iter().any(|c| c.total() == 0) {
             if Instant::now() > ready_deadline {
                 system.check_running()?;
-                let silent = shared
-                    .received
-                    .iter()
-                    .filter(|c| c.0.load(Ordering::Relaxed) == 0)
-                    .count();
+                let silent = shared.received.iter().filter(|c| c.total() == 0).count();
                 return Err(BenchError::new(format!(
                     "{silent} of {} subscribers received nothing within {READINESS_TIMEOUT:?}",
                     workload.subscribers
@@ -181,7 +176,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
         payload[8] = measure::PHASE_THROUGHPUT;
         let batch = workload.batch_messages.max(1);
         let before = process::sample_all(&pids)?;
-        let received_before = shared.total();
+        let received_before = shared.phase_total(measure::PHASE_THROUGHPUT);
         let start = Instant::now();
         let deadline = start + workload.duration;
         let mut sent = 0u64;
@@ -196,7 +191,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
             }
         }
         let window_s = start.elapsed().as_secs_f64();
-        let received_in_window = shared.total() - received_before;
+        let received_in_window = shared.phase_total(measure::PHASE_THROUGHPUT) - received_before;
         let after = process::sample_all(&pids)?;
         (result.cpu_percent, result.rss_kib) = process::cpu_and_rss(&before, &after);
         result.sent = sent;
@@ -207,12 +202,11 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
         // 3. Drain.
         drain(&shared);
         let expected = sent * workload.subscribers as u64;
-        result.delivered_fraction =
-            (shared.total() - received_before) as f64 / expected.max(1) as f64;
+        result.delivered_fraction = (shared.phase_total(measure::PHASE_THROUGHPUT) - received_before) as f64 / expected.max(1) as f64;
         system.check_running()?;
 
-        // 4. Latency.
-        let received_before = shared.total();
+        // 4. Latency. Throughput-phase stragglers may still arrive; only phase-1 messages
+        // are sampled and counted here.
         let pacer = Pacer::new(workload.latency_rate_per_s);
         let mut sent = 0u64;
         while latency_phase_running(&pacer, workload) {
@@ -227,8 +221,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
         }
         drain(&shared);
         let expected = sent * workload.subscribers as u64;
-        result.latency_delivered_fraction =
-            (shared.total() - received_before) as f64 / expected.max(1) as f64;
+        result.latency_delivered_fraction = shared.phase_total(measure::PHASE_LATENCY) as f64 / expected.max(1) as f64;
         system.check_running()?;
         Ok(result)
     };
@@ -254,8 +247,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
 
 /// Whether the paced phase still has messages to send.
 fn latency_phase_running(pacer: &Pacer, workload: &Workload) -> bool {
-    let total =
-        workload.latency_duration.as_nanos() * workload.latency_rate_per_s as u128 / 1_000_000_000;
+    let total = workload.latency_duration.as_nanos() * workload.latency_rate_per_s as u128 / 1_000_000_000;
     (pacer.due() as u128) < total
 }
 
@@ -283,15 +275,22 @@ fn subscriber_loop<S: Subscriber>(
     samples_max: usize,
 ) -> (LatencySamples, Option<String>) {
     let mut samples = LatencySamples::new(samples_max);
-    let mut count = 0u64;
+    let mut counts = [0u64; 3];
     while !shared.stop.load(Ordering::Relaxed) {
         let outcome = subscriber.receive(RECEIVE_WAIT, &mut |payload| {
-            count += 1;
-            if let Some((measure::PHASE_LATENCY, sent_ns)) = measure::read_stamp(payload) {
-                samples.record(measure::now_ns().saturating_sub(sent_ns));
+            match measure::read_stamp(payload) {
+                Some((measure::PHASE_LATENCY, sent_ns)) => {
+                    counts[measure::PHASE_LATENCY as usize] += 1;
+                    samples.record(measure::now_ns().saturating_sub(sent_ns));
+                }
+                Some((measure::PHASE_THROUGHPUT, _)) => counts[measure::PHASE_THROUGHPUT as usize] += 1,
+                // Probes, and anything too short or unknown to be ours.
+                _ => counts[measure::PHASE_PROBE as usize] += 1,
             }
         });
-        shared.received[index].0.store(count, Ordering::Relaxed);
+        for (counter, count) in shared.received[index].0.iter().zip(counts) {
+            counter.store(count, Ordering::Relaxed);
+        }
         if let Err(error) = outcome {
             return (samples, Some(format!("subscriber {index}: {error}")));
         }

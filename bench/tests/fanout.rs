@@ -42,19 +42,13 @@ fn fanout_runnel_and_nats() {
     let json = report.to_json();
     for system in ["runnel", "nats"] {
         let delivered = json[system]["delivered_per_s"].as_f64().unwrap();
-        assert!(
-            delivered > 1000.0,
-            "{system} delivered only {delivered} msgs/s"
-        );
+        assert!(delivered > 1000.0, "{system} delivered only {delivered} msgs/s");
         assert!(json[system]["latency_us_p99"].as_f64().unwrap() > 0.0);
         assert!(json[system]["cpu_percent"].as_f64().unwrap() > 0.0);
         assert!(json[system]["rss_kib"].as_u64().unwrap() > 0);
         // At 1000 msgs/s nothing should be lost.
         let fraction = json[system]["latency_delivered_fraction"].as_f64().unwrap();
-        assert!(
-            fraction > 0.99,
-            "{system} delivered {fraction} of the paced messages"
-        );
+        assert!(fraction > 0.99, "{system} delivered {fraction} of the paced messages");
     }
     assert!(json["ratio_delivered"].as_f64().unwrap() > 0.0);
     assert_eq!(leftover_children(), Vec::<String>::new());
@@ -74,16 +68,9 @@ fn relay_chain_through_three_nodes() {
     };
     let report = runnel_bench::relay_chain(options).expect("relay chain runs");
     print!("{}", report.table());
-    assert!(
-        report.runnel.delivered_per_s > 1000.0,
-        "{}",
-        report.runnel.delivered_per_s
-    );
+    assert!(report.runnel.delivered_per_s > 1000.0, "{}", report.runnel.delivered_per_s);
     assert!(report.runnel.latency_delivered_fraction > 0.99);
     let fraction = report.fraction_of_ceiling();
-    assert!(
-        fraction > 0.0 && fraction < 1.5,
-        "fraction of ceiling {fraction}"
-    );
+    assert!(fraction > 0.0 && fraction < 1.5, "fraction of ceiling {fraction}");
     assert_eq!(leftover_children(), Vec::<String>::new());
 }

@@ -16,25 +16,18 @@ use runnel_bench::{BenchError, FanoutOptions, RelayChainOptions, UdpCeilingOptio
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn value<'a>(
-    args: &mut impl Iterator<Item = &'a String>,
-    flag: &str,
-) -> Result<&'a String, BenchError> {
-    args.next()
-        .ok_or_else(|| BenchError::new(format!("{flag} needs a value")))
+fn value<'a>(args: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a String, BenchError> {
+    args.next().ok_or_else(|| BenchError::new(format!("{flag} needs a value")))
 }
 
 fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, BenchError> {
-    text.parse()
-        .map_err(|_| BenchError::new(format!("{flag} {text:?}: not a number")))
+    text.parse().map_err(|_| BenchError::new(format!("{flag} {text:?}: not a number")))
 }
 
 fn seconds(text: &str, flag: &str) -> Result<Duration, BenchError> {
     let seconds: f64 = number(text, flag)?;
     if !(seconds > 0.0 && seconds <= 3600.0) {
-        return Err(BenchError::new(format!(
-            "{flag} {text}: use 0 < SECS <= 3600"
-        )));
+        return Err(BenchError::new(format!("{flag} {text}: use 0 < SECS <= 3600")));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -46,40 +39,25 @@ fn run(args: &[String]) -> Result<(), BenchError> {
     let mut iter = rest.iter();
     match command.as_str() {
         "fanout" => {
-            let mut options = FanoutOptions {
-                against_nats: false,
-                ..Default::default()
-            };
+            let mut options = FanoutOptions { against_nats: false, ..Default::default() };
             while let Some(flag) = iter.next() {
                 match flag.as_str() {
                     "--subscribers" => options.subscribers = number(value(&mut iter, flag)?, flag)?,
                     "--size" => options.payload_length = number(value(&mut iter, flag)?, flag)?,
                     "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--latency-duration" => {
-                        options.latency_duration = seconds(value(&mut iter, flag)?, flag)?
-                    }
+                    "--latency-duration" => options.latency_duration = seconds(value(&mut iter, flag)?, flag)?,
                     "--against" => match value(&mut iter, flag)?.as_str() {
                         "nats" => options.against_nats = true,
-                        other => {
-                            return Err(BenchError::new(format!(
-                                "--against {other:?}: only nats is supported"
-                            )))
-                        }
+                        other => return Err(BenchError::new(format!("--against {other:?}: only nats is supported"))),
                     },
                     "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
-                    "--latency-rate" => {
-                        options.latency_rate_per_s = number(value(&mut iter, flag)?, flag)?
-                    }
+                    "--latency-rate" => options.latency_rate_per_s = number(value(&mut iter, flag)?, flag)?,
                     "--only-nats" => {
                         options.runnel = false;
                         options.against_nats = true;
                     }
-                    "--runnel-binary" => {
-                        options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?))
-                    }
-                    "--nats-server" => {
-                        options.nats_server = Some(PathBuf::from(value(&mut iter, flag)?))
-                    }
+                    "--runnel-binary" => options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?)),
+                    "--nats-server" => options.nats_server = Some(PathBuf::from(value(&mut iter, flag)?)),
                     "--json" => json = true,
                     other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
                 }
@@ -97,13 +75,9 @@ fn run(args: &[String]) -> Result<(), BenchError> {
                 match flag.as_str() {
                     "--size" => options.payload_length = number(value(&mut iter, flag)?, flag)?,
                     "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--latency-duration" => {
-                        options.latency_duration = seconds(value(&mut iter, flag)?, flag)?
-                    }
+                    "--latency-duration" => options.latency_duration = seconds(value(&mut iter, flag)?, flag)?,
                     "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
-                    "--runnel-binary" => {
-                        options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?))
-                    }
+                    "--runnel-binary" => options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?)),
                     "--json" => json = true,
                     other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
                 }
@@ -135,11 +109,7 @@ fn run(args: &[String]) -> Result<(), BenchError> {
                 report.print_table();
             }
         }
-        other => {
-            return Err(BenchError::new(format!(
-                "unknown benchmark {other:?}; {usage}"
-            )))
-        }
+        other => return Err(BenchError::new(format!("unknown benchmark {other:?}; {usage}"))),
     }
     Ok(())
 }
