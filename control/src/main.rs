@@ -1,1 +1,61 @@
-fn main() {}
+//! # runnel
+//!
+//! The command line of a Runnel node: `runnel node` runs a dataplane from a config file,
+//! `runnel dev` starts a whole local network with traffic and live numbers, `runnel pub` /
+//! `runnel sub` publish and subscribe over a client link, `runnel keygen` makes keys, and
+//! `runnel bench` runs the benchmark programs of `bench/`.
+
+use clap::{Parser, Subcommand};
+
+mod dev;
+mod keygen;
+mod node_cmd;
+mod pubsub;
+mod signals;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "runnel", version, about = "Runnel: a line-rate node for a peer-to-peer network of signed real-time data streams")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node (dataplane shards) from a TOML config until Ctrl-C.
+    Node(node_cmd::NodeArgs),
+    /// Start a local network on loopback with a publisher and subscribers; show live numbers.
+    Dev(dev::DevArgs),
+    /// Publish messages to a stream part through a node (stdin lines, or generated).
+    Pub(pubsub::PubArgs),
+    /// Subscribe to a stream part through a node and print what arrives.
+    Sub(pubsub::SubArgs),
+    /// Make a publisher key (Ethereum account), or with --link a 32-byte link key.
+    Keygen {
+        /// Print a link key (64 hex digits) instead of a publisher key.
+        #[arg(long)]
+        link: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    signals::install();
+    let result = match cli.command {
+        Command::Node(args) => node_cmd::run(args),
+        Command::Dev(args) => dev::run(args),
+        Command::Pub(args) => pubsub::run_pub(args),
+        Command::Sub(args) => pubsub::run_sub(args),
+        Command::Keygen { link } => {
+            keygen::run(link);
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("runnel: {error}");
+        std::process::exit(1);
+    }
+}
