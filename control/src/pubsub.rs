@@ -86,7 +86,7 @@ pub fn load_publisher_key(key_file: Option<&PathBuf>) -> Result<PublisherKey, St
     PublisherKey::from_hex(&hex_text).map_err(|e| format!("publisher key: {e}"))
 }
 
-fn load_link(path: &PathBuf) -> Result<ClientLinkConfig, String> {
+fn load_link(path: &std::path::Path) -> Result<ClientLinkConfig, String> {
     ClientLinkConfig::load(path).map_err(|e| e.to_string())
 }
 
