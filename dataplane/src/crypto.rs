@@ -371,6 +371,11 @@ impl Verifier {
     ) -> Result<(), SignatureError> {
         let message = Message::from_digest(eip191_hash(digest));
         let compact: &[u8; 64] = signature[..64].try_into().expect("64 bytes");
+        let recovery_id = match signature[64] {
+            27 | 0 => RecoveryId::Zero,
+            28 | 1 => RecoveryId::One,
+            _ => return Err(SignatureError::Malformed),
+        };
         if let Some(public_key) = self.public_keys.get(publisher) {
             let mut plain = Signature::from_compact(compact).map_err(|_| SignatureError::Malformed)?;
             // Ethereum signatures are low-s (EIP-2); normalizing only matters for odd signers
@@ -378,11 +383,6 @@ impl Verifier {
             plain.normalize_s();
             return SECP256K1.verify_ecdsa(message, &plain, public_key).map_err(|_| SignatureError::WrongSigner);
         }
-        let recovery_id = match signature[64] {
-            27 | 0 => RecoveryId::Zero,
-            28 | 1 => RecoveryId::One,
-            _ => return Err(SignatureError::Malformed),
-        };
         let recoverable = RecoverableSignature::from_compact(compact, recovery_id).map_err(|_| SignatureError::Malformed)?;
         let public_key = SECP256K1.recover_ecdsa(message, &recoverable).map_err(|_| SignatureError::WrongSigner)?;
         if &address_of(&public_key) != publisher {
@@ -455,6 +455,10 @@ mod tests {
         // Second check goes through the cached public key path.
         assert_eq!(verifier.check_signed_digest(&key.address(), &digest, &signature), Ok(()));
         assert_eq!(verifier.check_signed_digest(&[0; 20], &digest, &signature), Err(SignatureError::WrongSigner));
+        // A bad recovery byte is malformed on the cached path too.
+        let mut bad_v = signature;
+        bad_v[64] = 99;
+        assert_eq!(verifier.check_signed_digest(&key.address(), &digest, &bad_v), Err(SignatureError::Malformed));
     }
 
     // Goal: per-message and batch records verify; any flipped payload bit, a foreign

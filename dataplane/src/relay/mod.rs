@@ -906,6 +906,12 @@ impl Relay {
             // Ask the neighbor the record beyond the gap came from, then the others in turn.
             let mut askable: Vec<u32> = state.neighbors.keys().copied().collect();
             askable.sort_unstable();
+            // A chain published by a client of ours can only be repaired by that client.
+            if !askable.contains(&gap.source_link)
+                && self.links.get(&gap.source_link).is_some_and(|l| l.config.role == LinkRole::Client)
+            {
+                askable.push(gap.source_link);
+            }
             if let Some(position) = askable.iter().position(|id| *id == gap.source_link) {
                 askable.rotate_left(position);
             }
