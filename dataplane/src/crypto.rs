@@ -292,7 +292,9 @@ pub enum SignatureError {
     WrongSigner,
 }
 
-/// Bounded set of verified `(publisher, root)` pairs, evicted first-in-first-out.
+/// Bounded set of authenticated `(publisher, batch tree node)` pairs — roots whose signature
+/// was checked, and every node and sibling on a path that led to one — evicted first in,
+/// first out. Keyed by publisher so that one publisher's tree never vouches for another's.
 #[derive(Debug)]
 pub struct RootCache {
     entries: HashSet<([u8; 20], [u8; 32])>,
@@ -348,8 +350,8 @@ pub struct Verifier {
 
 /// Default bound of cached publisher public keys per shard.
 pub const PUBLIC_KEYS_MAX: usize = 65_536;
-/// Default bound of cached verified batch roots per shard.
-pub const ROOTS_MAX: usize = 16_384;
+/// Default bound of cached authenticated batch tree nodes per shard (~8 MiB).
+pub const ROOTS_MAX: usize = 65_536;
 
 impl Default for Verifier {
     fn default() -> Self {
@@ -406,13 +408,43 @@ impl Verifier {
                 Ok(VerifyCost::Ecdsa)
             }
             SignatureKind::Batch => {
-                let root = batch_root_from_path(batch_leaf(&fields), record.header.leaf_index.to_native(), record.proof);
-                if self.roots.contains(&record.header.publisher, &root) {
+                let publisher = record.header.publisher;
+                let leaf = batch_leaf(&fields);
+                // A record whose leaf was a sibling on an already verified path costs one hash.
+                if self.roots.contains(&publisher, &leaf) {
                     return Ok(VerifyCost::CachedRoot);
                 }
-                self.check_signed_digest(&record.header.publisher, &batch_root_digest(&root), record.signature)?;
-                self.roots.insert(record.header.publisher, root);
-                Ok(VerifyCost::Ecdsa)
+                // Walk up until a node this publisher already authenticated, or to the root.
+                let mut seen: [[u8; 32]; 2 * crate::wire::PROOF_DEPTH_MAX + 1] = [[0; 32]; 2 * crate::wire::PROOF_DEPTH_MAX + 1];
+                let mut seen_count = 0;
+                let mut node = leaf;
+                let mut index = record.header.leaf_index.to_native();
+                let mut authenticated = false;
+                for sibling in record.proof.chunks_exact(32) {
+                    let sibling: &[u8; 32] = sibling.try_into().expect("chunks of 32");
+                    seen[seen_count] = node;
+                    seen[seen_count + 1] = *sibling;
+                    seen_count += 2;
+                    node = if index & 1 == 0 { batch_node(&node, sibling) } else { batch_node(sibling, &node) };
+                    index >>= 1;
+                    if self.roots.contains(&publisher, &node) {
+                        authenticated = true;
+                        break;
+                    }
+                }
+                let cost = if authenticated {
+                    VerifyCost::CachedRoot
+                } else {
+                    self.check_signed_digest(&publisher, &batch_root_digest(&node), record.signature)?;
+                    self.roots.insert(publisher, node);
+                    VerifyCost::Ecdsa
+                };
+                // Everything on this path, siblings included, is now authenticated for this
+                // publisher (domain-separated blake3: a leaf cannot pose as an inner node).
+                for verified in &seen[..seen_count] {
+                    self.roots.insert(publisher, *verified);
+                }
+                Ok(cost)
             }
         }
     }

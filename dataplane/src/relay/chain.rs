@@ -49,6 +49,8 @@ pub struct ChainState {
     /// (tail-loss probe), and how many probes were sent for it.
     pub tail_probe_due_us: Option<u64>,
     pub tail_probes_sent: u32,
+    /// Where this chain's recent records are in the stream part's repair arena.
+    pub repair: super::repair::RepairIndex,
 }
 
 /// What happened to an accepted record, for counters.
@@ -70,6 +72,7 @@ impl ChainState {
             last_activity_us: now_us,
             tail_probe_due_us: None,
             tail_probes_sent: 0,
+            repair: super::repair::RepairIndex::default(),
         }
     }
 

@@ -34,7 +34,7 @@ use crate::wire::{
 };
 use chain::ChainState;
 use reassembly::{FragmentOutcome, Reassembler};
-use repair::RepairRing;
+use repair::RepairArena;
 use replay::ReplayWindow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -97,7 +97,7 @@ impl RelayConfig {
             datagram_length_max,
             verify,
             link_queue_datagrams_max: 16_384,
-            repair_ring_bytes_max: 32 << 20,
+            repair_ring_bytes_max: 8 << 20,
             repair_age_max_us: 5_000_000,
             nak_delay_us: 5_000,
             nak_interval_us: 20_000,
@@ -187,7 +187,7 @@ struct StreamPartState {
     /// Subscribed client links → interest expiry.
     clients: FastMap<u32, Micros>,
     chains: FastMap<ChainId, ChainState>,
-    repair: RepairRing,
+    repair: RepairArena,
 }
 
 /// A shard's relay state.
@@ -294,7 +294,7 @@ impl Relay {
                 neighbors: FastMap::default(),
                 clients: FastMap::default(),
                 chains: FastMap::default(),
-                repair: RepairRing::new(self.config.repair_ring_bytes_max, self.config.repair_age_max_us),
+                repair: RepairArena::new(self.config.repair_ring_bytes_max, self.config.repair_age_max_us),
             },
         );
         for link_id in self.neighbor_links.clone() {
@@ -492,7 +492,6 @@ impl Relay {
             self.probing.remove(&(part, idle));
             self.counters.increment(Counter::ChainsEvicted);
         }
-        state.repair.insert(now_us, (chain_id.0, chain_id.1, sequence), record.bytes);
 
         // Forward to every interested neighbor but the source: flooding never waits for order.
         let mut forwarded = 0;
@@ -512,6 +511,9 @@ impl Relay {
         let start = if record.previous().is_some() { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
         let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(start, now_us));
         chain.last_activity_us = now_us;
+        if let Some(entry) = state.repair.store(now_us, sequence, record.bytes) {
+            chain.repair.insert(&state.repair, now_us, entry);
+        }
         if chain.newest_sequence().is_none_or(|newest| sequence >= newest) {
             chain.tail_probe_due_us = Some(now_us + self.config.tail_probe_us);
             chain.tail_probes_sent = 0;
@@ -700,8 +702,10 @@ impl Relay {
         let Some(link) = self.links.get_mut(&link_id) else { return };
         for range in ranges {
             let last = range.last_sequence.min(range.first_sequence.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
+            let chain = state.chains.get(&(range.publisher, range.chain_id));
             for sequence in range.first_sequence..=last {
-                match state.repair.get(&(range.publisher, range.chain_id, sequence)) {
+                let stored = chain.and_then(|c| c.repair.find(sequence)).and_then(|entry| state.repair.get(&entry, self.now_us));
+                match stored {
                     Some(record) => {
                         Self::append(
                             &self.config,
@@ -840,7 +844,8 @@ impl Relay {
             } else {
                 chain.tail_probe_due_us = Some(now_us + (self.config.tail_probe_us << chain.tail_probes_sent));
             }
-            let Some(record) = newest.and_then(|n| state.repair.get(&(chain_id.0, chain_id.1, n))) else { continue };
+            let stored = newest.and_then(|n| chain.repair.find(n));
+            let Some(record) = stored.and_then(|entry| state.repair.get(&entry, now_us)) else { continue };
             for (&link_id, &expiry) in &state.neighbors {
                 if expiry < now_us {
                     continue;
@@ -872,7 +877,6 @@ impl Relay {
             let state = self.stream_parts.get_mut(&part).expect("listed");
             state.neighbors.retain(|_, expiry| *expiry >= now_us);
             state.clients.retain(|_, expiry| *expiry >= now_us);
-            state.repair.evict(now_us);
         }
     }
 

@@ -1,64 +1,118 @@
 //! The repair ring: the last few seconds of records of one stream part, to answer NAKs.
 //!
-//! Bounded by bytes and by age; the oldest records leave first. Lookups are by
-//! (publisher, chain, sequence).
+//! Records are copied into one byte arena per stream part, written round and round (a record
+//! never straddles the end: the writer skips to the start). Each chain keeps a small index of
+//! `(sequence, position, length, time)` in sequence order, so storing a record costs one
+//! memcpy and a deque push — no allocation and no large hash map on the hot path — and a NAK
+//! looks sequences up by binary search. An entry is valid while the arena has not wrapped
+//! over it and it is younger than the age bound.
+//!
+//! Bounds: `capacity` bytes per stream part (the arena grows to it as it is used, then
+//! reuses it); `age_max_us` per record; each chain's index is pruned as it grows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-pub type RecordId = ([u8; 20], u64, u64);
+/// Where one stored record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairEntry {
+    pub sequence: u64,
+    /// Absolute write position (bytes ever written before it), not wrapped.
+    position: u64,
+    length: u32,
+    inserted_us: u64,
+}
 
 #[derive(Debug)]
-pub struct RepairRing {
-    records: HashMap<RecordId, Box<[u8]>, foldhash::fast::RandomState>,
-    order: VecDeque<(RecordId, u64)>,
-    bytes: usize,
-    bytes_max: usize,
+pub struct RepairArena {
+    bytes: Vec<u8>,
+    /// Absolute position of the next write.
+    head: u64,
+    capacity: usize,
     age_max_us: u64,
 }
 
-impl RepairRing {
-    pub fn new(bytes_max: usize, age_max_us: u64) -> Self {
-        Self { records: HashMap::default(), order: VecDeque::new(), bytes: 0, bytes_max, age_max_us }
+impl RepairArena {
+    pub fn new(capacity: usize, age_max_us: u64) -> Self {
+        Self { bytes: Vec::new(), head: 0, capacity, age_max_us }
     }
 
-    pub fn insert(&mut self, now_us: u64, id: RecordId, record: &[u8]) {
-        if record.len() > self.bytes_max {
-            return;
+    /// Copies `record` in; returns where it went (None if it can never fit).
+    pub fn store(&mut self, now_us: u64, sequence: u64, record: &[u8]) -> Option<RepairEntry> {
+        if record.len() > self.capacity || record.is_empty() {
+            return None;
         }
-        if self.records.insert(id, record.into()).is_none() {
-            self.order.push_back((id, now_us));
-            self.bytes += record.len();
+        let mut offset = (self.head % self.capacity as u64) as usize;
+        if offset + record.len() > self.capacity {
+            // Skip to the start rather than straddle the end.
+            self.head += (self.capacity - offset) as u64;
+            offset = 0;
         }
-        self.evict(now_us);
+        let end = offset + record.len();
+        if self.bytes.len() < end {
+            self.bytes.resize(end.max((self.bytes.len() * 2).min(self.capacity)), 0);
+        }
+        self.bytes[offset..end].copy_from_slice(record);
+        let entry = RepairEntry { sequence, position: self.head, length: record.len() as u32, inserted_us: now_us };
+        self.head += record.len() as u64;
+        Some(entry)
     }
 
-    /// Drops records older than the age bound or beyond the byte bound.
-    pub fn evict(&mut self, now_us: u64) {
-        while let Some(&(id, inserted_us)) = self.order.front() {
-            if self.bytes <= self.bytes_max && now_us.saturating_sub(inserted_us) <= self.age_max_us {
-                break;
+    fn is_valid(&self, entry: &RepairEntry, now_us: u64) -> bool {
+        entry.position + self.capacity as u64 >= self.head && now_us.saturating_sub(entry.inserted_us) <= self.age_max_us
+    }
+
+    /// The stored record, if it is still there.
+    pub fn get(&self, entry: &RepairEntry, now_us: u64) -> Option<&[u8]> {
+        if !self.is_valid(entry, now_us) {
+            return None;
+        }
+        let offset = (entry.position % self.capacity as u64) as usize;
+        self.bytes.get(offset..offset + entry.length as usize)
+    }
+
+    /// Bytes the arena holds now (grows to `capacity`).
+    pub fn allocated(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// One chain's stored records, in sequence order.
+#[derive(Debug, Default)]
+pub struct RepairIndex {
+    entries: VecDeque<RepairEntry>,
+}
+
+impl RepairIndex {
+    /// Adds an entry (in order in the common case) and drops entries no longer valid.
+    pub fn insert(&mut self, arena: &RepairArena, now_us: u64, entry: RepairEntry) {
+        while self.entries.front().is_some_and(|front| !arena.is_valid(front, now_us)) {
+            self.entries.pop_front();
+        }
+        match self.entries.back() {
+            Some(back) if back.sequence >= entry.sequence => {
+                // A repaired (late) record: keep the index sorted.
+                let at = self.entries.partition_point(|e| e.sequence < entry.sequence);
+                if self.entries.get(at).is_some_and(|e| e.sequence == entry.sequence) {
+                    self.entries[at] = entry;
+                } else {
+                    self.entries.insert(at, entry);
+                }
             }
-            self.order.pop_front();
-            if let Some(record) = self.records.remove(&id) {
-                self.bytes -= record.len();
-            }
+            _ => self.entries.push_back(entry),
         }
     }
 
-    pub fn get(&self, id: &RecordId) -> Option<&[u8]> {
-        self.records.get(id).map(|r| &r[..])
+    pub fn find(&self, sequence: u64) -> Option<RepairEntry> {
+        let at = self.entries.partition_point(|e| e.sequence < sequence);
+        self.entries.get(at).filter(|e| e.sequence == sequence).copied()
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
+        self.entries.is_empty()
     }
 }
 
@@ -66,18 +120,31 @@ impl RepairRing {
 mod tests {
     use super::*;
 
-    // Goal: the ring answers lookups and stays within its byte and age bounds.
+    // Goal: records are found by sequence while the arena has not wrapped over them and
+    // they are young enough; the arena never exceeds its capacity; late records stay sorted.
     #[test]
     fn bounded_by_bytes_and_age() {
-        let mut ring = RepairRing::new(250, 1_000_000);
+        let mut arena = RepairArena::new(250, 1_000_000);
+        let mut index = RepairIndex::default();
         for sequence in 0..5u64 {
-            ring.insert(sequence, ([1; 20], 7, sequence), &[0u8; 100]);
+            let record = [sequence as u8; 100];
+            let entry = arena.store(sequence, sequence, &record).unwrap();
+            index.insert(&arena, sequence, entry);
         }
-        assert_eq!(ring.len(), 2);
-        assert!(ring.bytes() <= 250);
-        assert!(ring.get(&([1; 20], 7, 4)).is_some());
-        assert!(ring.get(&([1; 20], 7, 0)).is_none());
-        ring.evict(3_000_000);
-        assert!(ring.is_empty());
+        assert!(arena.allocated() <= 250);
+        assert!(index.len() <= 3);
+        assert_eq!(arena.get(&index.find(4).unwrap(), 10).unwrap(), &[4u8; 100][..]);
+        assert!(index.find(0).is_none_or(|e| arena.get(&e, 10).is_none()));
+        assert!(arena.get(&index.find(4).unwrap(), 3_000_000).is_none(), "aged out");
+        // A late record is inserted in order.
+        let mut index = RepairIndex::default();
+        let mut arena = RepairArena::new(10_000, 1_000_000);
+        for sequence in [1u64, 2, 5, 3] {
+            let entry = arena.store(0, sequence, &[sequence as u8; 10]).unwrap();
+            index.insert(&arena, 0, entry);
+        }
+        assert_eq!(arena.get(&index.find(3).unwrap(), 0).unwrap(), &[3u8; 10][..]);
+        assert!(index.find(4).is_none());
+        assert!(arena.store(0, 9, &[0; 10_001]).is_none());
     }
 }
