@@ -127,29 +127,69 @@ pub fn write_canonical(fields: &SignedFields<'_>, mut sink: impl FnMut(&[u8])) {
 
 /// `keccak256(canonical bytes)`: what a per-message signature signs (via EIP-191).
 pub fn message_digest(fields: &SignedFields<'_>) -> [u8; 32] {
-    let mut hasher = Keccak::v256();
-    write_canonical(fields, |part| hasher.update(part));
-    let mut out = [0u8; 32];
-    hasher.finalize(&mut out);
-    out
+    with_canonical(
+        &[],
+        fields,
+        || {
+            let mut hasher = Keccak::v256();
+            write_canonical(fields, |part| hasher.update(part));
+            let mut out = [0u8; 32];
+            hasher.finalize(&mut out);
+            out
+        },
+        |bytes| keccak256(&[bytes]),
+    )
+}
+
+/// Canonical strings up to this long are hashed from one stack buffer in one call (blake3's
+/// and keccak's per-call overhead dominates for small messages); longer ones stream.
+const CANONICAL_STACK_BYTES: usize = 1536;
+
+/// Calls `hash` with `prefix ‖ canonical bytes` in one slice when it fits on the stack.
+fn with_canonical<T>(prefix: &[u8], fields: &SignedFields<'_>, stream: impl FnOnce() -> T, hash: impl FnOnce(&[u8]) -> T) -> T {
+    let mut buffer = [0u8; CANONICAL_STACK_BYTES];
+    let mut length = 0;
+    let mut fits = true;
+    buffer[..prefix.len()].copy_from_slice(prefix);
+    length += prefix.len();
+    write_canonical(fields, |part| {
+        if fits && length + part.len() <= CANONICAL_STACK_BYTES {
+            buffer[length..length + part.len()].copy_from_slice(part);
+            length += part.len();
+        } else {
+            fits = false;
+        }
+    });
+    if fits {
+        hash(&buffer[..length])
+    } else {
+        stream()
+    }
 }
 
 /// `blake3(0x00 ‖ canonical bytes)`: a record's leaf in a batch tree.
 pub fn batch_leaf(fields: &SignedFields<'_>) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[0]);
-    write_canonical(fields, |part| {
-        hasher.update(part);
-    });
-    *hasher.finalize().as_bytes()
+    with_canonical(
+        &[0],
+        fields,
+        || {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&[0]);
+            write_canonical(fields, |part| {
+                hasher.update(part);
+            });
+            *hasher.finalize().as_bytes()
+        },
+        |bytes| *blake3::hash(bytes).as_bytes(),
+    )
 }
 
 fn batch_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[1]);
-    hasher.update(left);
-    hasher.update(right);
-    *hasher.finalize().as_bytes()
+    let mut bytes = [0u8; 65];
+    bytes[0] = 1;
+    bytes[1..33].copy_from_slice(left);
+    bytes[33..].copy_from_slice(right);
+    *blake3::hash(&bytes).as_bytes()
 }
 
 /// The 32 bytes a batch root signature signs (via EIP-191).
@@ -297,7 +337,7 @@ pub enum SignatureError {
 /// first out. Keyed by publisher so that one publisher's tree never vouches for another's.
 #[derive(Debug)]
 pub struct RootCache {
-    entries: HashSet<([u8; 20], [u8; 32])>,
+    entries: HashSet<([u8; 20], [u8; 32]), foldhash::fast::RandomState>,
     order: VecDeque<([u8; 20], [u8; 32])>,
     capacity: usize,
 }
@@ -305,7 +345,7 @@ pub struct RootCache {
 impl RootCache {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0);
-        Self { entries: HashSet::with_capacity(capacity), order: VecDeque::with_capacity(capacity), capacity }
+        Self { entries: HashSet::with_capacity_and_hasher(capacity, Default::default()), order: VecDeque::with_capacity(capacity), capacity }
     }
 
     pub fn contains(&self, publisher: &[u8; 20], root: &[u8; 32]) -> bool {
@@ -343,15 +383,17 @@ pub enum VerifyCost {
 /// Verifies record signatures with bounded caches of publisher keys and batch roots.
 #[derive(Debug)]
 pub struct Verifier {
-    public_keys: HashMap<[u8; 20], PublicKey>,
+    public_keys: HashMap<[u8; 20], PublicKey, foldhash::fast::RandomState>,
     public_keys_max: usize,
     roots: RootCache,
 }
 
 /// Default bound of cached publisher public keys per shard.
 pub const PUBLIC_KEYS_MAX: usize = 65_536;
-/// Default bound of cached authenticated batch tree nodes per shard (~8 MiB).
-pub const ROOTS_MAX: usize = 65_536;
+/// Default bound of cached authenticated batch tree nodes per shard: a batch in flight
+/// needs about its depth in entries, so this covers ~1000 publishers mid-batch and stays
+/// small enough to live in cache.
+pub const ROOTS_MAX: usize = 16_384;
 
 impl Default for Verifier {
     fn default() -> Self {
@@ -361,7 +403,7 @@ impl Default for Verifier {
 
 impl Verifier {
     pub fn new(public_keys_max: usize, roots_max: usize) -> Self {
-        Self { public_keys: HashMap::new(), public_keys_max, roots: RootCache::new(roots_max) }
+        Self { public_keys: HashMap::default(), public_keys_max, roots: RootCache::new(roots_max) }
     }
 
     /// Checks that `signature` over `digest` (EIP-191) was made by `publisher`.
@@ -415,16 +457,17 @@ impl Verifier {
                     return Ok(VerifyCost::CachedRoot);
                 }
                 // Walk up until a node this publisher already authenticated, or to the root.
-                let mut seen: [[u8; 32]; 2 * crate::wire::PROOF_DEPTH_MAX + 1] = [[0; 32]; 2 * crate::wire::PROOF_DEPTH_MAX + 1];
+                let mut seen = [[0u8; 32]; crate::wire::PROOF_DEPTH_MAX];
                 let mut seen_count = 0;
                 let mut node = leaf;
                 let mut index = record.header.leaf_index.to_native();
                 let mut authenticated = false;
                 for sibling in record.proof.chunks_exact(32) {
                     let sibling: &[u8; 32] = sibling.try_into().expect("chunks of 32");
-                    seen[seen_count] = node;
-                    seen[seen_count + 1] = *sibling;
-                    seen_count += 2;
+                    // Any other record of the batch meets this path at one of these siblings,
+                    // so they (and the root) are all a later walk needs to stop early.
+                    seen[seen_count] = *sibling;
+                    seen_count += 1;
                     node = if index & 1 == 0 { batch_node(&node, sibling) } else { batch_node(sibling, &node) };
                     index >>= 1;
                     if self.roots.contains(&publisher, &node) {
@@ -439,8 +482,8 @@ impl Verifier {
                     self.roots.insert(publisher, node);
                     VerifyCost::Ecdsa
                 };
-                // Everything on this path, siblings included, is now authenticated for this
-                // publisher (domain-separated blake3: a leaf cannot pose as an inner node).
+                // The siblings on this path are now authenticated for this publisher
+                // (domain-separated blake3: a leaf cannot pose as an inner node).
                 for verified in &seen[..seen_count] {
                     self.roots.insert(publisher, *verified);
                 }

@@ -567,20 +567,22 @@ impl Relay {
             return;
         }
         let key = (part, flags);
-        if let Some(builder) = link.packing.get_mut(&key) {
-            if builder.try_push(record) {
-                return;
-            }
-            // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
-            let mut builder = link.packing.remove(&key).expect("present");
-            builder.pad_to(capacity);
-            Self::seal(counters, ready, link, part, flags, builder);
+        // Builders stay in the map between batches (empty, buffer kept), so the steady state
+        // neither allocates nor rehashes.
+        let builder =
+            link.packing.entry(key).or_insert_with(|| DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
+        if builder.is_empty() {
+            dirty.push((link.config.id, part, flags));
         }
-        let mut builder = DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity);
+        if builder.try_push(record) {
+            return;
+        }
+        // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
+        let mut full = std::mem::replace(builder, DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
         let pushed = builder.try_push(record);
         debug_assert!(pushed, "a record that fits an empty datagram");
-        link.packing.insert(key, builder);
-        dirty.push((link.config.id, part, flags));
+        full.pad_to(capacity);
+        Self::seal(counters, ready, link, part, flags, full);
     }
 
     /// Finishes a datagram (header, link sequence, tag) and queues it on the link.
@@ -728,11 +730,18 @@ impl Relay {
 
     /// Closes the datagrams being packed so they can be sent: call once per receive batch.
     pub fn flush(&mut self) {
-        for (link_id, part, flags) in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for (link_id, part, flags) in dirty.drain(..) {
             let Some(link) = self.links.get_mut(&link_id) else { continue };
-            let Some(builder) = link.packing.remove(&(part, flags)) else { continue };
-            Self::seal(&mut self.counters, &mut self.ready, link, part, flags, builder);
+            let Some(builder) = link.packing.get_mut(&(part, flags)) else { continue };
+            if builder.is_empty() {
+                continue;
+            }
+            let capacity = builder.capacity();
+            let full = std::mem::replace(builder, DatagramBuilder::from_buffer(self.buffer_pool.pop().unwrap_or_default(), capacity));
+            Self::seal(&mut self.counters, &mut self.ready, link, part, flags, full);
         }
+        self.dirty = dirty;
     }
 
     /// Writes the next send into `buffer` (cleared first): datagrams of one link to one
