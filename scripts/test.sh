@@ -58,6 +58,11 @@ step() {
 summary() {
     local total
     total="$(elapsed $((SECONDS - started_s)))"
+    # cargo test's per-binary results, summed, as one plain closing line.
+    if [ -f "$logs/test.log" ]; then
+        awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+             END { printf "cargo test: %d passed, %d failed\n", p, f }' "$logs/test.log"
+    fi
     if [ "${#failed[@]}" -eq 0 ]; then
         echo "test.sh: PASS — ${#results[@]} steps passed in $total"
         exit 0

@@ -21,7 +21,7 @@ use crate::stream::StreamPartKey;
 use crate::wire::{MessageFields, Record, SignatureKind, SIGNATURE_LENGTH};
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, PublicKey, SecretKey, SECP256K1};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use tiny_keccak::{Hasher, Keccak};
 
 /// Domain tag at the start of every canonical message byte string.
@@ -125,63 +125,36 @@ pub fn write_canonical(fields: &SignedFields<'_>, mut sink: impl FnMut(&[u8])) {
     sink(fields.payload);
 }
 
-/// `keccak256(canonical bytes)`: what a per-message signature signs (via EIP-191).
-pub fn message_digest(fields: &SignedFields<'_>) -> [u8; 32] {
-    with_canonical(
-        &[],
-        fields,
-        || {
-            let mut hasher = Keccak::v256();
-            write_canonical(fields, |part| hasher.update(part));
-            let mut out = [0u8; 32];
-            hasher.finalize(&mut out);
-            out
-        },
-        |bytes| keccak256(&[bytes]),
-    )
+thread_local! {
+    /// Reused buffer for canonical byte strings: blake3's and keccak's per-call overhead
+    /// dominates for small messages, so the pieces are gathered and hashed in one call.
+    static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Canonical strings up to this long are hashed from one stack buffer in one call (blake3's
-/// and keccak's per-call overhead dominates for small messages); longer ones stream.
-const CANONICAL_STACK_BYTES: usize = 1536;
-
-/// Calls `hash` with `prefix ‖ canonical bytes` in one slice when it fits on the stack.
-fn with_canonical<T>(prefix: &[u8], fields: &SignedFields<'_>, stream: impl FnOnce() -> T, hash: impl FnOnce(&[u8]) -> T) -> T {
-    let mut buffer = [0u8; CANONICAL_STACK_BYTES];
-    let mut length = 0;
-    let mut fits = true;
-    buffer[..prefix.len()].copy_from_slice(prefix);
-    length += prefix.len();
-    write_canonical(fields, |part| {
-        if fits && length + part.len() <= CANONICAL_STACK_BYTES {
-            buffer[length..length + part.len()].copy_from_slice(part);
-            length += part.len();
-        } else {
-            fits = false;
+/// Calls `hash` with `prefix ‖ canonical bytes` as one slice.
+fn with_canonical<T>(prefix: &[u8], fields: &SignedFields<'_>, hash: impl FnOnce(&[u8]) -> T) -> T {
+    CANONICAL.with(|cell| {
+        let mut buffer = cell.borrow_mut();
+        buffer.clear();
+        buffer.extend_from_slice(prefix);
+        write_canonical(fields, |part| buffer.extend_from_slice(part));
+        let result = hash(&buffer);
+        if buffer.capacity() > 64 << 10 {
+            // Do not keep a 1 MiB message's buffer around.
+            *buffer = Vec::new();
         }
-    });
-    if fits {
-        hash(&buffer[..length])
-    } else {
-        stream()
-    }
+        result
+    })
+}
+
+/// `keccak256(canonical bytes)`: what a per-message signature signs (via EIP-191).
+pub fn message_digest(fields: &SignedFields<'_>) -> [u8; 32] {
+    with_canonical(&[], fields, |bytes| keccak256(&[bytes]))
 }
 
 /// `blake3(0x00 ‖ canonical bytes)`: a record's leaf in a batch tree.
 pub fn batch_leaf(fields: &SignedFields<'_>) -> [u8; 32] {
-    with_canonical(
-        &[0],
-        fields,
-        || {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(&[0]);
-            write_canonical(fields, |part| {
-                hasher.update(part);
-            });
-            *hasher.finalize().as_bytes()
-        },
-        |bytes| *blake3::hash(bytes).as_bytes(),
-    )
+    with_canonical(&[0], fields, |bytes| *blake3::hash(bytes).as_bytes())
 }
 
 fn batch_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
@@ -332,42 +305,57 @@ pub enum SignatureError {
     WrongSigner,
 }
 
-/// Bounded set of authenticated `(publisher, batch tree node)` pairs — roots whose signature
-/// was checked, and every node and sibling on a path that led to one — evicted first in,
-/// first out. Keyed by publisher so that one publisher's tree never vouches for another's.
+/// Bounded cache of authenticated `(publisher, batch tree node)` pairs — roots whose
+/// signature was checked, and the siblings on a path that led to one. Keyed by publisher so
+/// that one publisher's tree never vouches for another's.
+///
+/// Direct-mapped: a fixed array of slots indexed by a keyed hash of the node (random key per
+/// cache, so nobody can aim records at one slot), so lookups and inserts are one probe, with
+/// no allocation and no eviction bookkeeping. A collision overwrites the older entry; the
+/// only cost of a lost entry is one more ECDSA check.
 #[derive(Debug)]
 pub struct RootCache {
-    entries: HashSet<([u8; 20], [u8; 32]), foldhash::fast::RandomState>,
-    order: VecDeque<([u8; 20], [u8; 32])>,
-    capacity: usize,
+    slots: Vec<Option<([u8; 20], [u8; 32])>>,
+    index_key: u64,
+    shift: u32,
+    len: usize,
 }
 
 impl RootCache {
+    /// `capacity` is rounded up to a power of two.
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0);
-        Self { entries: HashSet::with_capacity_and_hasher(capacity, Default::default()), order: VecDeque::with_capacity(capacity), capacity }
+        let slots = capacity.next_power_of_two();
+        Self { slots: vec![None; slots], index_key: rand::random::<u64>() | 1, shift: 64 - slots.trailing_zeros(), len: 0 }
     }
 
-    pub fn contains(&self, publisher: &[u8; 20], root: &[u8; 32]) -> bool {
-        self.entries.contains(&(*publisher, *root))
-    }
-
-    pub fn insert(&mut self, publisher: [u8; 20], root: [u8; 32]) {
-        if self.entries.insert((publisher, root)) {
-            if self.order.len() == self.capacity {
-                let evicted = self.order.pop_front().expect("full");
-                self.entries.remove(&evicted);
-            }
-            self.order.push_back((publisher, root));
+    fn slot(&self, node: &[u8; 32]) -> usize {
+        if self.shift == 64 {
+            return 0;
         }
+        let word = u64::from_le_bytes(node[..8].try_into().expect("8 bytes"));
+        ((word ^ self.index_key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
     }
 
+    pub fn contains(&self, publisher: &[u8; 20], node: &[u8; 32]) -> bool {
+        self.slots[self.slot(node)].as_ref().is_some_and(|(p, n)| p == publisher && n == node)
+    }
+
+    pub fn insert(&mut self, publisher: [u8; 20], node: [u8; 32]) {
+        let slot = self.slot(&node);
+        if self.slots[slot].is_none() {
+            self.len += 1;
+        }
+        self.slots[slot] = Some((publisher, node));
+    }
+
+    /// Occupied slots.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len == 0
     }
 }
 
@@ -573,15 +561,18 @@ mod tests {
         }
     }
 
-    // Goal: the root cache is bounded and evicts the oldest entry.
+    // Goal: the root cache is bounded (a fixed slot array), keeps publishers apart, and a
+    // colliding insert replaces the older entry.
     #[test]
     fn root_cache_is_bounded() {
         let mut cache = RootCache::new(2);
-        cache.insert([1; 20], [1; 32]);
-        cache.insert([1; 20], [2; 32]);
-        cache.insert([1; 20], [3; 32]);
-        assert_eq!(cache.len(), 2);
-        assert!(!cache.contains(&[1; 20], &[1; 32]));
-        assert!(cache.contains(&[1; 20], &[3; 32]));
+        for i in 0..100u8 {
+            cache.insert([1; 20], [i; 32]);
+        }
+        assert!(cache.len() <= 2);
+        assert!(cache.contains(&[1; 20], &[99; 32]));
+        assert!(!cache.contains(&[2; 20], &[99; 32]), "another publisher's node");
+        let single = RootCache::new(1);
+        assert!(!single.contains(&[1; 20], &[0; 32]));
     }
 }
