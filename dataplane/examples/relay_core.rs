@@ -17,11 +17,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let batch = args.get(1).is_none_or(|m| m == "batch");
     let payload_length: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
-    let count: u64 = if batch { 400_000 } else { 20_000 };
+    let batch_size: u64 = std::env::var("RUNNEL_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let count: u64 = std::env::var("RUNNEL_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if batch { 400_000 } else { 20_000 });
     let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/bench#0").unwrap().key();
     let key = PublisherKey::generate();
     let (publisher_link, subscriber_link, neighbor_link) = (LinkKey([1; 32]), LinkKey([2; 32]), LinkKey([3; 32]));
-    let mut relay = Relay::new(RelayConfig::new(0, 1, wire::DATAGRAM_LENGTH_DEFAULT, VerifyPolicy::All));
+    let mut relay = Relay::new(RelayConfig::new(0, 1, wire::DATAGRAM_LENGTH_DEFAULT, if std::env::var("RUNNEL_VERIFY").as_deref() == Ok("none") { VerifyPolicy::None } else { VerifyPolicy::All }));
     relay.add_link(&LinkConfig { id: 1, key: publisher_link, role: LinkRole::Client, peer: None, peer_shards: 1 });
     relay.add_link(&LinkConfig { id: 2, key: subscriber_link, role: LinkRole::Client, peer: None, peer_shards: 1 });
     let neighbor: SocketAddr = "127.0.0.9:9".parse().unwrap();
@@ -49,7 +50,7 @@ fn main() {
     let payload = vec![7u8; payload_length];
     let mut sequence = 0u64;
     while sequence < count {
-        let messages: Vec<MessageFields> = (0..256u64.min(count - sequence))
+        let messages: Vec<MessageFields> = (0..batch_size.min(count - sequence))
             .map(|i| MessageFields {
                 publisher: key.address(),
                 chain_id: 5,
