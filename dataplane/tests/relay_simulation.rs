@@ -273,7 +273,7 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
                 network.down[node] = true;
             }
         }
-        if sequence % 1000 == 0 {
+        if sequence.is_multiple_of(1000) {
             // Keep the subscription fresh, as the client library does every second.
             let subscribe = client_datagram(Kind::Subscribe, SUBSCRIBER_LINK, &subscriber_key, subscriber_seq, part.0, &[]);
             subscriber_seq += 1;
