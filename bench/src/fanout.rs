@@ -1,16 +1,18 @@
 //! `runnel bench fanout`: one publisher → one server → N subscribers, Runnel against NATS.
 //!
 //! Both systems get the same [`Workload`](crate::workload::Workload): same payload size,
-//! subscriber count, durations, batch size (one flush per [`crate::GSO_SEGMENTS_MAX`]
-//! datagrams' worth of messages, what one GSO send carries) and the same latency rate. Each
-//! server runs as its own child process, measured the same way (see [`crate::process`]).
+//! subscriber count, throughput search (unpaced probe, then paced steps bisecting for the
+//! highest rate delivered at ≥ 99%), batch size (one flush per [`crate::GSO_SEGMENTS_MAX`]
+//! datagrams' worth of messages, what one GSO send carries, or per 1 ms pacing tick) and the
+//! same latency rate. Each server runs as its own child process, measured the same way (see
+//! [`crate::process`]).
 //! NATS messages carry no signatures; Runnel's carry per-message or batch signatures
 //! ([`SignatureMode`]), so the comparison favours NATS by that work.
 
 use crate::measure::LatencySummary;
 use crate::nats::NatsServer;
 use crate::runnel::RunnelNodes;
-use crate::workload::{self, SystemResult, Workload};
+use crate::workload::{self, StepResult, SystemResult, Workload, SEARCH_STEPS};
 use crate::{BenchError, WorkDir};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -53,7 +55,8 @@ pub struct FanoutOptions {
     pub subscribers: usize,
     /// `--size BYTES`: payload length (at least 16).
     pub payload_length: usize,
-    /// `--duration SECS`: length of the throughput phase.
+    /// `--duration SECS`: time budget of the throughput search (probe + paced steps, each
+    /// `duration / 7`; drains between steps come on top).
     pub duration: Duration,
     /// `--against nats`: also run the NATS baseline.
     pub against_nats: bool,
@@ -156,15 +159,35 @@ fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
     }
 }
 
+/// One search step as JSON.
+fn step_json(step: &StepResult) -> Value {
+    json!({
+        "rate_per_s": step.rate_per_s,
+        "published_per_s": step.published_per_s,
+        "delivered_per_s": step.delivered_per_s,
+        "delivered_in_window_per_s": step.delivered_in_window_per_s,
+        "delivered_fraction": step.delivered_fraction,
+        "passed": step.passed(),
+        "cpu_percent": step.cpu_percent,
+    })
+}
+
 /// One system's result as JSON.
 pub fn system_json(result: &SystemResult) -> Value {
     let LatencySummary { samples, p50_us, p99_us, p999_us, max_us } = result.latency;
     json!({
         "delivered_per_s": result.delivered_per_s,
         "published_per_s": result.published_per_s,
+        "paced_rate_per_s": result.rate_per_s,
+        "delivered_in_window_per_s": result.delivered_in_window_per_s,
         "sent": result.sent,
         "delivered": result.delivered,
         "delivered_fraction": result.delivered_fraction,
+        "probe_published_per_s": result.probe.published_per_s,
+        "probe_delivered_per_s": result.probe.delivered_per_s,
+        "probe_delivered_fraction": result.probe.delivered_fraction,
+        "probe_delivered_in_window_per_s": result.probe.delivered_in_window_per_s,
+        "search_steps": result.steps.iter().map(step_json).collect::<Vec<_>>(),
         "latency_us_p50": p50_us,
         "latency_us_p99": p99_us,
         "latency_us_p999": p999_us,
@@ -175,6 +198,19 @@ pub fn system_json(result: &SystemResult) -> Value {
         "rss_kib": result.rss_kib,
         "subscriber_errors": result.subscriber_errors,
     })
+}
+
+/// The search steps in one line: `rate→delivered fraction` per step, `*` marking the passes.
+pub fn steps_line(result: &SystemResult) -> String {
+    let steps: Vec<String> = result
+        .steps
+        .iter()
+        .map(|step| {
+            let rate = step.rate_per_s.map_or("unpaced".to_string(), |rate| format!("{:.0}/s", rate));
+            format!("{rate}->{:.3}{}", step.delivered_fraction, if step.passed() { "*" } else { "" })
+        })
+        .collect();
+    format!("search steps (publish rate -> delivered fraction, * = passed): {}", steps.join("  "))
 }
 
 impl FanoutReport {
@@ -192,12 +228,18 @@ impl FanoutReport {
             "subscribers": o.subscribers,
             "size": o.payload_length,
             "duration_s": o.duration.as_secs_f64(),
+            "step_s": o.duration.as_secs_f64() / (1 + SEARCH_STEPS) as f64,
+            "delivered_fraction_min": workload::DELIVERED_FRACTION_MIN,
             "signatures": o.signatures.name(),
             "latency_rate_per_s": o.latency_rate_per_s,
             "runnel": self.runnel.as_ref().map(system_json),
             "nats": self.nats.as_ref().map(system_json),
             "ratio_delivered": self.ratio_delivered(),
             "ratio_published": ratio(self.runnel.as_ref().map(|r| r.published_per_s), self.nats.as_ref().map(|r| r.published_per_s)),
+            "ratio_probe_delivered": ratio(
+                self.runnel.as_ref().map(|r| r.probe.delivered_per_s),
+                self.nats.as_ref().map(|r| r.probe.delivered_per_s)
+            ),
         })
     }
 
@@ -209,31 +251,41 @@ impl FanoutReport {
     pub fn table(&self) -> String {
         let o = &self.options;
         let mut out = format!(
-            "fanout: 1 publisher -> 1 server -> {} subscribers, {} B payload, {:.0} s throughput + {:.0} s at {} msgs/s, signatures {}\n",
+            "fanout: 1 publisher -> 1 server -> {} subscribers, {} B payload, throughput search in {:.1} s (unpaced probe + up to {SEARCH_STEPS} paced steps of {:.2} s, pass = {}% delivered), then {:.0} s at {} msgs/s, signatures {}\n",
             o.subscribers,
             o.payload_length,
             o.duration.as_secs_f64(),
+            o.duration.as_secs_f64() / (1 + SEARCH_STEPS) as f64,
+            workload::DELIVERED_FRACTION_MIN * 100.0,
             o.latency_duration.as_secs_f64(),
             o.latency_rate_per_s,
             o.signatures.name()
         );
-        let rows: [TableRow; 9] = [
+        let rows: [TableRow; 12] = [
             ("delivered msgs/s", |r| r.delivered_per_s, 0),
-            ("publish msgs/s", |r| r.published_per_s, 0),
+            ("publish msgs/s (found rate)", |r| r.published_per_s, 0),
             ("delivered fraction", |r| r.delivered_fraction, 4),
+            ("unpaced publish msgs/s", |r| r.probe.published_per_s, 0),
+            ("unpaced delivered msgs/s", |r| r.probe.delivered_per_s, 0),
+            ("unpaced delivered fraction", |r| r.probe.delivered_fraction, 4),
             ("latency p50 us", |r| r.latency.p50_us, 1),
             ("latency p99 us", |r| r.latency.p99_us, 1),
             ("latency max us", |r| r.latency.max_us, 1),
             ("latency delivered fraction", |r| r.latency_delivered_fraction, 4),
-            ("server CPU %", |r| r.cpu_percent, 1),
-            ("server RSS MiB", |r| r.rss_kib as f64 / 1024.0, 1),
+            ("server CPU % (found rate)", |r| r.cpu_percent, 1),
+            ("server RSS MiB (found rate)", |r| r.rss_kib as f64 / 1024.0, 1),
         ];
-        out += &format!("{:<28}{:>16}{:>16}{:>14}\n", "", "runnel", "nats", "runnel/nats");
+        out += &format!("{:<30}{:>16}{:>16}{:>14}\n", "", "runnel", "nats", "runnel/nats");
         for (name, value, decimals) in rows {
             let cell = |result: &Option<SystemResult>| result.as_ref().map_or("-".to_string(), |r| format!("{:.*}", decimals, value(r)));
             let ratio =
                 ratio(self.runnel.as_ref().map(value), self.nats.as_ref().map(value)).map_or("-".to_string(), |x| format!("{x:.2}"));
-            out += &format!("{name:<28}{:>16}{:>16}{:>14}\n", cell(&self.runnel), cell(&self.nats), ratio);
+            out += &format!("{name:<30}{:>16}{:>16}{:>14}\n", cell(&self.runnel), cell(&self.nats), ratio);
+        }
+        for (system, result) in [("runnel", &self.runnel), ("nats", &self.nats)] {
+            if let Some(result) = result {
+                out += &format!("{system} {}\n", steps_line(result));
+            }
         }
         for (system, result) in [("runnel", &self.runnel), ("nats", &self.nats)] {
             for error in result.iter().flat_map(|r| &r.subscriber_errors) {

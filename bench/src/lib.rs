@@ -26,6 +26,7 @@
 //! Prerequisites: `nats-server` (`apt-get install -y nats-server`) for the baseline; a kernel
 //! with UDP GSO/GRO (Linux ≥ 5.0) for the ceiling.
 
+pub mod cli;
 pub mod fanout;
 pub mod measure;
 pub mod nats;

@@ -3,7 +3,13 @@
 //! Publisher and subscribers run as threads of the benchmark process, so one monotonic clock
 //! base ([`now_ns`]) serves both ends: the publisher writes its send time into the first 8
 //! payload bytes (u64 little-endian nanoseconds since the base), byte 8 says which phase the
-//! message belongs to, and a subscriber computes latency as its receive time minus that.
+//! message belongs to (readiness, latency, or one step of the throughput search, so messages
+//! that arrive late are never counted for the wrong step), and a subscriber computes latency as
+//! its receive time minus that.
+//!
+//! [`Pacer`] schedules a fixed send rate. At high rates one sleep per message is far too coarse
+//! (and costs a syscall each), so paced publishers send in bursts: every [`PACING_TICK`] they
+//! send what the schedule says is due, flush once, and sleep until the next tick.
 //!
 //! Latency samples are kept per subscriber in a bounded vector ([`LatencySamples`],
 //! `samples_max` each, extra samples counted and dropped) and merged and sorted at the end:
@@ -13,12 +19,17 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Payload byte 8 for messages of the throughput phase.
-pub const PHASE_THROUGHPUT: u8 = 0;
+/// Payload byte 8 for readiness probes sent before measuring.
+pub const PHASE_READINESS: u8 = 0;
 /// Payload byte 8 for messages of the paced latency phase (the only ones sampled).
 pub const PHASE_LATENCY: u8 = 1;
-/// Payload byte 8 for readiness probes sent before measuring.
-pub const PHASE_PROBE: u8 = 2;
+/// Payload byte 8 for messages of throughput-search step k is `PHASE_THROUGHPUT_FIRST + k`
+/// (step 0 is the unpaced probe).
+pub const PHASE_THROUGHPUT_FIRST: u8 = 2;
+/// Phase values counted separately; anything at or above counts as readiness traffic.
+pub const PHASES: usize = 16;
+/// Interval at which paced publishers send what is due, in one burst and one flush.
+pub const PACING_TICK: Duration = Duration::from_millis(1);
 /// Smallest payload: timestamp (8 bytes) + phase (1 byte), rounded up.
 pub const PAYLOAD_LENGTH_MIN: usize = 16;
 
@@ -133,6 +144,14 @@ impl Pacer {
             std::thread::sleep(due_at - now);
         }
     }
+
+    /// Sleeps until the next [`PACING_TICK`] boundary after now (counted from the start).
+    pub fn wait_for_next_tick(&self) {
+        let tick_ns = PACING_TICK.as_nanos();
+        let elapsed_ns = self.start.elapsed().as_nanos();
+        let next_ns = (elapsed_ns / tick_ns + 1) * tick_ns;
+        std::thread::sleep(Duration::from_nanos((next_ns - elapsed_ns) as u64));
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +182,25 @@ mod tests {
             small.record(i);
         }
         assert_eq!((small.samples_ns.len(), small.dropped), (3, 2));
+    }
+
+    // Goal: a burst-per-tick pacer sends close to its rate at 1M msgs/s (where a sleep per
+    // message could not), and never more than is due.
+    #[test]
+    fn pacer_bursts_keep_the_rate() {
+        precise_sleeps();
+        let rate_per_s = 1_000_000u64;
+        let pacer = Pacer::new(rate_per_s);
+        let window = Duration::from_millis(200);
+        let mut sent = 0u64;
+        while pacer.start.elapsed() < window {
+            let due = pacer.due();
+            assert!(sent <= due);
+            sent = due;
+            pacer.wait_for_next_tick();
+        }
+        let expected = rate_per_s as f64 * pacer.start.elapsed().as_secs_f64();
+        assert!((sent as f64) > expected * 0.97 && (sent as f64) <= expected, "sent {sent}, expected about {expected}");
     }
 
     // Goal: a stamp written by the publisher reads back with its phase and a time not in the future.

@@ -2,7 +2,8 @@
 //!
 //! Three node processes in a line ([`RunnelNodes`] with three nodes), the publisher on A and
 //! one subscriber on C, so every message crosses two node-to-node hops. The workload and its
-//! phases are the fan-out ones ([`crate::workload`]) with one subscriber; CPU% and RSS are
+//! phases are the fan-out ones ([`crate::workload`]: unpaced probe, paced search for the highest
+//! rate delivered at ≥ 99%, latency at a fixed rate) with one subscriber; CPU% and RSS are
 //! summed over the three nodes. In the same run, [`udp_ceiling`] measures the raw batched-UDP
 //! forwarder on this machine, and the report gives Runnel's delivered msgs/s as a fraction of
 //! the ceiling's messages/s at the same payload size.
@@ -12,10 +13,10 @@
 //! chain two, which the fraction does not correct for (it is the honest "how close to raw
 //! I/O does a real relay get", not a per-hop efficiency).
 
-use crate::fanout::{runnel_binary, system_json, SignatureMode};
+use crate::fanout::{runnel_binary, steps_line, system_json, SignatureMode};
 use crate::runnel::RunnelNodes;
 use crate::udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
-use crate::workload::{self, SystemResult, Workload};
+use crate::workload::{self, SystemResult, Workload, SEARCH_STEPS};
 use crate::{BenchError, WorkDir};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ pub const CHAIN_NODES: usize = 3;
 #[derive(Clone, Debug)]
 pub struct RelayChainOptions {
     pub payload_length: usize,
+    /// Time budget of the throughput search (see [`crate::FanoutOptions::duration`]); the
+    /// ceiling runs this long too.
     pub duration: Duration,
     pub signatures: SignatureMode,
     pub latency_duration: Duration,
@@ -74,6 +77,7 @@ impl RelayChainReport {
             "nodes": CHAIN_NODES,
             "size": self.options.payload_length,
             "duration_s": self.options.duration.as_secs_f64(),
+            "step_s": self.options.duration.as_secs_f64() / (1 + SEARCH_STEPS) as f64,
             "signatures": self.options.signatures.name(),
             "runnel": system_json(&self.runnel),
             "ceiling": self.ceiling.to_json(),
@@ -86,25 +90,30 @@ impl RelayChainReport {
         let o = &self.options;
         let r = &self.runnel;
         let mut out = format!(
-            "relay chain: publisher -> A -> B -> C -> subscriber, {} B payload, {:.0} s, signatures {}\n",
+            "relay chain: publisher -> A -> B -> C -> subscriber, {} B payload, throughput search in {:.1} s (steps of {:.2} s), signatures {}\n",
             o.payload_length,
             o.duration.as_secs_f64(),
+            o.duration.as_secs_f64() / (1 + SEARCH_STEPS) as f64,
             o.signatures.name()
         );
         let rows = [
             ("delivered msgs/s", format!("{:.0}", r.delivered_per_s)),
-            ("publish msgs/s", format!("{:.0}", r.published_per_s)),
+            ("publish msgs/s (found rate)", format!("{:.0}", r.published_per_s)),
             ("delivered fraction", format!("{:.4}", r.delivered_fraction)),
+            ("unpaced publish msgs/s", format!("{:.0}", r.probe.published_per_s)),
+            ("unpaced delivered msgs/s", format!("{:.0}", r.probe.delivered_per_s)),
+            ("unpaced delivered fraction", format!("{:.4}", r.probe.delivered_fraction)),
             ("latency p50 us (2 hops)", format!("{:.1}", r.latency.p50_us)),
             ("latency p99 us (2 hops)", format!("{:.1}", r.latency.p99_us)),
-            ("nodes CPU % (sum of 3)", format!("{:.1}", r.cpu_percent)),
-            ("nodes RSS MiB (sum of 3)", format!("{:.1}", r.rss_kib as f64 / 1024.0)),
+            ("nodes CPU % (sum, found rate)", format!("{:.1}", r.cpu_percent)),
+            ("nodes RSS MiB (sum, found)", format!("{:.1}", r.rss_kib as f64 / 1024.0)),
             ("UDP ceiling msgs/s", format!("{:.0}", self.ceiling.messages_per_s_at(o.payload_length))),
             ("fraction of ceiling", format!("{:.3}", self.fraction_of_ceiling())),
         ];
         for (name, value) in rows {
             out += &format!("{name:<30}{value:>16}\n");
         }
+        out += &format!("{}\n", steps_line(r));
         for error in &r.subscriber_errors {
             out += &format!("runnel: {error}\n");
         }

@@ -12,9 +12,6 @@
 //! real work), subscribers do not (NATS subscribers check nothing either, and a benchmark
 //! subscriber verifying would measure the subscriber, not the node).
 //!
-//! Until the `runnel` CLI has its `node` subcommand, `runnel-bench node --config FILE` runs
-//! [`serve_node`], the same thing: start the node, run until killed.
-//!
 //! Limits: one stream part, so one shard does the work (nodes run with `shards = 1`; more
 //! shards would idle); loopback only; datagrams of 1472 bytes, as on Ethernet.
 
@@ -26,7 +23,6 @@ use runnel_dataplane::client::{unix_time_ms, ClientLinkConfig, ClientOptions, Ou
 use runnel_dataplane::config::NodeConfig;
 use runnel_dataplane::crypto::PublisherKey;
 use runnel_dataplane::linktag::LinkKey;
-use runnel_dataplane::node::Node;
 use runnel_dataplane::stream::{StreamPart, StreamPartKey};
 use runnel_dataplane::wire::DATAGRAM_LENGTH_DEFAULT;
 use std::fmt::Write as _;
@@ -49,15 +45,6 @@ fn random_link_key() -> Result<LinkKey, BenchError> {
         .and_then(|mut random| random.read_exact(&mut key))
         .map_err(|e| BenchError::new(format!("cannot read /dev/urandom for link keys: {e}")))?;
     Ok(LinkKey(key))
-}
-
-/// Runs a node from `config_path` until the process is killed (the benchmarks' node child).
-pub fn serve_node(config_path: &Path) -> Result<(), BenchError> {
-    let config = NodeConfig::load(config_path).map_err(|e| BenchError::new(e.to_string()))?;
-    let _node = Node::start(config).map_err(|e| BenchError::new(format!("node: {e}")))?;
-    loop {
-        std::thread::park();
-    }
 }
 
 /// Whether a UDP socket is bound on 127.0.0.1:`port` (read from /proc/net/udp, without

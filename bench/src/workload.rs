@@ -6,19 +6,27 @@
 //!
 //! 1. **Readiness**: the publisher sends a probe every 10 ms until every subscriber has
 //!    received one (bounded), so subscriptions are in place before any clock starts.
-//! 2. **Throughput**: the publisher sends as fast as it can for `duration`, in batches of
-//!    `batch_messages` with one flush (one `write`, one GSO send) per batch. Delivered msgs/s
-//!    = messages all subscribers received inside that window / window; publish msgs/s = sent
-//!    / window. The server's CPU% and RSS are sampled at the window's edges.
-//! 3. **Drain**: wait until subscriber counts stop moving (300 ms quiet, at most 10 s); what
-//!    arrived by then versus what was sent × N is the delivered fraction (loss shows here).
-//! 4. **Latency**: the publisher sends at a fixed `latency_rate_per_s`, flushing every message,
+//! 2. **Throughput search** (RFC 2544 style), within `duration` split into
+//!    1 + [`SEARCH_STEPS`] equal windows: an *unpaced probe* (the publisher sends as fast as it
+//!    can, one flush per `batch_messages`) gives an upper bound (its publish rate) and a first
+//!    guess (its delivered rate per subscriber); then up to [`SEARCH_STEPS`] *paced* steps
+//!    bisect for the highest publish rate at which subscribers receive at least
+//!    [`DELIVERED_FRACTION_MIN`] of what was sent (× N). Each step ends with a drain (counts
+//!    still for [`STEP_DRAIN_QUIET`], at most [`STEP_DRAIN_TIMEOUT`]); its messages carry their
+//!    own phase byte, so stragglers never count for another step. If the probe already
+//!    delivers enough (NATS: TCP slows its publisher down), the search stops there.
+//!    Reported: delivered msgs/s = messages of the best passing step received (in its window
+//!    or its drain) / window, its publish rate, its server CPU% and RSS, and the probe's
+//!    numbers; the in-window-only rate too.
+//! 3. **Latency**: the publisher sends at a fixed `latency_rate_per_s`, flushing every message,
 //!    stamping each with its send time; every subscriber samples receive − send time.
 //!
-//! Subscribers run on their own threads and publish their count to an atomic once per
+//! Subscribers run on their own threads and publish their counts to atomics once per
 //! receive call (not per message). Limits: publisher and subscribers share this machine's
-//! cores with the server, as in any loopback benchmark; the numbers are for comparing
-//! systems under the same conditions, not absolute capacity.
+//! cores with the server, as in any loopback benchmark, so a publisher that cannot reach a
+//! paced rate sends what it can (the measured publish rate says so); the numbers are for
+//! comparing systems under the same conditions, not absolute capacity. A step of well under a
+//! second hides slow build-ups (queues that overflow only after seconds).
 
 use crate::measure::{self, LatencySamples, LatencySummary, Pacer};
 use crate::process;
@@ -68,22 +76,65 @@ pub struct Workload {
     pub samples_max: usize,
 }
 
+/// One step of the throughput search.
+#[derive(Clone, Debug, Default)]
+pub struct StepResult {
+    /// Paced publish rate asked for; `None` for the unpaced probe.
+    pub rate_per_s: Option<f64>,
+    /// Messages sent / window.
+    pub published_per_s: f64,
+    /// Messages of this step all subscribers received (inside the window or in the drain
+    /// after it) / window: at a passing rate, what the system sustains.
+    pub delivered_per_s: f64,
+    /// Messages all subscribers received inside the window / window (lower than
+    /// `delivered_per_s` by what was still in flight or queued when the window closed).
+    pub delivered_in_window_per_s: f64,
+    pub sent: u64,
+    /// Received by the end of the drain, all subscribers.
+    pub delivered: u64,
+    /// Received by the end of the step's drain / (sent × subscribers).
+    pub delivered_fraction: f64,
+    /// Server CPU over the window, percent of one core (summed over processes).
+    pub cpu_percent: f64,
+    /// Server resident memory at the end of the window (summed over processes).
+    pub rss_kib: u64,
+}
+
+impl StepResult {
+    /// Whether subscribers received enough for this rate to count as sustained.
+    pub fn passed(&self) -> bool {
+        self.delivered_fraction >= DELIVERED_FRACTION_MIN
+    }
+}
+
 /// What one system did under the workload.
 #[derive(Clone, Debug, Default)]
 pub struct SystemResult {
-    pub published_per_s: f64,
+    /// The throughput figure: delivered msgs/s (all subscribers) at the found rate, that is
+    /// in the highest passing search step (the probe if it passed); all the step fields below
+    /// are zero if no step passed.
     pub delivered_per_s: f64,
+    /// Measured publish rate of that step (the found rate).
+    pub published_per_s: f64,
+    /// The paced rate that step asked for; `None` if the unpaced probe passed.
+    pub rate_per_s: Option<f64>,
+    /// Delivered msgs/s inside that step's window only (see [`StepResult`]).
+    pub delivered_in_window_per_s: f64,
     pub sent: u64,
     pub delivered: u64,
-    /// (delivered by the end of the drain) / (sent × subscribers), throughput phase.
+    /// (delivered by the end of the step's drain) / (sent × subscribers) in that step.
     pub delivered_fraction: f64,
+    /// Server CPU over that step's window, percent of one core (summed over processes).
+    pub cpu_percent: f64,
+    /// Server resident memory at the end of that step's window (summed over processes).
+    pub rss_kib: u64,
+    /// The unpaced probe: overload behaviour.
+    pub probe: StepResult,
+    /// Every step in the order run, the probe first.
+    pub steps: Vec<StepResult>,
     pub latency: LatencySummary,
     /// (delivered) / (sent × subscribers) in the latency phase.
     pub latency_delivered_fraction: f64,
-    /// Server CPU over the throughput window, percent of one core (summed over processes).
-    pub cpu_percent: f64,
-    /// Server resident memory at the end of the throughput window (summed over processes).
-    pub rss_kib: u64,
     /// Subscribers that failed (for example disconnected as slow consumers), with the reason.
     pub subscriber_errors: Vec<String>,
     /// Latency samples dropped because a subscriber's sample set was full.
@@ -94,7 +145,7 @@ pub struct SystemResult {
 /// their own cache line.
 #[repr(align(64))]
 #[derive(Default)]
-struct PhaseCounters([AtomicU64; 3]);
+struct PhaseCounters([AtomicU64; measure::PHASES]);
 
 impl PhaseCounters {
     fn total(&self) -> u64 {
@@ -122,6 +173,17 @@ impl Shared {
 const READINESS_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Paced steps of the throughput search after the unpaced probe.
+pub const SEARCH_STEPS: usize = 6;
+/// A rate passes when subscribers receive at least this fraction of what was sent (× N).
+pub const DELIVERED_FRACTION_MIN: f64 = 0.99;
+/// The search stops once the passing and failing rates are this close (relative).
+const SEARCH_RESOLUTION: f64 = 0.02;
+/// Lowest paced rate tried.
+const SEARCH_RATE_MIN_PER_S: f64 = 100.0;
+/// Drain after each search step: counts still for this long, at most the timeout.
+pub const STEP_DRAIN_QUIET: Duration = Duration::from_millis(200);
+pub const STEP_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 const RECEIVE_WAIT: Duration = Duration::from_millis(50);
 
 /// Runs the workload against `system` and reports what it did.
@@ -162,51 +224,32 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
                     workload.subscribers
                 )));
             }
-            measure::stamp(&mut payload, measure::PHASE_PROBE);
+            measure::stamp(&mut payload, measure::PHASE_READINESS);
             publisher.publish(&payload)?;
             publisher.flush()?;
             std::thread::sleep(Duration::from_millis(10));
         }
-        drain(&shared);
+        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT);
 
-        // 2. Throughput.
-        let pids = system.server_pids();
+        // 2. Throughput search.
         let mut result = SystemResult::default();
-        payload.fill(0);
-        payload[8] = measure::PHASE_THROUGHPUT;
-        let batch = workload.batch_messages.max(1);
-        let before = process::sample_all(&pids)?;
-        let received_before = shared.phase_total(measure::PHASE_THROUGHPUT);
-        let start = Instant::now();
-        let deadline = start + workload.duration;
-        let mut sent = 0u64;
-        loop {
-            for _ in 0..batch {
-                publisher.publish(&payload)?;
-            }
-            publisher.flush()?;
-            sent += batch as u64;
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-        let window_s = start.elapsed().as_secs_f64();
-        let received_in_window = shared.phase_total(measure::PHASE_THROUGHPUT) - received_before;
-        let after = process::sample_all(&pids)?;
-        (result.cpu_percent, result.rss_kib) = process::cpu_and_rss(&before, &after);
-        result.sent = sent;
-        result.delivered = received_in_window;
-        result.published_per_s = sent as f64 / window_s;
-        result.delivered_per_s = received_in_window as f64 / window_s;
-
-        // 3. Drain.
-        drain(&shared);
-        let expected = sent * workload.subscribers as u64;
-        result.delivered_fraction = (shared.phase_total(measure::PHASE_THROUGHPUT) - received_before) as f64 / expected.max(1) as f64;
+        let mut search = Search { system: &mut *system, publisher: &mut publisher, shared: &shared, workload, payload: &mut payload };
+        result.steps = search.run()?;
+        result.probe = result.steps[0].clone();
+        let found = best_step(&result.steps).cloned().unwrap_or_default();
+        result.delivered_per_s = found.delivered_per_s;
+        result.published_per_s = found.published_per_s;
+        result.rate_per_s = found.rate_per_s;
+        result.delivered_in_window_per_s = found.delivered_in_window_per_s;
+        result.sent = found.sent;
+        result.delivered = found.delivered;
+        result.delivered_fraction = found.delivered_fraction;
+        result.cpu_percent = found.cpu_percent;
+        result.rss_kib = found.rss_kib;
         system.check_running()?;
 
-        // 4. Latency. Throughput-phase stragglers may still arrive; only phase-1 messages
-        // are sampled and counted here.
+        // 3. Latency. Throughput-phase stragglers may still arrive; only latency-phase
+        // messages are sampled and counted here.
         let pacer = Pacer::new(workload.latency_rate_per_s);
         let mut sent = 0u64;
         while latency_phase_running(&pacer, workload) {
@@ -219,7 +262,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
             }
             pacer.wait_for(sent);
         }
-        drain(&shared);
+        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT);
         let expected = sent * workload.subscribers as u64;
         result.latency_delivered_fraction = shared.phase_total(measure::PHASE_LATENCY) as f64 / expected.max(1) as f64;
         system.check_running()?;
@@ -245,15 +288,132 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
     Ok(result)
 }
 
+/// The highest-passing step: the probe if it passed, else the passing paced step with the
+/// highest measured publish rate.
+pub fn best_step(steps: &[StepResult]) -> Option<&StepResult> {
+    steps.iter().filter(|step| step.passed()).max_by(|a, b| a.published_per_s.total_cmp(&b.published_per_s))
+}
+
+/// The throughput search's state: what it drives and where it counts.
+struct Search<'a, S: System> {
+    system: &'a mut S,
+    publisher: &'a mut S::Publisher,
+    shared: &'a Shared,
+    workload: &'a Workload,
+    payload: &'a mut Vec<u8>,
+}
+
+impl<S: System> Search<'_, S> {
+    /// Runs the unpaced probe, then bisects with paced steps; returns every step, probe first.
+    fn run(&mut self) -> Result<Vec<StepResult>, BenchError> {
+        let mut steps = Vec::with_capacity(1 + SEARCH_STEPS);
+        let probe = self.step(0, None)?;
+        let probe_passed = probe.passed();
+        // The probe's publish rate failed; its delivered rate per subscriber is the first guess.
+        let mut failing_per_s = probe.published_per_s;
+        let mut passing_per_s = 0.0f64;
+        let mut next_per_s = (probe.delivered_per_s / self.workload.subscribers as f64).min(failing_per_s);
+        steps.push(probe);
+        if probe_passed {
+            return Ok(steps);
+        }
+        for index in 1..=SEARCH_STEPS {
+            if next_per_s < SEARCH_RATE_MIN_PER_S {
+                break;
+            }
+            let step = self.step(index, Some(next_per_s))?;
+            if step.passed() {
+                passing_per_s = next_per_s;
+            } else {
+                failing_per_s = next_per_s;
+            }
+            steps.push(step);
+            if failing_per_s - passing_per_s <= failing_per_s * SEARCH_RESOLUTION {
+                break;
+            }
+            next_per_s = (passing_per_s + failing_per_s) / 2.0;
+        }
+        Ok(steps)
+    }
+
+    /// One step: publish for one window (paced at `rate_per_s`, or flat out), then drain.
+    fn step(&mut self, index: usize, rate_per_s: Option<f64>) -> Result<StepResult, BenchError> {
+        let phase = measure::PHASE_THROUGHPUT_FIRST as usize + index;
+        debug_assert!(phase < measure::PHASES, "search steps fit the phase counters");
+        let window = self.workload.duration / (1 + SEARCH_STEPS) as u32;
+        self.payload.fill(0);
+        self.payload[8] = phase as u8;
+        let pids = self.system.server_pids();
+        let before = process::sample_all(&pids)?;
+        let received_before = self.shared.phase_total(phase as u8);
+        let start = Instant::now();
+        let deadline = start + window;
+        let batch = self.workload.batch_messages.max(1);
+        let mut sent = 0u64;
+        match rate_per_s {
+            None => loop {
+                for _ in 0..batch {
+                    self.publisher.publish(self.payload)?;
+                }
+                self.publisher.flush()?;
+                sent += batch as u64;
+                if Instant::now() >= deadline {
+                    break;
+                }
+            },
+            Some(rate_per_s) => {
+                // Bursts per tick: send what is due, flushing every `batch` and at the end.
+                let pacer = Pacer::new(rate_per_s.round() as u64);
+                while Instant::now() < deadline {
+                    let due = pacer.due();
+                    let mut pending = 0;
+                    while sent < due {
+                        self.publisher.publish(self.payload)?;
+                        sent += 1;
+                        pending += 1;
+                        if pending == batch {
+                            self.publisher.flush()?;
+                            pending = 0;
+                        }
+                    }
+                    if pending > 0 {
+                        self.publisher.flush()?;
+                    }
+                    pacer.wait_for_next_tick();
+                }
+            }
+        }
+        let window_s = start.elapsed().as_secs_f64();
+        let received_in_window = self.shared.phase_total(phase as u8) - received_before;
+        let after = process::sample_all(&pids)?;
+        let (cpu_percent, rss_kib) = process::cpu_and_rss(&before, &after);
+        drain(self.shared, STEP_DRAIN_QUIET, STEP_DRAIN_TIMEOUT);
+        let expected = sent * self.workload.subscribers as u64;
+        let delivered = self.shared.phase_total(phase as u8) - received_before;
+        self.system.check_running()?;
+        Ok(StepResult {
+            rate_per_s,
+            published_per_s: sent as f64 / window_s,
+            delivered_per_s: delivered as f64 / window_s,
+            delivered_in_window_per_s: received_in_window as f64 / window_s,
+            sent,
+            delivered,
+            delivered_fraction: delivered as f64 / expected.max(1) as f64,
+            cpu_percent,
+            rss_kib,
+        })
+    }
+}
+
 /// Whether the paced phase still has messages to send.
 fn latency_phase_running(pacer: &Pacer, workload: &Workload) -> bool {
     let total = workload.latency_duration.as_nanos() * workload.latency_rate_per_s as u128 / 1_000_000_000;
     (pacer.due() as u128) < total
 }
 
-/// Waits until subscriber counts have not moved for [`DRAIN_QUIET`] (at most [`DRAIN_TIMEOUT`]).
-fn drain(shared: &Shared) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+/// Waits until subscriber counts have not moved for `quiet` (at most `timeout`).
+fn drain(shared: &Shared, quiet: Duration, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     let mut last = shared.total();
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
@@ -262,7 +422,7 @@ fn drain(shared: &Shared) {
         if now_total != last {
             last = now_total;
             quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= DRAIN_QUIET {
+        } else if quiet_since.elapsed() >= quiet {
             return;
         }
     }
@@ -275,7 +435,7 @@ fn subscriber_loop<S: Subscriber>(
     samples_max: usize,
 ) -> (LatencySamples, Option<String>) {
     let mut samples = LatencySamples::new(samples_max);
-    let mut counts = [0u64; 3];
+    let mut counts = [0u64; measure::PHASES];
     while !shared.stop.load(Ordering::Relaxed) {
         let outcome = subscriber.receive(RECEIVE_WAIT, &mut |payload| {
             match measure::read_stamp(payload) {
@@ -283,9 +443,9 @@ fn subscriber_loop<S: Subscriber>(
                     counts[measure::PHASE_LATENCY as usize] += 1;
                     samples.record(measure::now_ns().saturating_sub(sent_ns));
                 }
-                Some((measure::PHASE_THROUGHPUT, _)) => counts[measure::PHASE_THROUGHPUT as usize] += 1,
-                // Probes, and anything too short or unknown to be ours.
-                _ => counts[measure::PHASE_PROBE as usize] += 1,
+                Some((phase, _)) if (phase as usize) < measure::PHASES => counts[phase as usize] += 1,
+                // Anything too short or unknown to be ours counts with the readiness probes.
+                _ => counts[measure::PHASE_READINESS as usize] += 1,
             }
         });
         for (counter, count) in shared.received[index].0.iter().zip(counts) {
