@@ -47,18 +47,15 @@ struct RawClientLink {
 
 impl ClientLinkConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read client link file {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read client link file {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawClientLink = toml::from_str(text).map_err(|e| ConfigError(format!("invalid TOML: {e}")))?;
         let node: SocketAddr = raw.node.parse().map_err(|_| {
-            ConfigError(format!(
-                "node = {:?} is not an address: write the node's listen ip:port, e.g. \"127.0.0.1:7000\"",
-                raw.node
-            ))
+            ConfigError(format!("node = {:?} is not an address: write the node's listen ip:port, e.g. \"127.0.0.1:7000\"", raw.node))
         })?;
         let node_shards = raw.node_shards.unwrap_or(1);
         if node_shards == 0 || node_shards > SHARDS_MAX {

@@ -11,23 +11,31 @@
 //! - [`ClientCore`] (no I/O, time passed in): packs records into GSO-shaped runs of
 //!   datagrams ([`crate::relay::Transmit`]), fragments large records, keeps subscriptions
 //!   alive, and turns received datagrams into [`Delivery`]s after link tag, replay,
-//!   signature and duplicate checks.
+//!   signature and duplicate checks. It makes both client hops reliable like the node↔node
+//!   hops: as a publisher it keeps a repair ring of what it published, answers the node's
+//!   NAKs from it and probes idle chains' tails; as a subscriber it detects gaps on the
+//!   node→client hop, NAKs them, and delivers every chain in order.
 //! - [`UdpClient`]: the two above on a blocking UDP socket with GSO sends and GRO receives.
 //!
-//! Limits: the client trusts the node for ordering and repair (it does not reorder or NAK);
-//! it suppresses duplicates only within a window of recent sequences per chain.
+//! Limits: repair covers the last few seconds ([`REPAIR_AGE_MAX_US`]) and a bounded number
+//! of bytes; a subscriber gives a hole up after [`NAK_RETRIES_MAX`] NAKs and counts it lost.
 
 mod core;
 mod link;
+mod order;
 mod publisher;
+mod repair;
 mod udp;
 mod window;
 
 pub use self::core::{
     ClientCore, ClientCounters, ClientError, CoreOptions, Delivery, OwnedDelivery, CHAINS_MAX, GSO_BYTES_MAX, GSO_SEGMENTS_MAX,
-    REASSEMBLIES_MAX, REASSEMBLY_TIMEOUT_US, SEND_QUEUE_BYTES_MAX, SUBSCRIBE_REFRESH_US, SUBSCRIPTIONS_MAX,
+    NAK_DELAY_US, NAK_INTERVAL_US, NAK_RANGES_ANSWERED_MAX, NAK_RANGE_SEQUENCES_MAX, NAK_RETRIES_MAX, REASSEMBLIES_MAX,
+    REASSEMBLY_TIMEOUT_US, REORDER_BYTES_MAX, REORDER_SEQUENCES_MAX, SEND_QUEUE_BYTES_MAX, SUBSCRIBE_REFRESH_US, SUBSCRIPTIONS_MAX,
+    TAIL_PROBES_MAX, TAIL_PROBE_US, TAIL_QUERIES_MAX, TAIL_QUERY_SEQUENCES, TAIL_QUERY_US,
 };
 pub use self::link::{ClientLinkConfig, DATAGRAM_LENGTH_MIN};
 pub use self::publisher::{Outgoing, PublishError, Publisher, SigningMode, BATCH_SIZE_DEFAULT, RECORDS_PENDING_BYTES_MAX};
+pub use self::repair::{REPAIR_AGE_MAX_US, REPAIR_RING_BYTES_MAX};
 pub use self::udp::{unix_time_ms, ClientOptions, UdpClient, PUBLISHERS_MAX};
 pub use self::window::{SequenceWindow, WINDOW_LENGTH};

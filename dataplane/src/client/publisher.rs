@@ -132,10 +132,7 @@ impl Publisher {
     /// A publisher session with a chosen chain id (tests, deterministic simulations).
     pub fn with_chain_id(key: PublisherKey, stream_part_key: StreamPartKey, mode: SigningMode, chain_id: u64) -> Self {
         if let SigningMode::Batch { batch_size_max } = mode {
-            assert!(
-                (1..=BATCH_SIZE_MAX).contains(&batch_size_max),
-                "batch_size_max {batch_size_max} outside 1..={BATCH_SIZE_MAX}"
-            );
+            assert!((1..=BATCH_SIZE_MAX).contains(&batch_size_max), "batch_size_max {batch_size_max} outside 1..={BATCH_SIZE_MAX}");
         }
         let scratch = empty_fields(key.address(), chain_id);
         Self {

@@ -18,9 +18,16 @@
 //! }
 //! ```
 //!
+//! Repair needs the client to be called now and then: a publisher answers its node's NAKs
+//! and sends tail probes in [`UdpClient::flush`], [`UdpClient::publish`] (when it sends) and
+//! [`UdpClient::poll`], and should [`UdpClient::linger`] a moment before it exits so the
+//! last messages can still be repaired; a subscriber NAKs gaps in [`UdpClient::recv`].
+//!
 //! Limits: blocking, one thread; messages leave when a datagram fills or on [`UdpClient::flush`],
 //! which the caller calls every few milliseconds (or after each message when latency matters
-//! more than throughput). At most [`PUBLISHERS_MAX`] stream parts are published to.
+//! more than throughput). At most [`PUBLISHERS_MAX`] stream parts are published to. A client
+//! that subscribes reads its socket only in `recv` (messages must reach the application), so
+//! a client that both publishes and subscribes answers NAKs while it calls `recv`.
 
 use super::core::{ClientCore, ClientCounters, CoreOptions, Delivery, OwnedDelivery, GSO_BYTES_MAX};
 use super::link::ClientLinkConfig;
@@ -181,13 +188,7 @@ fn is_gso_unsupported(error: &io::Error) -> bool {
 }
 
 /// Sends one transmit: GSO when possible, one datagram per syscall otherwise.
-fn send_transmit(
-    socket: &UdpSocket,
-    transmit: &Transmit,
-    bytes: &[u8],
-    gso: &mut bool,
-    counters: &mut ClientCounters,
-) -> io::Result<()> {
+fn send_transmit(socket: &UdpSocket, transmit: &Transmit, bytes: &[u8], gso: &mut bool, counters: &mut ClientCounters) -> io::Result<()> {
     if transmit.segments > 1 && *gso {
         match send_segmented(socket, &transmit.destination, bytes, transmit.segment_size as u16) {
             Ok(()) => return Ok(()),
@@ -268,8 +269,7 @@ impl UdpClient {
         let index = match self.publishers.iter().position(|p| p.stream_part_key() == *key) {
             Some(index) => index,
             None => {
-                let publisher_key =
-                    self.options.publisher_key.clone().ok_or_else(|| invalid_input(PublishError::NoPublisherKey))?;
+                let publisher_key = self.options.publisher_key.clone().ok_or_else(|| invalid_input(PublishError::NoPublisherKey))?;
                 if self.publishers.len() >= PUBLISHERS_MAX {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -292,19 +292,21 @@ impl UdpClient {
             self.queue_publisher(index)?;
         }
         if self.core.send_queue_bytes() >= GSO_BYTES_MAX {
-            self.send_pending()?;
+            self.service()?;
         }
         Ok(())
     }
 
     fn queue_publisher(&mut self, index: usize) -> io::Result<()> {
+        let now_us = self.now_us();
         let publisher = &mut self.publishers[index];
-        self.core.queue_records(&publisher.stream_part_key(), publisher.records()).map_err(invalid_input)?;
+        self.core.queue_records(now_us, &publisher.stream_part_key(), publisher.records()).map_err(invalid_input)?;
         publisher.clear_records();
         Ok(())
     }
 
-    /// Signs pending batches, closes open datagrams and sends everything queued.
+    /// Signs pending batches, closes open datagrams and sends everything queued; then
+    /// [`UdpClient::poll`]s.
     pub fn flush(&mut self) -> io::Result<()> {
         for index in 0..self.publishers.len() {
             self.publishers[index].flush();
@@ -313,14 +315,48 @@ impl UdpClient {
             }
         }
         self.core.flush();
+        self.service()
+    }
+
+    /// Publisher upkeep, without waiting: answers the NAKs already received (unless the
+    /// client subscribes: then `recv` reads the socket), sends due tail probes and whatever
+    /// is queued. A publisher that goes quiet calls this every few milliseconds.
+    pub fn poll(&mut self) -> io::Result<()> {
+        self.service()
+    }
+
+    /// Keeps answering NAKs and sends the tail probes for `duration`: call before closing a
+    /// publisher so that its last messages can still be repaired (a few tens of ms covers
+    /// the tail probe and a NAK round trip). Messages received meanwhile are dropped.
+    pub fn linger(&mut self, duration: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + duration;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            self.recv(left, |_| {})?;
+        }
+        Ok(())
+    }
+
+    fn service(&mut self) -> io::Result<()> {
+        if !self.core.is_subscribed() {
+            let now_us = self.now_us();
+            for _ in 0..RECEIVES_PER_CALL_MAX {
+                match self.recv_nonblocking() {
+                    // Nothing but NAKs is expected here; messages for a client without
+                    // subscriptions have nowhere to go.
+                    Ok(length) => self.core.handle_receive(now_us, &self.receive_buffer[..length], &mut |_| {}),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        self.handle_timers()?;
         self.send_pending()
     }
 
     fn send_pending(&mut self) -> io::Result<()> {
         let mut result = Ok(());
         while let Some(transmit) = self.core.poll_transmit(&mut self.send_buffer) {
-            let outcome =
-                send_transmit(&self.socket, &transmit, &self.send_buffer, &mut self.options.gso, self.core.counters_mut());
+            let outcome = send_transmit(&self.socket, &transmit, &self.send_buffer, &mut self.options.gso, self.core.counters_mut());
             // Keep sending the rest: one refused destination must not stall the others.
             if result.is_ok() {
                 result = outcome;
@@ -351,17 +387,18 @@ impl UdpClient {
     }
 
     /// Waits up to `timeout` for datagrams, then takes what else is already queued (without
-    /// waiting), calling `on_delivery` per message, borrowed from the receive buffer.
-    /// Returns the number of messages delivered (0 on timeout). Also refreshes subscriptions.
+    /// waiting), calling `on_delivery` per message, borrowed from the receive buffer (or
+    /// from the reorder buffer after a repaired gap). Returns the number of messages
+    /// delivered (0 on timeout). Also refreshes subscriptions, NAKs gaps, answers NAKs.
     pub fn recv(&mut self, timeout: Duration, mut on_delivery: impl FnMut(Delivery<'_>)) -> io::Result<usize> {
-        self.handle_timers()?;
         let mut delivered = 0;
         let mut count = |delivery: Delivery<'_>| {
             delivered += 1;
             on_delivery(delivery);
         };
-        let wait =
-            self.core.poll_timeout().map_or(timeout, |due| timeout.min(Duration::from_micros(due.saturating_sub(self.now_us()))));
+        self.handle_timers()?;
+        self.core.deliver_released(&mut count);
+        let wait = self.core.poll_timeout().map_or(timeout, |due| timeout.min(Duration::from_micros(due.saturating_sub(self.now_us()))));
         let first = if wait.is_zero() {
             self.recv_nonblocking()
         } else {
@@ -386,7 +423,10 @@ impl UdpClient {
             Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             Err(error) => return Err(error),
         }
+        // NAK answers queued while receiving.
+        self.send_pending()?;
         self.handle_timers()?;
+        self.core.deliver_released(&mut count);
         Ok(delivered)
     }
 
@@ -400,12 +440,7 @@ impl UdpClient {
     fn recv_nonblocking(&mut self) -> io::Result<usize> {
         // SAFETY: the buffer is ours, writable, and its length is passed; the fd is live.
         let received = unsafe {
-            libc::recv(
-                self.socket.as_raw_fd(),
-                self.receive_buffer.as_mut_ptr().cast(),
-                self.receive_buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
+            libc::recv(self.socket.as_raw_fd(), self.receive_buffer.as_mut_ptr().cast(), self.receive_buffer.len(), libc::MSG_DONTWAIT)
         };
         if received < 0 {
             Err(io::Error::last_os_error())

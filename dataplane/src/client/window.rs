@@ -1,8 +1,8 @@
 //! A sliding sequence window: "have I seen this sequence number recently?"
 //!
-//! Used twice by the client: per node shard for link sequences (replay protection, as the
-//! node does per link per shard) and per (stream part, publisher, chain) for message
-//! sequences (defensive duplicate suppression). It remembers the highest sequence accepted
+//! The client uses it per node shard for link sequences (replay protection, as the node
+//! does per link per shard); message sequences are tracked per chain in order delivery
+//! (`order.rs`). It remembers the highest sequence accepted
 //! and a ring of [`WINDOW_LENGTH`] bits below it, like the IPsec/WireGuard anti-replay
 //! window. Limits: anything more than `WINDOW_LENGTH` below the highest is rejected as too
 //! old, even if it was never seen (a reordering deeper than the window is treated as replay).
