@@ -33,6 +33,12 @@ enum Command {
     Pub(pubsub::PubArgs),
     /// Subscribe to a stream part through a node and print what arrives.
     Sub(pubsub::SubArgs),
+    /// Benchmarks against NATS, raw UDP and a relay chain (see bench/README.md):
+    /// `runnel bench fanout|relay-chain|udp-ceiling [flags]`.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Make a publisher key (Ethereum account), or with --link a 32-byte link key.
     Keygen {
         /// Print a link key (64 hex digits) instead of a publisher key.
@@ -49,6 +55,7 @@ fn main() {
         Command::Dev(args) => dev::run(args),
         Command::Pub(args) => pubsub::run_pub(args),
         Command::Sub(args) => pubsub::run_sub(args),
+        Command::Bench { args } => runnel_bench::cli::run(&args).map_err(|e| e.to_string()),
         Command::Keygen { link } => {
             keygen::run(link);
             Ok(())
