@@ -13,7 +13,8 @@
 //!    bisect for the highest publish rate at which subscribers receive at least
 //!    [`DELIVERED_FRACTION_MIN`] of what was sent (× N). Each step ends with a drain (counts
 //!    still for [`STEP_DRAIN_QUIET`], at most [`STEP_DRAIN_TIMEOUT`]); its messages carry their
-//!    own phase byte, so stragglers never count for another step. If the probe already
+//!    own phase byte, so stragglers never count for another step, and its own publisher, so
+//!    one step's unrepaired gaps do not hold back the next one's messages. If the probe already
 //!    delivers enough (NATS: TCP slows its publisher down), the search stops there.
 //!    Reported: delivered msgs/s = messages of the best passing step received (in its window
 //!    or its drain) / window, its publish rate, its server CPU% and RSS, and the probe's
@@ -179,6 +180,8 @@ pub const SEARCH_STEPS: usize = 6;
 pub const DELIVERED_FRACTION_MIN: f64 = 0.99;
 /// The search stops once the passing and failing rates are this close (relative).
 const SEARCH_RESOLUTION: f64 = 0.02;
+/// The first paced step tries at least the probe's publish rate divided by this.
+const FIRST_GUESS_DIVISOR_MAX: f64 = 16.0;
 /// Lowest paced rate tried.
 const SEARCH_RATE_MIN_PER_S: f64 = 100.0;
 /// Drain after each search step: counts still for this long, at most the timeout.
@@ -233,7 +236,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
 
         // 2. Throughput search.
         let mut result = SystemResult::default();
-        let mut search = Search { system: &mut *system, publisher: &mut publisher, shared: &shared, workload, payload: &mut payload };
+        let mut search = Search { system: &mut *system, shared: &shared, workload, payload: &mut payload };
         result.steps = search.run()?;
         result.probe = result.steps[0].clone();
         let found = best_step(&result.steps).cloned().unwrap_or_default();
@@ -248,8 +251,10 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
         result.rss_kib = found.rss_kib;
         system.check_running()?;
 
-        // 3. Latency. Throughput-phase stragglers may still arrive; only latency-phase
-        // messages are sampled and counted here.
+        // 3. Latency, with a fresh publisher (see `Search::step`). Throughput-phase
+        // stragglers may still arrive; only latency-phase messages are sampled and counted.
+        drop(publisher);
+        let mut publisher = system.publisher()?;
         let pacer = Pacer::new(workload.latency_rate_per_s);
         let mut sent = 0u64;
         while latency_phase_running(&pacer, workload) {
@@ -297,7 +302,6 @@ pub fn best_step(steps: &[StepResult]) -> Option<&StepResult> {
 /// The throughput search's state: what it drives and where it counts.
 struct Search<'a, S: System> {
     system: &'a mut S,
-    publisher: &'a mut S::Publisher,
     shared: &'a Shared,
     workload: &'a Workload,
     payload: &'a mut Vec<u8>,
@@ -312,7 +316,10 @@ impl<S: System> Search<'_, S> {
         // The probe's publish rate failed; its delivered rate per subscriber is the first guess.
         let mut failing_per_s = probe.published_per_s;
         let mut passing_per_s = 0.0f64;
-        let mut next_per_s = (probe.delivered_per_s / self.workload.subscribers as f64).min(failing_per_s);
+        // Under overload a system can deliver next to nothing (all lost or held for repair),
+        // so the first guess is at least 1/16 of the probe's rate.
+        let mut next_per_s =
+            (probe.delivered_per_s / self.workload.subscribers as f64).max(failing_per_s / FIRST_GUESS_DIVISOR_MAX).min(failing_per_s);
         steps.push(probe);
         if probe_passed {
             return Ok(steps);
@@ -337,7 +344,13 @@ impl<S: System> Search<'_, S> {
     }
 
     /// One step: publish for one window (paced at `rate_per_s`, or flat out), then drain.
+    ///
+    /// Every step has its own publisher (for Runnel a new publisher key, so a new chain; for
+    /// NATS a new connection): an overloaded step leaves a Runnel node with gaps it waits to
+    /// have repaired, and with the same chain that wait would hold back the next steps'
+    /// messages too, failing rates the node sustains when it starts clean.
     fn step(&mut self, index: usize, rate_per_s: Option<f64>) -> Result<StepResult, BenchError> {
+        let mut publisher = self.system.publisher()?;
         let phase = measure::PHASE_THROUGHPUT_FIRST as usize + index;
         debug_assert!(phase < measure::PHASES, "search steps fit the phase counters");
         let window = self.workload.duration / (1 + SEARCH_STEPS) as u32;
@@ -353,9 +366,9 @@ impl<S: System> Search<'_, S> {
         match rate_per_s {
             None => loop {
                 for _ in 0..batch {
-                    self.publisher.publish(self.payload)?;
+                    publisher.publish(self.payload)?;
                 }
-                self.publisher.flush()?;
+                publisher.flush()?;
                 sent += batch as u64;
                 if Instant::now() >= deadline {
                     break;
@@ -368,16 +381,16 @@ impl<S: System> Search<'_, S> {
                     let due = pacer.due();
                     let mut pending = 0;
                     while sent < due {
-                        self.publisher.publish(self.payload)?;
+                        publisher.publish(self.payload)?;
                         sent += 1;
                         pending += 1;
                         if pending == batch {
-                            self.publisher.flush()?;
+                            publisher.flush()?;
                             pending = 0;
                         }
                     }
                     if pending > 0 {
-                        self.publisher.flush()?;
+                        publisher.flush()?;
                     }
                     pacer.wait_for_next_tick();
                 }
