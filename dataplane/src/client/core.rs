@@ -39,10 +39,13 @@
 //! bounded reorder buffer; after [`NAK_DELAY_US`] a Nak for the missing ranges goes to the
 //! owning shard, retried every [`NAK_INTERVAL_US`] up to [`NAK_RETRIES_MAX`] times per hole,
 //! then the hole is given up (counted in `records_lost`) and what follows is delivered
-//! ([`ClientCore::deliver_released`]). A chain idle for [`TAIL_QUERY_US`] sends a Nak for the
-//! [`TAIL_QUERY_SEQUENCES`] sequences after its newest (up to [`TAIL_QUERIES_MAX`] times, at
-//! doubling intervals), which the node answers from its repair ring if the tail of a burst
-//! was lost: the node tail-probes neighbors, not clients.
+//! ([`ClientCore::deliver_released`]). A chain idle for [`TAIL_QUERY_US`] NAKs its next
+//! sequence (up to [`TAIL_QUERIES_MAX`] times, at doubling intervals), which the node answers
+//! from its repair ring if the tail of a burst was lost (the node tail-probes neighbors, not
+//! clients); an answer is followed at once by a query for the sequence after it. A query asks
+//! for one sequence only: the node's ring may also hold records it is still holding back
+//! behind a gap of its own, and fetching those would open a hole here that only the node's
+//! repair can fill, possibly after this client gave it up.
 //!
 //! Limits: one datagram is open at a time, so interleaving stream parts closes datagrams
 //! early; a chain starts at the first record seen (a lost first datagram is not repaired);
@@ -84,19 +87,18 @@ pub const NAK_RANGES_ANSWERED_MAX: usize = 16;
 const NAK_RANGES_SENT_MAX: usize = 16;
 /// A published chain idle this long has its newest record resent (tail probe) ...
 pub const TAIL_PROBE_US: u64 = 30_000;
-/// ... this many times per idle period, at doubling intervals (as the relay does between
-/// nodes): a lost probe is covered by the next.
-pub const TAIL_PROBES_MAX: u32 = 2;
+/// ... this many times per idle period, at doubling intervals (30, 60, 120 ms): a lost
+/// probe is covered by the next. One more than the relay sends between nodes, because a tail
+/// lost on the publisher's hop exists nowhere else.
+pub const TAIL_PROBES_MAX: u32 = 3;
 /// Wait this long after a gap opens before the first NAK.
 pub const NAK_DELAY_US: u64 = 5_000;
 /// Between NAK retries of one hole.
 pub const NAK_INTERVAL_US: u64 = 20_000;
 /// NAKs per hole before it is given up and counted lost.
 pub const NAK_RETRIES_MAX: u32 = 8;
-/// A received chain idle this long asks the node once for what may follow its newest.
+/// A received chain idle this long asks the node for its next sequence (tail query).
 pub const TAIL_QUERY_US: u64 = 30_000;
-/// Sequences after the newest that a tail query asks for.
-pub const TAIL_QUERY_SEQUENCES: u64 = 64;
 /// Tail queries per idle period, at TAIL_QUERY_US, then doubling intervals (an answer or
 /// a query may be lost too).
 pub const TAIL_QUERIES_MAX: u32 = 3;
@@ -811,8 +813,8 @@ impl ClientCore {
                     chain.tail_queries_sent += 1;
                     chain.tail_query_due_us =
                         (chain.tail_queries_sent < TAIL_QUERIES_MAX).then(|| now_us + (TAIL_QUERY_US << chain.tail_queries_sent));
-                    let first = chain.held_span().map_or(chain.next_sequence(), |(_, last)| last + 1);
-                    tail_query = Some((first, first.saturating_add(TAIL_QUERY_SEQUENCES - 1)));
+                    // Without a gap nothing is held: the next sequence follows the newest.
+                    tail_query = Some((chain.next_sequence(), chain.next_sequence()));
                 }
             }
             if chain.next_timer_us().is_none() {
@@ -1007,7 +1009,9 @@ impl ClientCore {
         }
         let chain = self.chains.get_mut(&key).expect("inserted above");
         chain.last_activity_us = now_us;
-        chain.tail_query_due_us = Some(now_us + TAIL_QUERY_US);
+        // A repair while tail queries are out answers one: ask for the next record at once.
+        let answers_tail_query = repair && chain.tail_queries_sent > 0;
+        chain.tail_query_due_us = Some(if answers_tail_query { now_us } else { now_us + TAIL_QUERY_US });
         chain.tail_queries_sent = 0;
         if !chain.timer_listed {
             chain.timer_listed = true;
