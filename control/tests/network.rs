@@ -71,16 +71,23 @@ fn counter(status: &serde_json::Value, name: &str) -> u64 {
     status["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
 }
 
+/// Next port to try: below the ephemeral range (so client sockets bound to port 0 never take
+/// a node's port), spread by process id, and never handed out twice within this process
+/// (the tests run in parallel).
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Base ports with `SHARDS` consecutive free ports each.
 fn free_bases(count: usize) -> Vec<u16> {
+    let _ = NEXT_PORT.compare_exchange(0, 20_000 + (std::process::id() % 400) * 25, Ordering::SeqCst, Ordering::SeqCst);
     let mut bases = Vec::new();
-    let mut candidate = 20_000 + (std::process::id() % 2000) as u16 * 10;
     while bases.len() < count {
+        let candidate = NEXT_PORT.fetch_add(SHARDS as u32, Ordering::SeqCst);
+        assert!(candidate + (SHARDS as u32) < 32_000, "ran out of test ports");
+        let candidate = candidate as u16;
         let sockets: Vec<_> = (0..SHARDS).filter_map(|i| UdpSocket::bind(("127.0.0.1", candidate + i)).ok()).collect();
         if sockets.len() == SHARDS as usize {
             bases.push(candidate);
         }
-        candidate += SHARDS + 7;
     }
     bases
 }
