@@ -208,6 +208,10 @@ impl Publisher for RunnelPublisher {
         self.timestamp_ms = unix_time_ms();
         self.client.flush().map_err(io_error("publisher flush"))
     }
+
+    fn poll(&mut self) -> Result<(), BenchError> {
+        self.client.poll().map_err(io_error("publisher poll"))
+    }
 }
 
 /// One benchmark subscriber on its own client link.

@@ -42,6 +42,11 @@ pub trait Publisher {
     fn publish(&mut self, payload: &[u8]) -> Result<(), BenchError>;
     /// Sends everything queued.
     fn flush(&mut self) -> Result<(), BenchError>;
+    /// Upkeep while not publishing (a Runnel publisher answers repair requests); called every
+    /// few ms during drains. Nothing to do by default.
+    fn poll(&mut self) -> Result<(), BenchError> {
+        Ok(())
+    }
 }
 
 /// The receiving side of a system under test; runs on its own thread.
@@ -174,6 +179,8 @@ impl Shared {
 const READINESS_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a drain services the publisher and looks at the counts.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Paced steps of the throughput search after the unpaced probe.
 pub const SEARCH_STEPS: usize = 6;
 /// A rate passes when subscribers receive at least this fraction of what was sent (× N).
@@ -232,7 +239,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
             publisher.flush()?;
             std::thread::sleep(Duration::from_millis(10));
         }
-        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT);
+        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT, &mut publisher)?;
 
         // 2. Throughput search.
         let mut result = SystemResult::default();
@@ -267,7 +274,7 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
             }
             pacer.wait_for(sent);
         }
-        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT);
+        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT, &mut publisher)?;
         let expected = sent * workload.subscribers as u64;
         result.latency_delivered_fraction = shared.phase_total(measure::PHASE_LATENCY) as f64 / expected.max(1) as f64;
         system.check_running()?;
@@ -400,7 +407,7 @@ impl<S: System> Search<'_, S> {
         let received_in_window = self.shared.phase_total(phase as u8) - received_before;
         let after = process::sample_all(&pids)?;
         let (cpu_percent, rss_kib) = process::cpu_and_rss(&before, &after);
-        drain(self.shared, STEP_DRAIN_QUIET, STEP_DRAIN_TIMEOUT);
+        drain(self.shared, STEP_DRAIN_QUIET, STEP_DRAIN_TIMEOUT, &mut publisher)?;
         let expected = sent * self.workload.subscribers as u64;
         let delivered = self.shared.phase_total(phase as u8) - received_before;
         self.system.check_running()?;
@@ -425,20 +432,23 @@ fn latency_phase_running(pacer: &Pacer, workload: &Workload) -> bool {
 }
 
 /// Waits until subscriber counts have not moved for `quiet` (at most `timeout`).
-fn drain(shared: &Shared, quiet: Duration, timeout: Duration) {
+/// Keeps `publisher` serviced meanwhile (it may still have repairs to send).
+fn drain(shared: &Shared, quiet: Duration, timeout: Duration, publisher: &mut impl Publisher) -> Result<(), BenchError> {
     let deadline = Instant::now() + timeout;
     let mut last = shared.total();
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        publisher.poll()?;
+        std::thread::sleep(DRAIN_POLL_INTERVAL);
         let now_total = shared.total();
         if now_total != last {
             last = now_total;
             quiet_since = Instant::now();
         } else if quiet_since.elapsed() >= quiet {
-            return;
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 fn subscriber_loop<S: Subscriber>(
