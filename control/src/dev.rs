@@ -180,7 +180,11 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         dev_edges(args.nodes).len(),
         layout.subscriber_links.iter().map(|(n, _)| *n).collect::<Vec<_>>()
     );
-    eprintln!("runnel dev: configs in {}; try: runnel sub --link {} --stream '{DEV_STREAM}'", dir.display(), layout.user_links[0].display());
+    eprintln!(
+        "runnel dev: configs in {}; try: runnel sub --link {} --stream '{DEV_STREAM}'",
+        dir.display(),
+        layout.user_links[0].display()
+    );
 
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,7 +245,9 @@ pub fn run(args: DevArgs) -> Result<(), String> {
                     client.flush().map_err(|e| format!("send: {e}"))?;
                 }
             }
-            client.flush().map_err(|e| format!("send: {e}"))
+            client.flush().map_err(|e| format!("send: {e}"))?;
+            // Answer NAKs and probe the tail before leaving (the node may still be repairing).
+            client.linger(Duration::from_millis(200)).map_err(|e| format!("send: {e}"))
         })
     };
 

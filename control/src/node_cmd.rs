@@ -34,8 +34,7 @@ pub fn status_json(node: &NodeHandle, started: Instant) -> Value {
             runtime_totals.add(counter, shard.get(counter));
         }
     }
-    let runtime: Map<String, Value> =
-        RuntimeCounter::ALL.iter().map(|c| (c.name().to_string(), json!(runtime_totals.get(*c)))).collect();
+    let runtime: Map<String, Value> = RuntimeCounter::ALL.iter().map(|c| (c.name().to_string(), json!(runtime_totals.get(*c)))).collect();
     json!({
         "uptime_s": started.elapsed().as_secs_f64(),
         "listen": node.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),

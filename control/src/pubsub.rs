@@ -134,6 +134,9 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
         }
     }
     client.flush().map_err(|e| format!("send: {e}"))?;
+    // Stay a moment to answer the node's NAKs and probe a lost tail: the publisher holds
+    // the only other copy of its newest messages.
+    client.linger(Duration::from_millis(200)).map_err(|e| format!("send: {e}"))?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("runnel pub: {published} messages in {seconds:.2} s ({:.0}/s)", published as f64 / seconds.max(1e-9));
     Ok(())

@@ -127,8 +127,11 @@ impl Topology {
         let (id, key) = (100 + self.next_link_id, Self::key());
         self.next_link_id += 1;
         self.configs[node].push_str(&format!("\n[[links]]\nid = {id}\nkey = \"{key}\"\nrole = \"client\"\n"));
-        ClientLinkConfig::parse(&format!("node = \"127.0.0.1:{}\"\nnode_shards = {SHARDS}\nlink_id = {id}\nkey = \"{key}\"\n", self.bases[node]))
-            .unwrap()
+        ClientLinkConfig::parse(&format!(
+            "node = \"127.0.0.1:{}\"\nnode_shards = {SHARDS}\nlink_id = {id}\nkey = \"{key}\"\n",
+            self.bases[node]
+        ))
+        .unwrap()
     }
 
     fn start(&self) -> Vec<NodeProcess> {
@@ -366,7 +369,15 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
     socket.send_to(&bad_tag, target).unwrap();
     // A fragment claiming a record larger than the protocol allows, correctly tagged.
     let mut builder = DatagramBuilder::new(wire::DATAGRAM_LENGTH_DEFAULT);
-    let header = wire::FragmentHeader { publisher: [1; 20], chain_id: 1, sequence: 1, record_length: u32::MAX, offset: 0, fragment_length: 0, reserved: 0 };
+    let header = wire::FragmentHeader {
+        publisher: [1; 20],
+        chain_id: 1,
+        sequence: 1,
+        record_length: u32::MAX,
+        offset: 0,
+        fragment_length: 0,
+        reserved: 0,
+    };
     wire::encode_fragment(&header, &[0u8; 1000], builder.body_mut());
     builder.set_count(1);
     let fields = HeaderFields {
@@ -392,10 +403,17 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
     subscriber.join().unwrap();
     let status = nodes.into_iter().next().unwrap().stop();
     assert_exactly_once_in_order(&received.lock().unwrap(), 1000);
-    let rejected: u64 = ["datagrams_malformed", "datagrams_unknown_link", "datagrams_bad_tag", "fragments_dropped", "records_malformed", "records_bad_signature"]
-        .iter()
-        .map(|name| counter(&status, name))
-        .sum();
+    let rejected: u64 = [
+        "datagrams_malformed",
+        "datagrams_unknown_link",
+        "datagrams_bad_tag",
+        "fragments_dropped",
+        "records_malformed",
+        "records_bad_signature",
+    ]
+    .iter()
+    .map(|name| counter(&status, name))
+    .sum();
     // Random bytes can, very rarely, not be a datagram at all in a way we cannot count twice;
     // every garbage datagram must show up as exactly one rejection.
     assert!(rejected >= sent - 1, "rejected {rejected} of {sent} garbage datagrams: {status}");

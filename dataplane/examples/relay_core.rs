@@ -22,7 +22,12 @@ fn main() {
     let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/bench#0").unwrap().key();
     let key = PublisherKey::generate();
     let (publisher_link, subscriber_link, neighbor_link) = (LinkKey([1; 32]), LinkKey([2; 32]), LinkKey([3; 32]));
-    let mut relay = Relay::new(RelayConfig::new(0, 1, wire::DATAGRAM_LENGTH_DEFAULT, if std::env::var("RUNNEL_VERIFY").as_deref() == Ok("none") { VerifyPolicy::None } else { VerifyPolicy::All }));
+    let mut relay = Relay::new(RelayConfig::new(
+        0,
+        1,
+        wire::DATAGRAM_LENGTH_DEFAULT,
+        if std::env::var("RUNNEL_VERIFY").as_deref() == Ok("none") { VerifyPolicy::None } else { VerifyPolicy::All },
+    ));
     relay.add_link(&LinkConfig { id: 1, key: publisher_link, role: LinkRole::Client, peer: None, peer_shards: 1 });
     relay.add_link(&LinkConfig { id: 2, key: subscriber_link, role: LinkRole::Client, peer: None, peer_shards: 1 });
     let neighbor: SocketAddr = "127.0.0.9:9".parse().unwrap();

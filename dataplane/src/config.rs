@@ -130,8 +130,7 @@ pub fn default_shards() -> u16 {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
@@ -169,15 +168,20 @@ impl NodeConfig {
             if !seen.insert(link.id) {
                 return Err(ConfigError(format!("{} = {}: link ids must be unique, another link uses it", field("id"), link.id)));
             }
-            let key = parse_link_key(&link.key)
-                .ok_or_else(|| ConfigError(format!("{}: must be 64 hex digits (32 bytes); `runnel keygen --link` makes one", field("key"))))?;
+            let key = parse_link_key(&link.key).ok_or_else(|| {
+                ConfigError(format!("{}: must be 64 hex digits (32 bytes); `runnel keygen --link` makes one", field("key")))
+            })?;
             let peer = match (&link.role, link.peer) {
                 (LinkRole::Neighbor, None) => {
-                    return Err(ConfigError(format!("{}: a neighbor link needs the neighbor's listen address, e.g. \"127.0.0.1:7100\"", field("peer"))))
+                    return Err(ConfigError(format!(
+                        "{}: a neighbor link needs the neighbor's listen address, e.g. \"127.0.0.1:7100\"",
+                        field("peer")
+                    )))
                 }
-                (LinkRole::Neighbor, Some(text)) => Some(text.parse::<SocketAddr>().map_err(|_| {
-                    ConfigError(format!("{} = {text:?} is not an address: write ip:port", field("peer")))
-                })?),
+                (LinkRole::Neighbor, Some(text)) => Some(
+                    text.parse::<SocketAddr>()
+                        .map_err(|_| ConfigError(format!("{} = {text:?} is not an address: write ip:port", field("peer"))))?,
+                ),
                 (LinkRole::Client, Some(_)) => {
                     return Err(ConfigError(format!("{}: client links learn their address from traffic; remove peer", field("peer"))))
                 }
@@ -185,7 +189,10 @@ impl NodeConfig {
             };
             let peer_shards = link.peer_shards.unwrap_or(1);
             if peer_shards == 0 || peer_shards > SHARDS_MAX {
-                return Err(ConfigError(format!("{} = {peer_shards}: use the neighbor's node.shards (1..={SHARDS_MAX})", field("peer_shards"))));
+                return Err(ConfigError(format!(
+                    "{} = {peer_shards}: use the neighbor's node.shards (1..={SHARDS_MAX})",
+                    field("peer_shards")
+                )));
             }
             links.push(LinkConfig { id: link.id, key, role: link.role, peer, peer_shards });
         }

@@ -227,12 +227,10 @@ impl PublisherKey {
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
         let text = text.trim();
         let digits = text.strip_prefix("0x").unwrap_or(text);
-        let bytes = hex::decode(digits)
-            .map_err(|_| KeyError("private key must be 64 hex digits (optionally 0x-prefixed)".into()))?;
-        let bytes: [u8; 32] =
-            bytes.try_into().map_err(|_| KeyError("private key must be exactly 32 bytes (64 hex digits)".into()))?;
-        let secret = SecretKey::from_byte_array(bytes)
-            .map_err(|_| KeyError("private key is zero or not below the secp256k1 group order".into()))?;
+        let bytes = hex::decode(digits).map_err(|_| KeyError("private key must be 64 hex digits (optionally 0x-prefixed)".into()))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError("private key must be exactly 32 bytes (64 hex digits)".into()))?;
+        let secret =
+            SecretKey::from_byte_array(bytes).map_err(|_| KeyError("private key is zero or not below the secp256k1 group order".into()))?;
         Ok(Self::from_secret(secret))
     }
 

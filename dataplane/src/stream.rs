@@ -119,8 +119,14 @@ mod tests {
         assert_eq!(part.to_string(), "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sensors/temp-1#3");
         assert_eq!(part.key().0, *blake3::hash(part.to_string().as_bytes()).as_bytes());
         assert_eq!(StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a").unwrap().partition(), 0);
-        for bad in ["nope", "0x12/a", "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/", "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a b",
-            "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a#100", "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a#x"] {
+        for bad in [
+            "nope",
+            "0x12/a",
+            "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/",
+            "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a b",
+            "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a#100",
+            "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/a#x",
+        ] {
             assert!(StreamPart::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

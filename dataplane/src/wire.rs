@@ -42,8 +42,7 @@ pub const PAYLOAD_LENGTH_MAX: usize = 1 << 20;
 /// Deepest batch Merkle path: 2^16 messages per batch signature.
 pub const PROOF_DEPTH_MAX: usize = 16;
 /// Largest encoded message record.
-pub const RECORD_LENGTH_MAX: usize =
-    MESSAGE_HEADER_LENGTH + 255 + PAYLOAD_LENGTH_MAX + SIGNATURE_LENGTH + 32 * PROOF_DEPTH_MAX;
+pub const RECORD_LENGTH_MAX: usize = MESSAGE_HEADER_LENGTH + 255 + PAYLOAD_LENGTH_MAX + SIGNATURE_LENGTH + 32 * PROOF_DEPTH_MAX;
 /// Default datagram size: the UDP payload that fits a 1500-byte Ethernet MTU.
 pub const DATAGRAM_LENGTH_DEFAULT: usize = 1472;
 /// Largest UDP payload over IPv4.
@@ -210,7 +209,9 @@ impl fmt::Display for WireError {
             WireError::UnknownFlags(x) => write!(f, "unknown header flags {x:#06x}"),
             WireError::NonZeroReserved => f.write_str("reserved bytes are not zero"),
             WireError::BadTotalLength(n) => write!(f, "bad total length {n}"),
-            WireError::BadRecordLength { declared, computed } => write!(f, "record length {declared} does not match its fields ({computed})"),
+            WireError::BadRecordLength { declared, computed } => {
+                write!(f, "record length {declared} does not match its fields ({computed})")
+            }
             WireError::BadContentType(x) => write!(f, "unknown content type {x}"),
             WireError::BadEncryption(x) => write!(f, "unknown encryption type {x}"),
             WireError::BadSignatureKind(x) => write!(f, "unknown signature kind {x}"),
@@ -312,8 +313,8 @@ impl<'a> Datagram<'a> {
     /// The fragment of a Fragment datagram.
     pub fn fragment(&self) -> Result<(&'a ArchivedFragmentHeader, &'a [u8]), WireError> {
         need(self.body, FRAGMENT_HEADER_LENGTH)?;
-        let header = rkyv::access::<ArchivedFragmentHeader, Failure>(&self.body[..FRAGMENT_HEADER_LENGTH])
-            .map_err(|_| WireError::Invalid)?;
+        let header =
+            rkyv::access::<ArchivedFragmentHeader, Failure>(&self.body[..FRAGMENT_HEADER_LENGTH]).map_err(|_| WireError::Invalid)?;
         let length = header.fragment_length.to_native() as usize;
         let record_length = header.record_length.to_native() as usize;
         let offset = header.offset.to_native() as usize;
@@ -390,8 +391,7 @@ impl<'a> Record<'a> {
     /// Validates the record at the start of `bytes` (which may hold more after it).
     pub fn parse(bytes: &'a [u8]) -> Result<Record<'a>, WireError> {
         need(bytes, MESSAGE_HEADER_LENGTH)?;
-        let header = rkyv::access::<ArchivedMessageHeader, Failure>(&bytes[..MESSAGE_HEADER_LENGTH])
-            .map_err(|_| WireError::Invalid)?;
+        let header = rkyv::access::<ArchivedMessageHeader, Failure>(&bytes[..MESSAGE_HEADER_LENGTH]).map_err(|_| WireError::Invalid)?;
         if header.content_type > ContentType::Binary as u8 {
             return Err(WireError::BadContentType(header.content_type));
         }

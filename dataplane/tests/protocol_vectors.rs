@@ -17,15 +17,14 @@
 //! `dataplane/fuzz` (scripts/test.sh does this before fuzzing).
 
 use runnel_dataplane::crypto::{
-    batch_leaf, batch_root_digest, batch_root_from_path, eip191_hash, keccak256, message_digest,
-    write_canonical, PublisherKey, SignedFields, Verifier, VerifyCost,
+    batch_leaf, batch_root_digest, batch_root_from_path, eip191_hash, keccak256, message_digest, write_canonical, PublisherKey,
+    SignedFields, Verifier, VerifyCost,
 };
 use runnel_dataplane::linktag::{link_tag, LinkKey};
 use runnel_dataplane::stream::{StreamPart, StreamPartKey};
 use runnel_dataplane::wire::{
-    encode_fragment, encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder,
-    Encryption, FragmentHeader, HeaderFields, Kind, MessageFields, NakRange, Record, FLAG_REPAIR,
-    FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH,
+    encode_fragment, encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, FragmentHeader, HeaderFields,
+    Kind, MessageFields, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH,
     TAGGED_HEADER_LENGTH,
 };
 use siphasher::sip::SipHasher24;
@@ -52,18 +51,12 @@ struct Vector {
 
 impl Vector {
     fn new(label: &'static str) -> Self {
-        Self {
-            label,
-            fields: Vec::new(),
-        }
+        Self { label, fields: Vec::new() }
     }
 
     fn text(&mut self, name: &str, value: impl ToString) {
         let value = value.to_string();
-        assert!(
-            !value.contains(char::is_whitespace),
-            "vector values carry no whitespace: {name} = {value:?}"
-        );
+        assert!(!value.contains(char::is_whitespace), "vector values carry no whitespace: {name} = {value:?}");
         self.fields.push((name.to_string(), value));
     }
 
@@ -105,18 +98,11 @@ fn parse_doc_vectors(text: &str) -> Vec<(String, Vec<(String, String)>)> {
                 break;
             }
             if line.starts_with(char::is_whitespace) {
-                let (name, value) = fields.last_mut().unwrap_or_else(|| {
-                    panic!("vector {label}: continuation line before any field")
-                });
-                assert!(
-                    !line.trim().is_empty(),
-                    "vector {label}: blank continuation of {name}"
-                );
+                let (name, value) = fields.last_mut().unwrap_or_else(|| panic!("vector {label}: continuation line before any field"));
+                assert!(!line.trim().is_empty(), "vector {label}: blank continuation of {name}");
                 value.push_str(line.trim());
             } else {
-                let (name, value) = line.split_once(':').unwrap_or_else(|| {
-                    panic!("vector {label}: line {line:?} is not `name: value`")
-                });
+                let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("vector {label}: line {line:?} is not `name: value`"));
                 fields.push((name.trim().to_string(), value.trim().to_string()));
             }
         }
@@ -176,9 +162,7 @@ fn batch_fields(publisher: [u8; 20]) -> Vec<MessageFields> {
             fields.content_type = ContentType::Binary;
             fields.encryption = Encryption::Aes256Gcm;
             fields.group_key_id = b"group-key-1".to_vec();
-            fields.payload = (0u8..28)
-                .map(|b| b.wrapping_mul(37).wrapping_add(11))
-                .collect();
+            fields.payload = (0u8..28).map(|b| b.wrapping_mul(37).wrapping_add(11)).collect();
         }
         batch.push(fields);
     }
@@ -208,17 +192,8 @@ fn canonical_by_spec(key: &StreamPartKey, fields: &MessageFields) -> Vec<u8> {
 }
 
 /// A message record built by hand from the spec's record table.
-fn record_by_spec(
-    fields: &MessageFields,
-    signature: &[u8],
-    leaf_index: u32,
-    path: &[[u8; 32]],
-) -> Vec<u8> {
-    let length = MESSAGE_HEADER_LENGTH
-        + fields.group_key_id.len()
-        + fields.payload.len()
-        + SIGNATURE_LENGTH
-        + 32 * path.len();
+fn record_by_spec(fields: &MessageFields, signature: &[u8], leaf_index: u32, path: &[[u8; 32]]) -> Vec<u8> {
+    let length = MESSAGE_HEADER_LENGTH + fields.group_key_id.len() + fields.payload.len() + SIGNATURE_LENGTH + 32 * path.len();
     let mut out = Vec::new();
     out.extend_from_slice(&(length as u32).to_le_bytes()); // 0 record_length
     out.extend_from_slice(&fields.publisher); // 4 publisher
@@ -279,9 +254,7 @@ fn blake3_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
 
 fn canonical(key: &StreamPartKey, fields: &MessageFields) -> Vec<u8> {
     let mut out = Vec::new();
-    write_canonical(&SignedFields::from_fields(key, fields), |part| {
-        out.extend_from_slice(part)
-    });
+    write_canonical(&SignedFields::from_fields(key, fields), |part| out.extend_from_slice(part));
     out
 }
 
@@ -336,10 +309,7 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     let mut v = Vector::new("stream-part-key");
     v.text("id_input", STREAM_PART_INPUT);
     v.text("id_canonical", part.to_string());
-    assert_eq!(
-        part_key.0,
-        *blake3::hash(part.to_string().as_bytes()).as_bytes()
-    );
+    assert_eq!(part_key.0, *blake3::hash(part.to_string().as_bytes()).as_bytes());
     v.hex("key", &part_key.0);
     vectors.push(v);
 
@@ -347,11 +317,7 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     let link_key = link_key();
     let mut subscribe = vec![0u8; HEADER_LENGTH];
     runnel_dataplane::wire::write_header(&subscribe_fields(&part_key), &link_key, &mut subscribe);
-    assert_eq!(
-        subscribe,
-        header_by_spec(&subscribe_fields(&part_key), &link_key),
-        "header table disagrees with write_header"
-    );
+    assert_eq!(subscribe, header_by_spec(&subscribe_fields(&part_key), &link_key), "header table disagrees with write_header");
     let parsed = Datagram::parse(&subscribe).expect("vector Subscribe parses");
     assert!(parsed.tag_matches(&link_key) && parsed.kind == Kind::Subscribe);
     let tag = link_tag(&link_key, &subscribe[..TAGGED_HEADER_LENGTH]);
@@ -365,37 +331,20 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     vectors.push(v);
 
     // (c) one message signed by anvil account 0.
-    assert_eq!(
-        runnel_dataplane::crypto::address_hex(&address),
-        ANVIL_ADDRESS_0
-    );
+    assert_eq!(runnel_dataplane::crypto::address_hex(&address), ANVIL_ADDRESS_0);
     let fields = message_fields(address);
     let canonical_bytes = canonical(&part_key, &fields);
-    assert_eq!(
-        canonical_bytes,
-        canonical_by_spec(&part_key, &fields),
-        "canonical bytes disagree with the spec"
-    );
+    assert_eq!(canonical_bytes, canonical_by_spec(&part_key, &fields), "canonical bytes disagree with the spec");
     let digest = message_digest(&SignedFields::from_fields(&part_key, &fields));
     assert_eq!(digest, keccak256(&[&canonical_bytes]));
     let eip191 = eip191_hash(&digest);
-    assert_eq!(
-        eip191,
-        keccak256(&[b"\x19Ethereum Signed Message:\n32", &digest])
-    );
+    assert_eq!(eip191, keccak256(&[b"\x19Ethereum Signed Message:\n32", &digest]));
     let mut record = Vec::new();
     key.sign_into(&part_key, &fields, &mut record);
     let parsed = Record::parse(&record).expect("vector record parses");
     let signature = *parsed.signature;
-    assert_eq!(
-        record,
-        record_by_spec(&fields, &signature, 0, &[]),
-        "record table disagrees with the encoder"
-    );
-    assert_eq!(
-        Verifier::default().verify(&part_key, &parsed),
-        Ok(VerifyCost::Ecdsa)
-    );
+    assert_eq!(record, record_by_spec(&fields, &signature, 0, &[]), "record table disagrees with the encoder");
+    assert_eq!(Verifier::default().verify(&part_key, &parsed), Ok(VerifyCost::Ecdsa));
     let mut v = Vector::new("message");
     v.text("private_key", ANVIL_KEY_0.trim_start_matches("0x"));
     v.text("publisher", ANVIL_ADDRESS_0);
@@ -408,10 +357,7 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     v.text("previous_sequence", previous_sequence);
     v.text("content_type", "0(JSON)");
     v.text("encryption", "0(none)");
-    v.text(
-        "payload_utf8",
-        String::from_utf8(fields.payload.clone()).expect("UTF-8"),
-    );
+    v.text("payload_utf8", String::from_utf8(fields.payload.clone()).expect("UTF-8"));
     v.hex("canonical", &canonical_bytes);
     v.hex("digest", &digest);
     v.hex("eip191_hash", &eip191);
@@ -422,37 +368,19 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     // (d) the record in a Data datagram.
     let mut builder = DatagramBuilder::new(runnel_dataplane::wire::DATAGRAM_LENGTH_DEFAULT);
     assert!(builder.try_push(&record));
-    let data_datagram = builder
-        .finish(data_fields(&part_key, address, 42), &link_key)
-        .to_vec();
-    let header_fields = HeaderFields {
-        message_count: 1,
-        total_length: data_datagram.len() as u16,
-        ..data_fields(&part_key, address, 42)
-    };
-    assert_eq!(
-        data_datagram[..HEADER_LENGTH],
-        header_by_spec(&header_fields, &link_key)[..]
-    );
+    let data_datagram = builder.finish(data_fields(&part_key, address, 42), &link_key).to_vec();
+    let header_fields = HeaderFields { message_count: 1, total_length: data_datagram.len() as u16, ..data_fields(&part_key, address, 42) };
+    assert_eq!(data_datagram[..HEADER_LENGTH], header_by_spec(&header_fields, &link_key)[..]);
     let parsed = Datagram::parse(&data_datagram).expect("vector datagram parses");
     assert!(parsed.tag_matches(&link_key));
-    assert_eq!(
-        parsed
-            .records()
-            .map(|r| r.expect("record").bytes.to_vec())
-            .collect::<Vec<_>>(),
-        vec![record.clone()]
-    );
+    assert_eq!(parsed.records().map(|r| r.expect("record").bytes.to_vec()).collect::<Vec<_>>(), vec![record.clone()]);
     let mut v = Vector::new("data-datagram");
     v.hex("link_key", &link_key.0);
     v.text("link_id", LINK_ID);
     v.text("link_seq", 42);
     v.text("flags", "0x0001(single-publisher)");
     v.text("total_length", data_datagram.len());
-    v.hex(
-        "tag_bytes",
-        &data_datagram[TAGGED_HEADER_LENGTH..HEADER_LENGTH],
-    );
+    v.hex("tag_bytes", &data_datagram[TAGGED_HEADER_LENGTH..HEADER_LENGTH]);
     v.hex("datagram", &data_datagram);
     vectors.push(v);
 
@@ -480,29 +408,14 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     let mut verifier = Verifier::default();
     let mut at = 0;
     let mut batch_signature = [0u8; SIGNATURE_LENGTH];
-    let paths = [
-        [leaves[1], node_23],
-        [leaves[0], node_23],
-        [leaves[3], node_01],
-    ];
+    let paths = [[leaves[1], node_23], [leaves[0], node_23], [leaves[3], node_01]];
     for (index, length) in batch_lengths.iter().enumerate() {
         let record = Record::parse(&batch_records[at..at + length]).expect("batch record parses");
         batch_signature = *record.signature;
         let leaf = batch_leaf(&SignedFields::from_record(&part_key, &record));
-        assert_eq!(
-            batch_root_from_path(leaf, index as u32, record.proof),
-            root,
-            "record {index} path"
-        );
-        assert_eq!(
-            record.bytes,
-            record_by_spec(&batch[index], &batch_signature, index as u32, &paths[index])
-        );
-        let expected = if index == 0 {
-            VerifyCost::Ecdsa
-        } else {
-            VerifyCost::CachedRoot
-        };
+        assert_eq!(batch_root_from_path(leaf, index as u32, record.proof), root, "record {index} path");
+        assert_eq!(record.bytes, record_by_spec(&batch[index], &batch_signature, index as u32, &paths[index]));
+        let expected = if index == 0 { VerifyCost::Ecdsa } else { VerifyCost::CachedRoot };
         assert_eq!(verifier.verify(&part_key, &record), Ok(expected));
         at += length;
     }
@@ -523,14 +436,7 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     v.hex("record_2", &batch_records[third..]);
     vectors.push(v);
 
-    let encodings = Encodings {
-        part_key,
-        record,
-        subscribe,
-        data_datagram,
-        batch_records,
-        batch_lengths,
-    };
+    let encodings = Encodings { part_key, record, subscribe, data_datagram, batch_records, batch_lengths };
     (vectors, encodings)
 }
 
@@ -545,24 +451,14 @@ fn doc_vectors_match_the_code() {
         }
     }
     let path = doc_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let documented = parse_doc_vectors(&text);
     let labels: Vec<&str> = documented.iter().map(|(label, _)| label.as_str()).collect();
     let expected_labels: Vec<&str> = vectors.iter().map(|v| v.label).collect();
-    assert_eq!(
-        labels,
-        expected_labels,
-        "vector blocks in {} (in order)",
-        path.display()
-    );
+    assert_eq!(labels, expected_labels, "vector blocks in {} (in order)", path.display());
     for (vector, (_, fields)) in vectors.iter().zip(&documented) {
         let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
-        let expected_names: Vec<&str> = vector
-            .fields
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .collect();
+        let expected_names: Vec<&str> = vector.fields.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, expected_names, "fields of vector {}", vector.label);
         for ((name, documented), (_, computed)) in fields.iter().zip(&vector.fields) {
             assert_eq!(
@@ -580,10 +476,7 @@ fn doc_vectors_match_the_code() {
 #[test]
 fn rendered_vectors_parse_back() {
     let (vectors, _) = build_vectors();
-    let text: String = vectors
-        .iter()
-        .map(|v| format!("prose\n\n{}\nmore prose\n", v.render()))
-        .collect();
+    let text: String = vectors.iter().map(|v| format!("prose\n\n{}\nmore prose\n", v.render())).collect();
     let parsed = parse_doc_vectors(&text);
     assert_eq!(parsed.len(), vectors.len());
     for (vector, (label, fields)) in vectors.iter().zip(parsed) {
@@ -608,19 +501,11 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
         at += length;
     }
     builder.pad_to(1472);
-    let batch_datagram = builder
-        .finish(data_fields(&part_key, address, 43), &link_key)
-        .to_vec();
+    let batch_datagram = builder.finish(data_fields(&part_key, address, 43), &link_key).to_vec();
     builder.reset();
     let cut = encodings.record.len() / 2;
     let mut fragments = Vec::new();
-    for (seq, (offset, slice)) in [
-        (0, &encodings.record[..cut]),
-        (cut, &encodings.record[cut..]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (seq, (offset, slice)) in [(0, &encodings.record[..cut]), (cut, &encodings.record[cut..])].into_iter().enumerate() {
         builder.reset();
         let header = FragmentHeader {
             publisher: address,
@@ -633,98 +518,40 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
         };
         encode_fragment(&header, slice, builder.body_mut());
         builder.set_count(1);
-        let fields = HeaderFields {
-            kind: Kind::Fragment,
-            flags: FLAG_SINGLE_PUBLISHER,
-            ..data_fields(&part_key, address, 44 + seq as u64)
-        };
+        let fields =
+            HeaderFields { kind: Kind::Fragment, flags: FLAG_SINGLE_PUBLISHER, ..data_fields(&part_key, address, 44 + seq as u64) };
         fragments.push(builder.finish(fields, &link_key).to_vec());
     }
     builder.reset();
-    encode_nak_range(
-        &NakRange {
-            publisher: address,
-            chain_id: 1,
-            first_sequence: 2,
-            last_sequence: 4,
-        },
-        builder.body_mut(),
-    );
+    encode_nak_range(&NakRange { publisher: address, chain_id: 1, first_sequence: 2, last_sequence: 4 }, builder.body_mut());
     builder.set_count(1);
     let nak = builder
-        .finish(
-            HeaderFields {
-                kind: Kind::Nak,
-                flags: 0,
-                publisher: [0; 20],
-                ..data_fields(&part_key, address, 46)
-            },
-            &link_key,
-        )
+        .finish(HeaderFields { kind: Kind::Nak, flags: 0, publisher: [0; 20], ..data_fields(&part_key, address, 46) }, &link_key)
         .to_vec();
     builder.reset();
     let unsubscribe = builder
-        .finish(
-            HeaderFields {
-                kind: Kind::Unsubscribe,
-                flags: 0,
-                publisher: [0; 20],
-                ..data_fields(&part_key, address, 47)
-            },
-            &link_key,
-        )
+        .finish(HeaderFields { kind: Kind::Unsubscribe, flags: 0, publisher: [0; 20], ..data_fields(&part_key, address, 47) }, &link_key)
         .to_vec();
     builder.reset();
     assert!(builder.try_push(&encodings.record));
     let repair = builder
-        .finish(
-            HeaderFields {
-                flags: FLAG_SINGLE_PUBLISHER | FLAG_REPAIR,
-                ..data_fields(&part_key, address, 48)
-            },
-            &link_key,
-        )
+        .finish(HeaderFields { flags: FLAG_SINGLE_PUBLISHER | FLAG_REPAIR, ..data_fields(&part_key, address, 48) }, &link_key)
         .to_vec();
-    let coalesced: Vec<u8> = [
-        &encodings.subscribe[..],
-        &batch_datagram[..],
-        &encodings.data_datagram[..],
-    ]
-    .concat();
-    for datagram in [
-        &encodings.subscribe,
-        &encodings.data_datagram,
-        &batch_datagram,
-        &fragments[0],
-        &nak,
-        &unsubscribe,
-        &repair,
-        &coalesced,
-    ] {
+    let coalesced: Vec<u8> = [&encodings.subscribe[..], &batch_datagram[..], &encodings.data_datagram[..]].concat();
+    for datagram in
+        [&encodings.subscribe, &encodings.data_datagram, &batch_datagram, &fragments[0], &nak, &unsubscribe, &repair, &coalesced]
+    {
         for parsed in split_datagrams(datagram) {
             let parsed = parsed.expect("seed datagram parses");
             assert!(parsed.tag_matches(&link_key));
             if parsed.kind == Kind::Data {
-                assert!(
-                    parsed.records().all(|r| r.is_ok()),
-                    "seed Data datagram has a bad record"
-                );
+                assert!(parsed.records().all(|r| r.is_ok()), "seed Data datagram has a bad record");
             }
         }
         seeds.push(("datagram", datagram.to_vec()));
     }
-    assert!(Datagram::parse(&fragments[1])
-        .expect("fragment")
-        .fragment()
-        .is_ok());
-    assert_eq!(
-        Datagram::parse(&nak)
-            .expect("nak")
-            .nak_ranges()
-            .expect("ranges")
-            .count(),
-        1
-    );
+    assert!(Datagram::parse(&fragments[1]).expect("fragment").fragment().is_ok());
+    assert_eq!(Datagram::parse(&nak).expect("nak").nak_ranges().expect("ranges").count(), 1);
 
     // record: single, each batch record, and all records back to back.
     seeds.push(("record", encodings.record.clone()));
@@ -733,10 +560,7 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
         seeds.push(("record", encodings.batch_records[at..at + length].to_vec()));
         at += length;
     }
-    seeds.push((
-        "record",
-        [&encodings.record[..], &encodings.batch_records[..]].concat(),
-    ));
+    seeds.push(("record", [&encodings.record[..], &encodings.batch_records[..]].concat()));
 
     // config: the documented example.
     let config = format!(
@@ -829,64 +653,30 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
     }
 
     // client_link: a full link file and one relying on the default datagram size.
-    let link_file = format!(
-        "node = \"127.0.0.1:7000\"\nnode_shards = 2\nlink_id = {CLIENT_LINK_ID}\nkey = \"{}\"\n",
-        hex::encode(client_key.0)
-    );
-    let link = runnel_dataplane::client::ClientLinkConfig::parse(&link_file)
-        .expect("seed link file parses");
+    let link_file =
+        format!("node = \"127.0.0.1:7000\"\nnode_shards = 2\nlink_id = {CLIENT_LINK_ID}\nkey = \"{}\"\n", hex::encode(client_key.0));
+    let link = runnel_dataplane::client::ClientLinkConfig::parse(&link_file).expect("seed link file parses");
     seeds.push(("client_link", link_file.into_bytes()));
     seeds.push(("client_link", link.to_toml().into_bytes()));
 
     // client: node traffic on link 7, in the format of dataplane/fuzz/fuzz_targets/client.rs.
-    let chunk =
-        |bytes: &[u8]| -> Vec<u8> { [&(bytes.len() as u16).to_le_bytes()[..], bytes].concat() };
+    let chunk = |bytes: &[u8]| -> Vec<u8> { [&(bytes.len() as u16).to_le_bytes()[..], bytes].concat() };
     const CLIENT_VERIFY: u8 = 1;
     const CLIENT_REWRITE_TAGS: u8 = 2;
+    seeds.push(("client", [vec![CLIENT_VERIFY], chunk(&encodings.data_datagram), chunk(&batch_datagram), chunk(&repair)].concat()));
     seeds.push((
         "client",
-        [
-            vec![CLIENT_VERIFY],
-            chunk(&encodings.data_datagram),
-            chunk(&batch_datagram),
-            chunk(&repair),
-        ]
-        .concat(),
+        [vec![CLIENT_VERIFY | CLIENT_REWRITE_TAGS], chunk(&fragments[0]), chunk(&fragments[1]), chunk(&coalesced)].concat(),
     ));
-    seeds.push((
-        "client",
-        [
-            vec![CLIENT_VERIFY | CLIENT_REWRITE_TAGS],
-            chunk(&fragments[0]),
-            chunk(&fragments[1]),
-            chunk(&coalesced),
-        ]
-        .concat(),
-    ));
-    seeds.push((
-        "client",
-        [
-            vec![0],
-            chunk(&repair_gap(&batch_datagram, &link_key)),
-            chunk(&encodings.data_datagram),
-        ]
-        .concat(),
-    ));
+    seeds.push(("client", [vec![0], chunk(&repair_gap(&batch_datagram, &link_key)), chunk(&encodings.data_datagram)].concat()));
     seeds
 }
 
 /// A Data datagram holding one record, tagged with `key`.
-fn builder_datagram(
-    record: &[u8],
-    key: LinkKey,
-    publisher: [u8; 20],
-    part_key: &StreamPartKey,
-) -> Vec<u8> {
+fn builder_datagram(record: &[u8], key: LinkKey, publisher: [u8; 20], part_key: &StreamPartKey) -> Vec<u8> {
     let mut builder = DatagramBuilder::new(1472);
     assert!(builder.try_push(record));
-    builder
-        .finish(data_fields(part_key, publisher, 1), &key)
-        .to_vec()
+    builder.finish(data_fields(part_key, publisher, 1), &key).to_vec()
 }
 
 /// Recomputes the link tag of a single datagram after its header was edited.
@@ -910,18 +700,8 @@ fn repair_gap(batch_datagram: &[u8], key: &LinkKey) -> Vec<u8> {
 fn fuzz_seed_corpora() {
     let (_, encodings) = build_vectors();
     let seeds = fuzz_seeds(&encodings);
-    for target in [
-        "datagram",
-        "record",
-        "config",
-        "relay",
-        "client_link",
-        "client",
-    ] {
-        assert!(
-            seeds.iter().any(|(t, _)| *t == target),
-            "no seed for fuzz target {target}"
-        );
+    for target in ["datagram", "record", "config", "relay", "client_link", "client"] {
+        assert!(seeds.iter().any(|(t, _)| *t == target), "no seed for fuzz target {target}");
     }
     let Some(directory) = std::env::var_os("RUNNEL_FUZZ_SEEDS") else {
         return;
@@ -929,15 +709,9 @@ fn fuzz_seed_corpora() {
     let directory = PathBuf::from(directory);
     for (index, (target, seed)) in seeds.iter().enumerate() {
         let target_directory = directory.join(target);
-        std::fs::create_dir_all(&target_directory)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", target_directory.display()));
+        std::fs::create_dir_all(&target_directory).unwrap_or_else(|e| panic!("cannot create {}: {e}", target_directory.display()));
         let path = target_directory.join(format!("seed-{index:02}"));
-        std::fs::write(&path, seed)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        std::fs::write(&path, seed).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
-    println!(
-        "wrote {} fuzz seeds under {}",
-        seeds.len(),
-        directory.display()
-    );
+    println!("wrote {} fuzz seeds under {}", seeds.len(), directory.display());
 }

@@ -8,6 +8,7 @@ use runnel_dataplane::config::{LinkConfig, LinkRole, VerifyPolicy};
 use runnel_dataplane::counters::Counter;
 use runnel_dataplane::crypto::PublisherKey;
 use runnel_dataplane::linktag::LinkKey;
+use runnel_dataplane::relay::reassembly::{FragmentOutcome, Reassembler};
 use runnel_dataplane::relay::{Relay, RelayConfig};
 use runnel_dataplane::stream::StreamPart;
 use runnel_dataplane::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
@@ -31,9 +32,10 @@ impl Rng {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("RUNNEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     println!("RUNNEL_SEED={seed}");
     seed | 1
 }
@@ -84,7 +86,13 @@ impl Network {
                 });
             }
         }
-        relays[0].add_link(&LinkConfig { id: PUBLISHER_LINK, key: LinkKey([0xaa; 32]), role: LinkRole::Client, peer: None, peer_shards: 1 });
+        relays[0].add_link(&LinkConfig {
+            id: PUBLISHER_LINK,
+            key: LinkKey([0xaa; 32]),
+            role: LinkRole::Client,
+            peer: None,
+            peer_shards: 1,
+        });
         relays[nodes - 1].add_link(&LinkConfig {
             id: SUBSCRIBER_LINK,
             key: LinkKey([0xbb; 32]),
@@ -199,6 +207,8 @@ struct Scenario {
     messages: u64,
     batch: bool,
     kill: Option<(usize, u64)>,
+    /// Every n-th message carries 5000 bytes, so relays forward it as fragments.
+    large_every: Option<u64>,
 }
 
 /// Runs a publisher at node 0 and a subscriber at the last node; returns the sequences the
@@ -238,7 +248,14 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
                     content_type: ContentType::Binary,
                     encryption: Encryption::None,
                     group_key_id: vec![],
-                    payload: s.to_le_bytes().to_vec(),
+                    payload: match scenario.large_every {
+                        Some(n) if s % n == n - 1 => {
+                            let mut large = vec![0xab; 5000];
+                            large[..8].copy_from_slice(&s.to_le_bytes());
+                            large
+                        }
+                        _ => s.to_le_bytes().to_vec(),
+                    },
                 };
                 previous = Some((1_000 + s, s));
                 message
@@ -284,15 +301,26 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
     network.step_until(until);
 
     let mut received = Vec::new();
+    let mut reassembler = Reassembler::new(1 << 20, 16, u64::MAX / 2);
     for datagram in &network.subscriber_inbox {
         for datagram in wire::split_datagrams(datagram) {
             let datagram = datagram.expect("relays send valid datagrams");
             assert!(datagram.tag_matches(&subscriber_key));
-            if datagram.kind != Kind::Data {
-                continue;
-            }
-            for record in datagram.records() {
-                received.push(record.expect("valid record").sequence());
+            match datagram.kind {
+                Kind::Data => {
+                    for record in datagram.records() {
+                        received.push(record.expect("valid record").sequence());
+                    }
+                }
+                Kind::Fragment => {
+                    let (header, slice) = datagram.fragment().expect("valid fragment");
+                    let key = (part.0, header.publisher, header.chain_id.to_native(), header.sequence.to_native());
+                    let length = header.record_length.to_native();
+                    if let FragmentOutcome::Complete(bytes) = reassembler.insert(0, key, length, header.offset.to_native(), slice) {
+                        received.push(wire::Record::parse(&bytes).expect("reassembled record").sequence());
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -323,7 +351,8 @@ fn line(nodes: usize) -> Vec<(usize, usize)> {
 fn line_lossless_delivers_each_once_in_order() {
     let seed = seed();
     for batch in [false, true] {
-        let scenario = Scenario { nodes: 3, edges: line(3), loss: 0.0, duplicate: 0.0, messages: 2000, batch, kill: None };
+        let scenario =
+            Scenario { nodes: 3, edges: line(3), loss: 0.0, duplicate: 0.0, messages: 2000, batch, kill: None, large_every: None };
         let (received, network) = run(&scenario, seed);
         assert_exactly_once_in_order(&received, 2000, &format!("batch={batch} seed {seed}"));
         let ecdsa: u64 = network.relays.iter().map(|r| r.counters().get(Counter::SignaturesEcdsa)).sum();
@@ -337,11 +366,13 @@ fn line_lossless_delivers_each_once_in_order() {
 }
 
 // Goal: with 5% loss, reordering and duplication on every mesh hop, NAK repair fills the
-// gaps: the subscriber still gets every message exactly once and in order.
+// gaps — including in messages that travel as fragments — and the subscriber still gets every
+// message exactly once and in order.
 #[test]
 fn lossy_line_is_repaired_in_order() {
     let seed = seed();
-    let scenario = Scenario { nodes: 4, edges: line(4), loss: 0.05, duplicate: 0.02, messages: 3000, batch: true, kill: None };
+    let scenario =
+        Scenario { nodes: 4, edges: line(4), loss: 0.05, duplicate: 0.02, messages: 3000, batch: true, kill: None, large_every: Some(37) };
     let (received, network) = run(&scenario, seed);
     assert_exactly_once_in_order(&received, 3000, &format!("seed {seed}"));
     let naks: u64 = network.relays.iter().map(|r| r.counters().get(Counter::NaksSent)).sum();
@@ -354,8 +385,16 @@ fn lossy_line_is_repaired_in_order() {
 #[test]
 fn triangle_survives_relay_loss() {
     let seed = seed();
-    let scenario =
-        Scenario { nodes: 3, edges: vec![(0, 1), (1, 2), (0, 2)], loss: 0.01, duplicate: 0.0, messages: 3000, batch: false, kill: Some((1, 1500)) };
+    let scenario = Scenario {
+        nodes: 3,
+        edges: vec![(0, 1), (1, 2), (0, 2)],
+        loss: 0.01,
+        duplicate: 0.0,
+        messages: 3000,
+        batch: false,
+        kill: Some((1, 1500)),
+        large_every: None,
+    };
     let (received, network) = run(&scenario, seed);
     assert_exactly_once_in_order(&received, 3000, &format!("seed {seed}"));
     let duplicates = network.relays[2].counters().get(Counter::RecordsDuplicate);

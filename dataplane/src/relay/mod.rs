@@ -25,12 +25,12 @@ pub mod replay;
 
 use crate::config::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
 use crate::counters::{Counter, Counters};
-use crate::crypto::{SignatureError, VerifyCost, Verifier};
+use crate::crypto::{SignatureError, Verifier, VerifyCost};
 use crate::linktag::LinkKey;
 use crate::stream::StreamPartKey;
 use crate::wire::{
-    self, Datagram, DatagramBuilder, FragmentHeader, HeaderFields, Kind, NakRange, Record, FLAG_REPAIR,
-    FLAG_SINGLE_PUBLISHER, FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, NAK_RANGE_LENGTH,
+    self, Datagram, DatagramBuilder, FragmentHeader, HeaderFields, Kind, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER,
+    FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, NAK_RANGE_LENGTH,
 };
 use chain::ChainState;
 use reassembly::{FragmentOutcome, Reassembler};
@@ -216,8 +216,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(config: RelayConfig) -> Self {
-        let reassembler =
-            Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
+        let reassembler = Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
         Self {
             config,
             counters: Counters::default(),
@@ -401,13 +400,7 @@ impl Relay {
                     return;
                 }
                 let key = (part.0, chain.0, chain.1, sequence);
-                let outcome = self.reassembler.insert(
-                    self.now_us,
-                    key,
-                    header.record_length.to_native(),
-                    header.offset.to_native(),
-                    slice,
-                );
+                let outcome = self.reassembler.insert(self.now_us, key, header.record_length.to_native(), header.offset.to_native(), slice);
                 match outcome {
                     FragmentOutcome::Incomplete => {}
                     FragmentOutcome::Dropped => self.counters.increment(Counter::FragmentsDropped),
@@ -500,7 +493,17 @@ impl Relay {
                 continue;
             }
             if let Some(link) = self.links.get_mut(&link_id) {
-                Self::append(&self.config, &mut self.counters, &mut self.buffer_pool, &mut self.ready, &mut self.dirty, link, part, 0, record.bytes);
+                Self::append(
+                    &self.config,
+                    &mut self.counters,
+                    &mut self.buffer_pool,
+                    &mut self.ready,
+                    &mut self.dirty,
+                    link,
+                    part,
+                    0,
+                    record.bytes,
+                );
                 forwarded += 1;
             }
         }
@@ -563,14 +566,18 @@ impl Relay {
     ) {
         let capacity = config.datagram_length_max;
         if record.len() > capacity - HEADER_LENGTH {
+            // Seal what is packed for this link and part first, so the chain stays in order.
+            if let Some(builder) = link.packing.get_mut(&(part, flags)).filter(|b| !b.is_empty()) {
+                let packed = std::mem::replace(builder, DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
+                Self::seal(counters, ready, link, part, flags, packed);
+            }
             Self::send_fragments(config, counters, pool, ready, link, part, flags, record);
             return;
         }
         let key = (part, flags);
         // Builders stay in the map between batches (empty, buffer kept), so the steady state
         // neither allocates nor rehashes.
-        let builder =
-            link.packing.entry(key).or_insert_with(|| DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
+        let builder = link.packing.entry(key).or_insert_with(|| DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
         if builder.is_empty() {
             dirty.push((link.config.id, part, flags));
         }
@@ -759,10 +766,7 @@ impl Relay {
             let mut segments = 1;
             while segments < GSO_SEGMENTS_MAX {
                 let Some(next) = link.outbound.front() else { break };
-                if next.destination != destination
-                    || next.bytes.len() > segment_size
-                    || buffer.len() + next.bytes.len() > GSO_BYTES_MAX
-                {
+                if next.destination != destination || next.bytes.len() > segment_size || buffer.len() + next.bytes.len() > GSO_BYTES_MAX {
                     break;
                 }
                 let last = next.bytes.len() < segment_size;
@@ -920,9 +924,7 @@ impl Relay {
             let mut askable: Vec<u32> = state.neighbors.keys().copied().collect();
             askable.sort_unstable();
             // A chain published by a client of ours can only be repaired by that client.
-            if !askable.contains(&gap.source_link)
-                && self.links.get(&gap.source_link).is_some_and(|l| l.config.role == LinkRole::Client)
-            {
+            if !askable.contains(&gap.source_link) && self.links.get(&gap.source_link).is_some_and(|l| l.config.role == LinkRole::Client) {
                 askable.push(gap.source_link);
             }
             if let Some(position) = askable.iter().position(|id| *id == gap.source_link) {

@@ -57,10 +57,8 @@ impl Reassembler {
                 return FragmentOutcome::Dropped;
             }
             self.bytes += record_length as usize;
-            self.partials.insert(
-                key,
-                Partial { buffer: vec![0; record_length as usize], ranges: Vec::new(), received: 0, started_us: now_us },
-            );
+            self.partials
+                .insert(key, Partial { buffer: vec![0; record_length as usize], ranges: Vec::new(), received: 0, started_us: now_us });
         }
         let partial = self.partials.get_mut(&key).expect("inserted above");
         if partial.buffer.len() != record_length as usize || partial.ranges.len() >= RANGES_MAX {
