@@ -55,26 +55,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let key = link_key();
-    let link = ClientLinkConfig {
-        node: "127.0.0.1:7000".parse().expect("address"),
-        node_shards: 1,
-        link_id: 7,
-        key,
-        datagram_length_max: 1472,
-    };
-    let mut core = ClientCore::new(
-        &link,
-        CoreOptions {
-            verify: options & 1 != 0,
-            link_seq_start: 1,
-        },
-    );
-    let part =
-        StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sensors/temperature#0")
-            .expect("valid stream part");
+    let link =
+        ClientLinkConfig { node: "127.0.0.1:7000".parse().expect("address"), node_shards: 1, link_id: 7, key, datagram_length_max: 1472 };
+    let mut core = ClientCore::new(&link, CoreOptions { verify: options & 1 != 0, link_seq_start: 1 });
+    let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sensors/temperature#0").expect("valid stream part");
     let mut now_us = 1_000_000;
-    core.subscribe(now_us, &part.key())
-        .expect("one subscription fits");
+    core.subscribe(now_us, &part.key()).expect("one subscription fits");
     let mut receive_buffer = Vec::new();
     let mut transmit_buffer = Vec::new();
     while let Some((length, rest)) = input.split_first_chunk::<2>() {

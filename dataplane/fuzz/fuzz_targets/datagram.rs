@@ -15,24 +15,13 @@ fn walk(datagram: &Datagram<'_>, key: &LinkKey) {
     assert!(datagram.total_length() >= HEADER_LENGTH);
     assert_eq!(datagram.body.len(), datagram.total_length() - HEADER_LENGTH);
     let _ = datagram.tag_matches(key);
-    let _ = (
-        datagram.link_id(),
-        datagram.link_seq(),
-        datagram.stream_part_key(),
-        datagram.flags(),
-    );
+    let _ = (datagram.link_id(), datagram.link_seq(), datagram.stream_part_key(), datagram.flags());
     let mut body_used = 0;
     for record in datagram.records() {
         let Ok(record) = record else { break };
         body_used += record.bytes.len();
         assert!(body_used <= datagram.body.len(), "records overrun the body");
-        let _ = (
-            record.previous(),
-            record.publisher(),
-            record.chain_id(),
-            record.sequence(),
-            record.signature_kind(),
-        );
+        let _ = (record.previous(), record.publisher(), record.chain_id(), record.sequence(), record.signature_kind());
     }
     if let Ok((header, slice)) = datagram.fragment() {
         let end = header.offset.to_native() as usize + slice.len();
@@ -55,10 +44,7 @@ fuzz_target!(|data: &[u8]| {
     for datagram in split_datagrams(data) {
         let Ok(datagram) = datagram else { break };
         walked += datagram.total_length();
-        assert!(
-            walked <= data.len(),
-            "split_datagrams walked past the buffer"
-        );
+        assert!(walked <= data.len(), "split_datagrams walked past the buffer");
         walk(&datagram, &key);
     }
 });

@@ -57,11 +57,7 @@ fn rewrite_tags(buffer: &mut [u8]) {
     while buffer.len() - at >= HEADER_LENGTH {
         let header = &mut buffer[at..at + HEADER_LENGTH];
         let link_id = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let key = if link_id == CLIENT_LINK_ID {
-            client_key()
-        } else {
-            neighbor_key()
-        };
+        let key = if link_id == CLIENT_LINK_ID { client_key() } else { neighbor_key() };
         let tag = link_tag(&key, &header[..TAGGED_HEADER_LENGTH]);
         header[80..88].copy_from_slice(&tag.to_le_bytes());
         let total_length = u16::from_le_bytes([header[52], header[53]]) as usize;
@@ -81,31 +77,13 @@ fn drain(relay: &mut Relay, buffer: &mut Vec<u8>) {
         let Some(transmit) = relay.poll_transmit(buffer) else {
             break;
         };
-        assert!(
-            transmit.segments >= 1 && transmit.segment_size >= HEADER_LENGTH,
-            "{transmit:?}"
-        );
-        assert!(
-            transmit.length <= buffer.len(),
-            "{transmit:?} beyond the {} written bytes",
-            buffer.len()
-        );
-        assert!(
-            transmit.length <= transmit.segment_size * transmit.segments,
-            "{transmit:?}"
-        );
-        assert!(
-            transmit.length > transmit.segment_size * (transmit.segments - 1),
-            "{transmit:?}"
-        );
+        assert!(transmit.segments >= 1 && transmit.segment_size >= HEADER_LENGTH, "{transmit:?}");
+        assert!(transmit.length <= buffer.len(), "{transmit:?} beyond the {} written bytes", buffer.len());
+        assert!(transmit.length <= transmit.segment_size * transmit.segments, "{transmit:?}");
+        assert!(transmit.length > transmit.segment_size * (transmit.segments - 1), "{transmit:?}");
         for segment in buffer[..transmit.length].chunks(transmit.segment_size) {
-            let datagram = Datagram::parse(segment)
-                .unwrap_or_else(|e| panic!("relay emitted a bad datagram: {e}"));
-            assert_eq!(
-                datagram.total_length(),
-                segment.len(),
-                "total_length differs from the GSO segment"
-            );
+            let datagram = Datagram::parse(segment).unwrap_or_else(|e| panic!("relay emitted a bad datagram: {e}"));
+            assert_eq!(datagram.total_length(), segment.len(), "total_length differs from the GSO segment");
         }
     }
     while relay.poll_event().is_some() {}
@@ -121,11 +99,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&options, mut input)) = data.split_first() else {
         return;
     };
-    let verify = if options & 1 != 0 {
-        VerifyPolicy::None
-    } else {
-        VerifyPolicy::All
-    };
+    let verify = if options & 1 != 0 { VerifyPolicy::None } else { VerifyPolicy::All };
     // Small bounds, so that short inputs reach the drop-and-count paths of every queue.
     let mut config = RelayConfig::new(0, 1, 1472, verify);
     config.link_queue_datagrams_max = 64;
@@ -145,17 +119,9 @@ fuzz_target!(|data: &[u8]| {
         peer: Some(neighbor),
         peer_shards: 1,
     });
-    relay.add_link(&LinkConfig {
-        id: CLIENT_LINK_ID,
-        key: client_key(),
-        role: LinkRole::Client,
-        peer: None,
-        peer_shards: 1,
-    });
+    relay.add_link(&LinkConfig { id: CLIENT_LINK_ID, key: client_key(), role: LinkRole::Client, peer: None, peer_shards: 1 });
     let mut now_us = 1_000_000;
-    let part =
-        StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sensors/temperature#0")
-            .expect("valid stream part");
+    let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sensors/temperature#0").expect("valid stream part");
     relay.join(now_us, part.key());
 
     let mut transmit_buffer = Vec::with_capacity(DATAGRAM_LENGTH_MAX);
