@@ -5,7 +5,7 @@
 //!              [--signatures single|batch] [--only-nats] [--latency-duration SECS]
 //!              [--latency-rate MSGS_PER_S] [--runnel-binary PATH] [--nats-server PATH] [--json]
 //! runnel bench relay-chain [--size BYTES] [--duration SECS] [--signatures single|batch]
-//!              [--runnel-binary PATH] [--json]
+//!              [--latency-duration SECS] [--latency-rate MSGS_PER_S] [--runnel-binary PATH] [--json]
 //! runnel bench udp-ceiling [--duration SECS] [--json]
 //! ```
 
@@ -78,6 +78,7 @@ pub fn run(args: &[String]) -> Result<(), BenchError> {
                     "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
                     "--latency-duration" => options.latency_duration = seconds(value(&mut iter, flag)?, flag)?,
                     "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
+                    "--latency-rate" => options.latency_rate_per_s = number(value(&mut iter, flag)?, flag)?,
                     "--runnel-binary" => options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?)),
                     "--json" => json = true,
                     other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),

@@ -169,6 +169,7 @@ fn step_json(step: &StepResult) -> Value {
         "delivered_fraction": step.delivered_fraction,
         "passed": step.passed(),
         "cpu_percent": step.cpu_percent,
+        "settle_ms": step.settle_ms,
     })
 }
 

@@ -14,7 +14,9 @@
 //!    [`DELIVERED_FRACTION_MIN`] of what was sent (× N). Each step ends with a drain (counts
 //!    still for [`STEP_DRAIN_QUIET`], at most [`STEP_DRAIN_TIMEOUT`]); its messages carry their
 //!    own phase byte, so stragglers never count for another step, and its own publisher, so
-//!    one step's unrepaired gaps do not hold back the next one's messages. If the probe already
+//!    one step's unrepaired gaps do not hold back the next one's messages; after the drain
+//!    the search waits until the servers are idle ([`SETTLE_CPU_PERCENT_MAX`]), so no step
+//!    inherits the previous one's backlog. If the probe already
 //!    delivers enough (NATS: TCP slows its publisher down), the search stops there.
 //!    Reported: delivered msgs/s = messages of the best passing step received (in its window
 //!    or its drain) / window, its publish rate, its server CPU% and RSS, and the probe's
@@ -104,6 +106,8 @@ pub struct StepResult {
     pub cpu_percent: f64,
     /// Server resident memory at the end of the window (summed over processes).
     pub rss_kib: u64,
+    /// Time after the drain until the servers were idle again (see [`SETTLE_CPU_PERCENT_MAX`]).
+    pub settle_ms: u64,
 }
 
 impl StepResult {
@@ -194,6 +198,11 @@ const SEARCH_RATE_MIN_PER_S: f64 = 100.0;
 /// Drain after each search step: counts still for this long, at most the timeout.
 pub const STEP_DRAIN_QUIET: Duration = Duration::from_millis(200);
 pub const STEP_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// After each step, servers count as idle below this CPU (percent of one core, summed) over
+/// one [`SETTLE_INTERVAL`]; the wait ends after [`SETTLE_TIMEOUT`] regardless.
+pub const SETTLE_CPU_PERCENT_MAX: f64 = 10.0;
+pub const SETTLE_INTERVAL: Duration = Duration::from_millis(200);
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECEIVE_WAIT: Duration = Duration::from_millis(50);
 
 /// Runs the workload against `system` and reports what it did.
@@ -410,6 +419,7 @@ impl<S: System> Search<'_, S> {
         drain(self.shared, STEP_DRAIN_QUIET, STEP_DRAIN_TIMEOUT, &mut publisher)?;
         let expected = sent * self.workload.subscribers as u64;
         let delivered = self.shared.phase_total(phase as u8) - received_before;
+        let settle_ms = settle(&pids, &mut publisher)?;
         self.system.check_running()?;
         Ok(StepResult {
             rate_per_s,
@@ -421,6 +431,7 @@ impl<S: System> Search<'_, S> {
             delivered_fraction: delivered as f64 / expected.max(1) as f64,
             cpu_percent,
             rss_kib,
+            settle_ms,
         })
     }
 }
@@ -429,6 +440,28 @@ impl<S: System> Search<'_, S> {
 fn latency_phase_running(pacer: &Pacer, workload: &Workload) -> bool {
     let total = workload.latency_duration.as_nanos() * workload.latency_rate_per_s as u128 / 1_000_000_000;
     (pacer.due() as u128) < total
+}
+
+/// Waits until the servers are idle: CPU over [`SETTLE_INTERVAL`] below
+/// [`SETTLE_CPU_PERCENT_MAX`] (summed), at most [`SETTLE_TIMEOUT`]; keeps `publisher`
+/// serviced meanwhile. Returns the ms waited. An overloaded step can leave a server busy
+/// (repairs, backlog of an old chain) long after deliveries stop; the next step must not
+/// inherit that load.
+fn settle(pids: &[u32], publisher: &mut impl Publisher) -> Result<u64, BenchError> {
+    let start = Instant::now();
+    while start.elapsed() < SETTLE_TIMEOUT {
+        let before = process::sample_all(pids)?;
+        let interval_start = Instant::now();
+        while interval_start.elapsed() < SETTLE_INTERVAL {
+            publisher.poll()?;
+            std::thread::sleep(DRAIN_POLL_INTERVAL);
+        }
+        let (cpu_percent, _) = process::cpu_and_rss(&before, &process::sample_all(pids)?);
+        if cpu_percent < SETTLE_CPU_PERCENT_MAX {
+            break;
+        }
+    }
+    Ok(start.elapsed().as_millis() as u64)
 }
 
 /// Waits until subscriber counts have not moved for `quiet` (at most `timeout`).
