@@ -67,6 +67,26 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The counters that explain a loss, per node, for failure messages.
+fn loss_report(statuses: &[serde_json::Value]) -> String {
+    let names = [
+        "records_lost",
+        "naks_sent",
+        "naks_received",
+        "repairs_sent",
+        "repair_misses",
+        "records_repaired",
+        "drops_link_queue_full",
+        "datagrams_replayed",
+    ];
+    statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("node {i}: {}", names.iter().map(|n| format!("{n}={}", s["counters"][n])).collect::<Vec<_>>().join(" ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
     status["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
 }
@@ -199,6 +219,26 @@ fn publish(link: &ClientLinkConfig, part: StreamPartKey, count: u64, rate: u64, 
     client.flush().unwrap();
 }
 
+/// Publishes probe messages (another publisher, another chain) until the subscriber sees
+/// one, so the overlay path exists before the measured stream starts; then forgets them.
+fn wait_until_path_ready(link: &ClientLinkConfig, part: StreamPartKey, received: &Received) {
+    let mut probe = UdpClient::connect_with(
+        link,
+        ClientOptions { publisher_key: Some(PublisherKey::generate()), signing: SigningMode::PerMessage, verify: false, gso: true },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !received.lock().unwrap().iter().any(|r| r.2 == PROBE) {
+        assert!(Instant::now() < deadline, "no path from publisher to subscriber within 30 s");
+        probe.publish(&part, &Outgoing::binary(1, PROBE)).unwrap();
+        probe.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    received.lock().unwrap().clear();
+}
+
+const PROBE: &[u8] = b"path-probe";
+
 fn wait_for(received: &Received, count: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while received.lock().unwrap().len() < count && Instant::now() < deadline {
@@ -207,14 +247,17 @@ fn wait_for(received: &Received, count: usize, timeout: Duration) {
 }
 
 /// Every sequence 0..count exactly once, in order, with the payload naming its sequence.
-fn assert_exactly_once_in_order(received: &[(u64, u64, Vec<u8>)], count: u64) {
+fn assert_exactly_once_in_order(received: &[(u64, u64, Vec<u8>)], count: u64, context: &str) {
+    // Probe messages sent after the path was found may still trickle in: not ours.
+    let received: Vec<_> = received.iter().filter(|r| r.2 != PROBE).cloned().collect();
+    let received = &received[..];
     let chains: std::collections::HashSet<u64> = received.iter().map(|r| r.0).collect();
     assert_eq!(chains.len(), 1, "one publisher chain expected, got {}", chains.len());
     for (index, (_, sequence, payload)) in received.iter().enumerate() {
-        assert_eq!(*sequence, index as u64, "record {index} out of order or missing (got sequence {sequence})");
+        assert_eq!(*sequence, index as u64, "record {index} out of order or missing (got sequence {sequence}); {context}");
         assert_eq!(u64::from_le_bytes(payload[..8].try_into().unwrap()), *sequence, "payload does not match sequence");
     }
-    assert_eq!(received.len() as u64, count, "received {} of {count}", received.len());
+    assert_eq!(received.len() as u64, count, "received {} of {count}; {context}", received.len());
 }
 
 /// A forged record: claims `publisher` but is signed by another key.
@@ -271,7 +314,7 @@ fn line_delivers_100k_in_order_and_drops_forgeries() {
     let nodes = topology.start();
     let stop = Arc::new(AtomicBool::new(false));
     let (received, subscriber) = spawn_subscriber(subscriber_link, part, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_path_ready(&publisher_link, part, &received);
 
     let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
     let real = PublisherKey::generate().address();
@@ -285,7 +328,7 @@ fn line_delivers_100k_in_order_and_drops_forgeries() {
     let statuses: Vec<_> = nodes.into_iter().map(NodeProcess::stop).collect();
     let received = received.lock().unwrap();
     assert!(received.iter().all(|r| r.2 != b"{\"forged\":true}"), "the forged record was delivered");
-    assert_exactly_once_in_order(&received, COUNT);
+    assert_exactly_once_in_order(&received, COUNT, &loss_report(&statuses));
     assert_eq!(client_bad_signatures, 0);
     assert_eq!(counter(&statuses[1], "records_bad_signature"), 1, "B counts the forgery: {}", statuses[1]);
     assert_eq!(counter(&statuses[2], "records_bad_signature"), 0);
@@ -306,7 +349,7 @@ fn triangle_survives_killing_the_middle_node() {
     let mut nodes = topology.start();
     let stop = Arc::new(AtomicBool::new(false));
     let (received, subscriber) = spawn_subscriber(subscriber_link, part, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_path_ready(&publisher_link, part, &received);
 
     const COUNT: u64 = 6_000;
     let mut middle = Some(nodes.remove(1));
@@ -322,7 +365,7 @@ fn triangle_survives_killing_the_middle_node() {
     stop.store(true, Ordering::Relaxed);
     subscriber.join().unwrap();
     let statuses: Vec<_> = nodes.into_iter().map(NodeProcess::stop).collect();
-    assert_exactly_once_in_order(&received.lock().unwrap(), COUNT);
+    assert_exactly_once_in_order(&received.lock().unwrap(), COUNT, &loss_report(&statuses));
     assert!(counter(&statuses[1], "records_duplicate") > 0, "C got copies over both routes before the kill");
 }
 
@@ -396,13 +439,13 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
     // The node still serves: a publisher and a subscriber on the same node.
     let stop = Arc::new(AtomicBool::new(false));
     let (received, subscriber) = spawn_subscriber(subscriber_link, part, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_path_ready(&publisher_link, part, &received);
     publish(&publisher_link, part, 1000, 10_000, SigningMode::PerMessage, |_| {});
     wait_for(&received, 1000, Duration::from_secs(10));
     stop.store(true, Ordering::Relaxed);
     subscriber.join().unwrap();
     let status = nodes.into_iter().next().unwrap().stop();
-    assert_exactly_once_in_order(&received.lock().unwrap(), 1000);
+    assert_exactly_once_in_order(&received.lock().unwrap(), 1000, &loss_report(std::slice::from_ref(&status)));
     let rejected: u64 = [
         "datagrams_malformed",
         "datagrams_unknown_link",

@@ -93,7 +93,7 @@ pub const TAIL_PROBE_US: u64 = 30_000;
 pub const TAIL_PROBES_MAX: u32 = 3;
 /// Wait this long after a gap opens before the first NAK.
 pub const NAK_DELAY_US: u64 = 5_000;
-/// Between NAK retries of one hole.
+/// Between the first NAK retries of one hole (doubling up to 8×).
 pub const NAK_INTERVAL_US: u64 = 20_000;
 /// NAKs per hole before it is given up and counted lost.
 pub const NAK_RETRIES_MAX: u32 = 8;
@@ -790,7 +790,9 @@ impl ClientCore {
                     }
                     if gap.naks_sent < NAK_RETRIES_MAX {
                         gap.naks_sent += 1;
-                        gap.next_nak_us = now_us + NAK_INTERVAL_US;
+                        // Backing off (20, 40, 80, then 160 ms) rides out a node that is
+                        // briefly starved of CPU instead of giving the hole up after 160 ms.
+                        gap.next_nak_us = now_us + (NAK_INTERVAL_US << (gap.naks_sent - 1).min(3));
                         chain.missing_ranges(self.nak_ranges_max, &mut self.range_scratch);
                         nak = true;
                     } else {

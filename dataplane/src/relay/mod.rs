@@ -61,7 +61,7 @@ pub struct RelayConfig {
     pub repair_age_max_us: Micros,
     /// Wait this long after a gap opens before the first NAK (reordering settles).
     pub nak_delay_us: Micros,
-    /// Between NAK retries (each retry asks the next neighbor).
+    /// Between the first NAK retries (each retry asks the next neighbor); doubles up to 8×.
     pub nak_interval_us: Micros,
     /// NAKs per gap before it is given up and counted lost.
     pub nak_retries_max: u32,
@@ -941,7 +941,9 @@ impl Relay {
             if gap.naks_sent < self.config.nak_retries_max && !askable.is_empty() {
                 let target = askable[gap.naks_sent as usize % askable.len()];
                 gap.naks_sent += 1;
-                gap.next_nak_us = now_us + self.config.nak_interval_us;
+                // Back off (20, 40, 80, then 160 ms): a neighbor briefly starved of CPU is
+                // asked again rather than the hole given up after 160 ms.
+                gap.next_nak_us = now_us + (self.config.nak_interval_us << (gap.naks_sent - 1).min(3));
                 chain.gap = Some(gap);
                 self.send_nak(target, part, chain_id, &ranges);
                 continue;
