@@ -303,9 +303,8 @@ pub enum SignatureError {
     WrongSigner,
 }
 
-/// Bounded cache of authenticated `(publisher, batch tree node)` pairs — roots whose
-/// signature was checked, and the siblings on a path that led to one. Keyed by publisher so
-/// that one publisher's tree never vouches for another's.
+/// Bounded cache of authenticated `(publisher, batch root)` pairs: roots whose signature was
+/// checked. Keyed by publisher so that one publisher's root never vouches for another's.
 ///
 /// Direct-mapped: a fixed array of slots indexed by a keyed hash of the node (random key per
 /// cache, so nobody can aim records at one slot), so lookups and inserts are one probe, with
@@ -376,9 +375,8 @@ pub struct Verifier {
 
 /// Default bound of cached publisher public keys per shard.
 pub const PUBLIC_KEYS_MAX: usize = 65_536;
-/// Default bound of cached authenticated batch tree nodes per shard: a batch in flight
-/// needs about its depth in entries, so this covers ~1000 publishers mid-batch and stays
-/// small enough to live in cache.
+/// Default bound of cached authenticated batch roots per shard: one per batch in flight, so
+/// this covers thousands of publishers mid-batch and stays small enough to live in cache.
 pub const ROOTS_MAX: usize = 16_384;
 
 impl Default for Verifier {
@@ -436,44 +434,18 @@ impl Verifier {
                 Ok(VerifyCost::Ecdsa)
             }
             SignatureKind::Batch => {
+                // The whole path is always recomputed: accepting a record as soon as its path
+                // meets some authenticated inner node would let a record with a valid leaf but
+                // a corrupted upper path through here, to be rejected by the next node — which
+                // would then blame (and quarantine) the innocent link it came from.
                 let publisher = record.header.publisher;
-                let leaf = batch_leaf(&fields);
-                // A record whose leaf was a sibling on an already verified path costs one hash.
-                if self.roots.contains(&publisher, &leaf) {
+                let root = batch_root_from_path(batch_leaf(&fields), record.header.leaf_index.to_native(), record.proof);
+                if self.roots.contains(&publisher, &root) {
                     return Ok(VerifyCost::CachedRoot);
                 }
-                // Walk up until a node this publisher already authenticated, or to the root.
-                let mut seen = [[0u8; 32]; crate::wire::PROOF_DEPTH_MAX];
-                let mut seen_count = 0;
-                let mut node = leaf;
-                let mut index = record.header.leaf_index.to_native();
-                let mut authenticated = false;
-                for sibling in record.proof.chunks_exact(32) {
-                    let sibling: &[u8; 32] = sibling.try_into().expect("chunks of 32");
-                    // Any other record of the batch meets this path at one of these siblings,
-                    // so they (and the root) are all a later walk needs to stop early.
-                    seen[seen_count] = *sibling;
-                    seen_count += 1;
-                    node = if index & 1 == 0 { batch_node(&node, sibling) } else { batch_node(sibling, &node) };
-                    index >>= 1;
-                    if self.roots.contains(&publisher, &node) {
-                        authenticated = true;
-                        break;
-                    }
-                }
-                let cost = if authenticated {
-                    VerifyCost::CachedRoot
-                } else {
-                    self.check_signed_digest(&publisher, &batch_root_digest(&node), record.signature)?;
-                    self.roots.insert(publisher, node);
-                    VerifyCost::Ecdsa
-                };
-                // The siblings on this path are now authenticated for this publisher
-                // (domain-separated blake3: a leaf cannot pose as an inner node).
-                for verified in &seen[..seen_count] {
-                    self.roots.insert(publisher, *verified);
-                }
-                Ok(cost)
+                self.check_signed_digest(&publisher, &batch_root_digest(&root), record.signature)?;
+                self.roots.insert(publisher, root);
+                Ok(VerifyCost::Ecdsa)
             }
         }
     }
