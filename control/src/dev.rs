@@ -185,6 +185,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         dir.display(),
         layout.user_links[0].display()
     );
+    eprintln!("runnel dev: {}", nodes[0].filter_mode());
 
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,14 +1,19 @@
 //! `runnel node --config FILE`: runs a dataplane until Ctrl-C/SIGTERM, printing status.
 //!
 //! Status goes to stdout as one JSON object per line (every `--status-interval` seconds and
-//! once at exit), so scripts and tests read the node's counters without an admin API.
+//! once at exit), so scripts and tests read the node's counters without an admin API. The
+//! `filter` object says where the early-rejection filter runs (`xdp-native`, `xdp-generic`,
+//! `userspace`) and, with XDP, the kernel's verdict counts (docs/xdp-filter.md); the
+//! userspace filter's drops are the `datagrams_*` counters.
 
 use runnel_dataplane::config::NodeConfig;
 use runnel_dataplane::counters::Counters;
+use runnel_dataplane::filter::Verdict;
 use runnel_dataplane::node::{Node, NodeHandle};
 use runnel_dataplane::shard::{RuntimeCounter, RuntimeCounters};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -35,9 +40,21 @@ pub fn status_json(node: &NodeHandle, started: Instant) -> Value {
         }
     }
     let runtime: Map<String, Value> = RuntimeCounter::ALL.iter().map(|c| (c.name().to_string(), json!(runtime_totals.get(*c)))).collect();
+    let xdp: Value = match node.xdp_verdicts() {
+        Some(counts) => Verdict::ALL.iter().map(|v| (v.name().to_string(), json!(counts[*v as usize]))).collect::<Map<_, _>>().into(),
+        None => Value::Null,
+    };
+    let policy = node.policy_counters();
     json!({
         "uptime_s": started.elapsed().as_secs_f64(),
         "listen": node.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "filter": {
+            "mode": node.filter_mode().name(),
+            "xdp_verdicts": xdp,
+            "quarantines": policy.quarantines.load(Ordering::Relaxed),
+            "shard_updates_dropped": policy.shard_updates_dropped.load(Ordering::Relaxed),
+            "xdp_map_errors": policy.xdp_map_errors.load(Ordering::Relaxed),
+        },
         "counters": counters,
         "runtime": runtime,
     })
@@ -54,7 +71,8 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         config.verify
     );
     let node = Node::start(config).map_err(|e| e.to_string())?;
-    eprintln!("runnel node: running {summary}; XDP filter: off (userspace checks only)");
+    eprintln!("runnel node: running {summary}");
+    eprintln!("runnel node: {}", node.filter_mode());
     let started = Instant::now();
     let mut next_status = started + Duration::from_secs_f64(args.status_interval.max(0.0));
     while !crate::signals::stop_requested() {

@@ -28,10 +28,34 @@ fn main() {
         wire::DATAGRAM_LENGTH_DEFAULT,
         if std::env::var("RUNNEL_VERIFY").as_deref() == Ok("none") { VerifyPolicy::None } else { VerifyPolicy::All },
     ));
-    relay.add_link(&LinkConfig { id: 1, key: publisher_link, role: LinkRole::Client, peer: None, peer_shards: 1 });
-    relay.add_link(&LinkConfig { id: 2, key: subscriber_link, role: LinkRole::Client, peer: None, peer_shards: 1 });
+    relay.add_link(&LinkConfig {
+        id: 1,
+        key: publisher_link,
+        role: LinkRole::Client,
+        peer: None,
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    });
+    relay.add_link(&LinkConfig {
+        id: 2,
+        key: subscriber_link,
+        role: LinkRole::Client,
+        peer: None,
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    });
     let neighbor: SocketAddr = "127.0.0.9:9".parse().unwrap();
-    relay.add_link(&LinkConfig { id: 3, key: neighbor_link, role: LinkRole::Neighbor, peer: Some(neighbor), peer_shards: 1 });
+    relay.add_link(&LinkConfig {
+        id: 3,
+        key: neighbor_link,
+        role: LinkRole::Neighbor,
+        peer: Some(neighbor),
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    });
     let (publisher_from, subscriber_from): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
     let header = |kind, link_id, link_seq| HeaderFields {
         kind,

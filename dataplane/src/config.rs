@@ -22,7 +22,21 @@
 //! id = 100
 //! key = "<64 hex digits>"
 //! role = "client"             # a publisher/subscriber; its address is learned from traffic
+//! rate_datagrams_per_s = 200000   # default 1000000; 0 = unlimited
+//! burst_datagrams = 16384         # default 65536
+//!
+//! [xdp]                       # the early-rejection filter (docs/xdp-filter.md)
+//! mode = "auto"               # auto: native, else generic, else off | native | generic | off
+//! interface = "eth0"          # default: the interface that holds node.listen's address
+//!
+//! [[permissions]]             # makes a stream part restricted: only these may publish
+//! stream_part = "0x1234567890123456789012345678901234567890/sensors#0"
+//! publishers = ["0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"]
 //! ```
+//!
+//! Stream parts without a `[[permissions]]` entry are public: anyone may publish. The
+//! entries become filter updates ([`permission_updates`]); when permissions come from the
+//! chain, the chain watcher produces the same updates.
 
 use crate::linktag::LinkKey;
 use serde::Deserialize;
@@ -60,6 +74,47 @@ pub struct LinkConfig {
     pub peer: Option<SocketAddr>,
     /// How many shards (consecutive ports) the neighbor listens on.
     pub peer_shards: u16,
+    /// Datagrams per second this link may send us, sustained (0 = unlimited); the filter
+    /// drops the excess (`rate_limited`).
+    pub rate_datagrams_per_s: u64,
+    /// Datagrams the link may send back to back above its rate.
+    pub burst_datagrams: u64,
+}
+
+/// Default per-link rate limit: above what one link needs on this class of machine (its UDP
+/// receive ceiling is ~1.1M datagrams/s), so it only bites a link that floods.
+pub const LINK_RATE_DATAGRAMS_PER_S_DEFAULT: u64 = 1_000_000;
+/// Default per-link burst: 64 ms at the default rate, enough for a GSO train of any size.
+pub const LINK_BURST_DATAGRAMS_DEFAULT: u64 = 65_536;
+
+/// Where the early-rejection filter runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native XDP if the driver has it, else generic, else userspace (says why, once).
+    #[default]
+    Auto,
+    /// Native (driver) XDP or the node does not start.
+    Native,
+    /// Generic (skb) XDP or the node does not start.
+    Generic,
+    /// Userspace checks only.
+    Off,
+}
+
+/// The `[xdp]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct XdpConfig {
+    pub mode: XdpMode,
+    /// Interface to attach to; `None` = the one holding `node.listen`'s address.
+    pub interface: Option<String>,
+}
+
+/// One `[[permissions]]` entry: a restricted stream part and who may publish to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionConfig {
+    pub stream_part: crate::stream::StreamPart,
+    pub publishers: Vec<[u8; 20]>,
 }
 
 /// A validated node configuration.
@@ -70,6 +125,8 @@ pub struct NodeConfig {
     pub datagram_length_max: usize,
     pub verify: VerifyPolicy,
     pub links: Vec<LinkConfig>,
+    pub xdp: XdpConfig,
+    pub permissions: Vec<PermissionConfig>,
 }
 
 /// A configuration error: which field, what is wrong, how to fix it.
@@ -90,6 +147,24 @@ struct RawConfig {
     node: RawNode,
     #[serde(default)]
     links: Vec<RawLink>,
+    xdp: Option<RawXdp>,
+    #[serde(default)]
+    permissions: Vec<RawPermission>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXdp {
+    #[serde(default)]
+    mode: XdpMode,
+    interface: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermission {
+    stream_part: String,
+    publishers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +185,8 @@ struct RawLink {
     role: LinkRole,
     peer: Option<String>,
     peer_shards: Option<u16>,
+    rate_datagrams_per_s: Option<u64>,
+    burst_datagrams: Option<u64>,
 }
 
 /// Most shards a node runs (one per core; more than this is a typo).
@@ -194,10 +271,68 @@ impl NodeConfig {
                     field("peer_shards")
                 )));
             }
-            links.push(LinkConfig { id: link.id, key, role: link.role, peer, peer_shards });
+            let rate_datagrams_per_s = link.rate_datagrams_per_s.unwrap_or(LINK_RATE_DATAGRAMS_PER_S_DEFAULT);
+            if rate_datagrams_per_s > 1_000_000_000 {
+                return Err(ConfigError(format!(
+                    "{} = {rate_datagrams_per_s}: at most 1000000000 datagrams/s, or 0 for no limit",
+                    field("rate_datagrams_per_s")
+                )));
+            }
+            let burst_datagrams = link.burst_datagrams.unwrap_or(LINK_BURST_DATAGRAMS_DEFAULT);
+            if burst_datagrams == 0 || burst_datagrams > 1 << 32 {
+                return Err(ConfigError(format!(
+                    "{} = {burst_datagrams}: use 1..=4294967296 (datagrams a link may send back to back)",
+                    field("burst_datagrams")
+                )));
+            }
+            links.push(LinkConfig { id: link.id, key, role: link.role, peer, peer_shards, rate_datagrams_per_s, burst_datagrams });
         }
-        Ok(Self { listen, shards, datagram_length_max, verify: raw.node.verify, links })
+        let xdp = raw.xdp.map_or_else(XdpConfig::default, |x| XdpConfig { mode: x.mode, interface: x.interface });
+        if xdp.interface.as_ref().is_some_and(|name| name.is_empty() || name.len() >= libc::IF_NAMESIZE) {
+            return Err(ConfigError(format!("xdp.interface: an interface name has 1..{} characters, e.g. \"eth0\"", libc::IF_NAMESIZE)));
+        }
+        let mut permissions = Vec::with_capacity(raw.permissions.len());
+        for (index, entry) in raw.permissions.into_iter().enumerate() {
+            let stream_part = crate::stream::StreamPart::parse(&entry.stream_part).map_err(|e| {
+                ConfigError(format!(
+                    "permissions[{index}].stream_part = {:?}: {} (write 0x<owner>/<path>#<partition>)",
+                    entry.stream_part, e.0
+                ))
+            })?;
+            let publishers = entry
+                .publishers
+                .iter()
+                .map(|text| {
+                    parse_address(text).ok_or_else(|| {
+                        ConfigError(format!("permissions[{index}].publishers: {text:?} is not an address (0x and 40 hex digits)"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            permissions.push(PermissionConfig { stream_part, publishers });
+        }
+        Ok(Self { listen, shards, datagram_length_max, verify: raw.node.verify, links, xdp, permissions })
     }
+}
+
+/// Parses an Ethereum address (`0x` + 40 hex digits).
+pub fn parse_address(text: &str) -> Option<[u8; 20]> {
+    let digits = text.trim().strip_prefix("0x")?;
+    hex::decode(digits).ok()?.try_into().ok()
+}
+
+/// The filter updates that the config's `[[permissions]]` stand for: each listed stream part
+/// becomes restricted, each listed publisher permitted without expiry.
+pub fn permission_updates(config: &NodeConfig) -> Vec<crate::filter::FilterUpdate> {
+    use crate::filter::FilterUpdate;
+    let mut updates = Vec::new();
+    for entry in &config.permissions {
+        let part = entry.stream_part.key();
+        updates.push(FilterUpdate::SetRestricted { part, restricted: true });
+        for publisher in &entry.publishers {
+            updates.push(FilterUpdate::Permit { part, publisher: *publisher, until_ns: u64::MAX });
+        }
+    }
+    updates
 }
 
 /// The shard that owns a stream part on a node with `shards` shards.
@@ -220,6 +355,13 @@ mod tests {
         let config = NodeConfig::parse(&good).unwrap();
         assert_eq!(config.links.len(), 2);
         assert_eq!(config.verify, VerifyPolicy::All);
+        assert_eq!(config.xdp, XdpConfig::default());
+        let restricted = format!(
+            "{good}[xdp]\nmode = \"off\"\n[[permissions]]\nstream_part = \"0x1234567890123456789012345678901234567890/a#3\"\npublishers = [\"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266\"]\n"
+        );
+        let config = NodeConfig::parse(&restricted).unwrap();
+        assert_eq!(config.xdp.mode, XdpMode::Off);
+        assert_eq!(permission_updates(&config).len(), 2);
         let cases = [
             (good.replace("127.0.0.1:7000", "nowhere"), "node.listen"),
             (good.replace("shards = 2\n[[", "shards = 0\n[["), "node.shards"),
@@ -228,6 +370,16 @@ mod tests {
             (good.replace("peer = \"127.0.0.1:7100\"\n", ""), "links[0].peer"),
             (good.replace("role = \"client\"", "role = \"client\"\npeer = \"1.2.3.4:5\""), "links[1].peer"),
             (good.replace("[node]", "[node]\ncolour = 1"), "colour"),
+            (format!("{good}[xdp]\nmode = \"fast\"\n"), "mode"),
+            (format!("{good}[[permissions]]\nstream_part = \"nope\"\npublishers = []\n"), "permissions[0].stream_part"),
+            (
+                format!(
+                    "{good}[[permissions]]\nstream_part = \"0x1234567890123456789012345678901234567890/a#0\"\npublishers = [\"0x12\"]\n"
+                ),
+                "permissions[0].publishers",
+            ),
+            (good.replace("role = \"client\"", "role = \"client\"\nburst_datagrams = 0"), "links[1].burst_datagrams"),
+            (good.replace("role = \"client\"", "role = \"client\"\nrate_datagrams_per_s = 2000000000"), "links[1].rate_datagrams_per_s"),
         ];
         for (text, field) in cases {
             let error = NodeConfig::parse(&text).unwrap_err().0;

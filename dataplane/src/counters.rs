@@ -43,11 +43,23 @@ pub enum Counter {
     DatagramsNoAddress = 32,
     RecordsRepaired = 33,
     TailProbesSent = 34,
+    /// Filter: the datagram's link is quarantined.
+    DatagramsQuarantinedLink = 35,
+    /// Filter: the datagram's single publisher is quarantined.
+    DatagramsQuarantinedPublisher = 36,
+    /// Filter: the single publisher lacks Publish permission for the restricted stream part.
+    DatagramsNotPermitted = 37,
+    /// Filter: the link is over its rate limit.
+    DatagramsRateLimited = 38,
+    /// A record (in a multi-publisher datagram) whose publisher lacks Publish permission.
+    RecordsNotPermitted = 39,
+    /// Policy updates (quarantine, permission) refused because a filter table was full.
+    FilterUpdatesRefused = 40,
 }
 
 impl Counter {
     /// All counters in id order.
-    pub const ALL: [Counter; 35] = [
+    pub const ALL: [Counter; 41] = [
         Counter::DatagramsReceived,
         Counter::DatagramsMalformed,
         Counter::DatagramsUnknownLink,
@@ -83,6 +95,12 @@ impl Counter {
         Counter::DatagramsNoAddress,
         Counter::RecordsRepaired,
         Counter::TailProbesSent,
+        Counter::DatagramsQuarantinedLink,
+        Counter::DatagramsQuarantinedPublisher,
+        Counter::DatagramsNotPermitted,
+        Counter::DatagramsRateLimited,
+        Counter::RecordsNotPermitted,
+        Counter::FilterUpdatesRefused,
     ];
 
     /// The Prometheus metric name (without the `runnel_` prefix and `_total` suffix).
@@ -123,6 +141,12 @@ impl Counter {
             Counter::DatagramsNoAddress => "datagrams_no_address",
             Counter::RecordsRepaired => "records_repaired",
             Counter::TailProbesSent => "tail_probes_sent",
+            Counter::DatagramsQuarantinedLink => "datagrams_quarantined_link",
+            Counter::DatagramsQuarantinedPublisher => "datagrams_quarantined_publisher",
+            Counter::DatagramsNotPermitted => "datagrams_not_permitted",
+            Counter::DatagramsRateLimited => "datagrams_rate_limited",
+            Counter::RecordsNotPermitted => "records_not_permitted",
+            Counter::FilterUpdatesRefused => "filter_updates_refused",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`crypto`]: Ethereum-style publisher signatures and blake3 Merkle batch signatures.
 //! - [`linktag`]: the keyed header tag that authenticates datagrams on a link.
 //! - [`stream`]: stream and stream part names and keys.
+//! - [`filter`]: the early-rejection checks (the XDP program's rules, run in userspace).
 //! - [`relay`]: the sans-I/O relay core one shard runs (time passed in).
 //! - [`counters`]: the closed set of dataplane counters.
 //! - [`config`]: the node's TOML configuration and static links.
@@ -16,8 +17,10 @@ pub mod client;
 pub mod config;
 pub mod counters;
 pub mod crypto;
+pub mod filter;
 pub mod linktag;
 pub mod node;
+pub mod policy;
 pub mod relay;
 pub mod shard;
 pub mod stream;

@@ -24,6 +24,11 @@
 //! - commands ([`NodeHandle::join_stream_part`]) go over a bounded channel per shard;
 //! - relay events arrive on one bounded channel ([`NodeHandle::events`]); when it is full the
 //!   shard drops the event and counts it ([`crate::shard::RuntimeCounter::EventsDropped`]);
+//! - the early-rejection filter: [`Node::start`] loads the XDP program and attaches it to the
+//!   interface holding `node.listen` (native, else generic; `[xdp]` in the config), or runs
+//!   the same checks in userspace and says why ([`NodeHandle::filter_mode`]). A policy thread
+//!   ([`crate::policy`]) owns the XDP maps, quarantines links and publishers whose signatures
+//!   fail, and broadcasts policy updates ([`NodeHandle::update_filter`]) to the shards;
 //! - stop sets a flag every shard checks at least every
 //!   [`WAIT_TIMEOUT_US_MAX`](crate::shard::WAIT_TIMEOUT_US_MAX) µs, then joins the threads.
 //!
@@ -31,8 +36,10 @@
 //! Linux ≥ 6.0; locked-memory limit ≥ 512 KiB (glommio's check); one UDP socket per shard,
 //! so the node uses `shards` consecutive ports.
 
-use crate::config::{shard_of, NodeConfig};
+use crate::config::{permission_updates, shard_of, NodeConfig, XdpMode};
 use crate::counters::Counters;
+use crate::filter::FilterUpdate;
+use crate::policy::{apply_to_xdp, Policy, PolicyCounters};
 use crate::shard::runtime::{run_shard, ShardContext};
 use crate::shard::{
     RuntimeCounters, ShardCommand, ShardEvent, SharedCounters, COMMAND_QUEUE_LENGTH_MAX, EVENT_QUEUE_LENGTH_MAX,
@@ -41,17 +48,20 @@ use crate::shard::{
 use crate::stream::StreamPartKey;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use glommio::{ExecutorJoinHandle, GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
+use runnel_ebpf::{AttachMode, XdpFilter, VERDICT_COUNT};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::JoinHandle;
 
 /// Bytes glommio preallocates per executor for its own (storage) I/O; shards do their network
 /// I/O on their own ring, so glommio's 10 MiB default would only cost locked memory.
 const GLOMMIO_IO_MEMORY: usize = 256 << 10;
+/// Policy updates that may wait for the policy thread.
+pub const POLICY_QUEUE_LENGTH_MAX: usize = 4096;
 /// Oldest kernel with everything the shard uses (multishot recvmsg arrived in 6.0).
 const KERNEL_VERSION_MIN: (u32, u32) = (6, 0);
 
@@ -74,6 +84,10 @@ pub enum NodeError {
     ShardFailed { shard: u16, reason: String },
     /// The shard's command queue is full (it is stuck or flooded with commands).
     CommandQueueFull { shard: u16 },
+    /// `[xdp] mode` asked for native or generic XDP and it could not be set up.
+    Xdp { reason: String },
+    /// The policy thread's update queue is full.
+    PolicyQueueFull,
 }
 
 impl fmt::Display for NodeError {
@@ -105,6 +119,8 @@ impl fmt::Display for NodeError {
             NodeError::CommandQueueFull { shard } => {
                 write!(f, "shard {shard}'s command queue is full ({COMMAND_QUEUE_LENGTH_MAX} commands): retry later")
             }
+            NodeError::Xdp { reason } => write!(f, "XDP filter: {reason} (or set [xdp] mode = \"auto\" to fall back, \"off\" for userspace checks)"),
+            NodeError::PolicyQueueFull => write!(f, "the policy thread's update queue is full ({POLICY_QUEUE_LENGTH_MAX} updates): retry later"),
         }
     }
 }
@@ -121,8 +137,11 @@ impl Node {
         check_kernel()?;
         let sockets = bind_sockets(&config)?;
         let cpus = allowed_cpus();
-        let origin = Instant::now();
+        let initial_updates = permission_updates(&config);
+        let (xdp, filter_mode) = set_up_xdp(&config, &initial_updates)?;
+        let (shard_events_sender, shard_events) = bounded(EVENT_QUEUE_LENGTH_MAX);
         let (events_sender, events) = bounded(EVENT_QUEUE_LENGTH_MAX);
+        let (updates_sender, updates) = bounded(POLICY_QUEUE_LENGTH_MAX);
         let config = Arc::new(config);
         // Dropping `node` on any error below stops and joins the shards started so far.
         let mut node = NodeHandle {
@@ -130,7 +149,12 @@ impl Node {
             stop: Arc::new(AtomicBool::new(false)),
             events,
             shard_count: config.shards,
+            filter_mode,
+            policy: None,
+            policy_updates: updates_sender,
+            policy_counters: Arc::new(PolicyCounters::default()),
         };
+        let rate_limit_in_userspace = xdp.is_none();
         for (index, socket) in sockets.into_iter().enumerate() {
             let shard = index as u16;
             let local_addr = socket.local_addr().map_err(|source| NodeError::Bind { address: config.listen, source })?;
@@ -141,10 +165,11 @@ impl Node {
                 index: shard,
                 config: config.clone(),
                 socket,
-                origin,
+                initial_updates: initial_updates.clone(),
+                rate_limit_in_userspace,
                 stop: node.stop.clone(),
                 commands,
-                events: events_sender.clone(),
+                events: shard_events_sender.clone(),
                 counters: counters.clone(),
             };
             let join = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
@@ -166,8 +191,170 @@ impl Node {
                 }
             }
         }
+        let policy = Policy {
+            xdp,
+            shards: node.shards.iter().map(|shard| shard.commands.clone()).collect(),
+            events_in: shard_events,
+            events_out: events_sender,
+            updates_in: updates,
+            counters: node.policy_counters.clone(),
+            stop: node.stop.clone(),
+        };
+        let join = std::thread::Builder::new()
+            .name("runnel-policy".into())
+            .spawn(move || policy.run())
+            .map_err(|error| NodeError::Executor { shard: 0, reason: format!("cannot start the policy thread: {error}") })?;
+        node.policy = Some(join);
         Ok(node)
     }
+}
+
+/// Where the early-rejection filter runs, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterMode {
+    /// The XDP program is attached to `interface`, in the driver (`native`) or generic mode.
+    Xdp { interface: String, native: bool },
+    /// XDP is off for `reason`; the shards run the same checks.
+    Userspace { reason: String },
+}
+
+impl FilterMode {
+    /// Short name for status output: `xdp-native`, `xdp-generic` or `userspace`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FilterMode::Xdp { native: true, .. } => "xdp-native",
+            FilterMode::Xdp { native: false, .. } => "xdp-generic",
+            FilterMode::Userspace { .. } => "userspace",
+        }
+    }
+}
+
+impl fmt::Display for FilterMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterMode::Xdp { interface, native } => {
+                write!(f, "XDP filter: on, {} mode on {interface}", if *native { "native" } else { "generic" })
+            }
+            FilterMode::Userspace { reason } => write!(f, "XDP filter: off ({reason}); the same checks run in userspace"),
+        }
+    }
+}
+
+/// Loads and attaches the XDP program as `[xdp]` asks and fills its maps from the config, or
+/// says why the filter stays in userspace. Explicit `native`/`generic` modes fail the start
+/// instead of falling back.
+fn set_up_xdp(config: &NodeConfig, initial_updates: &[FilterUpdate]) -> Result<(Option<XdpFilter>, FilterMode), NodeError> {
+    let explicit = matches!(config.xdp.mode, XdpMode::Native | XdpMode::Generic);
+    let fail = |reason: String| {
+        if explicit {
+            Err(NodeError::Xdp { reason })
+        } else {
+            Ok((None, FilterMode::Userspace { reason }))
+        }
+    };
+    if config.xdp.mode == XdpMode::Off {
+        return Ok((None, FilterMode::Userspace { reason: "[xdp] mode = \"off\" in the config".into() }));
+    }
+    let ip = config.listen.ip();
+    let interface = match &config.xdp.interface {
+        Some(name) => name.clone(),
+        None if ip.is_unspecified() => {
+            return fail(format!("node.listen is {ip}, any interface: set [xdp] interface to the one carrying Runnel traffic"))
+        }
+        None if ip.is_loopback() => {
+            return fail(format!(
+                "node.listen {ip} is on loopback, which has no native XDP: listen on a real or veth interface's address to enable it"
+            ))
+        }
+        None => match interface_holding(ip) {
+            Some(name) => name,
+            None => return fail(format!("no interface holds node.listen's address {ip}: set [xdp] interface")),
+        },
+    };
+    let mut xdp = match XdpFilter::load() {
+        Ok(xdp) => xdp,
+        Err(error) => return fail(format!("cannot load the XDP program: {error}")),
+    };
+    let native = match config.xdp.mode {
+        XdpMode::Native => xdp.attach(&interface, AttachMode::Native).map(|()| true),
+        XdpMode::Generic => xdp.attach(&interface, AttachMode::Generic).map(|()| false),
+        _ => xdp
+            .attach(&interface, AttachMode::Native)
+            .map(|()| true)
+            .or_else(|_| xdp.attach(&interface, AttachMode::Generic).map(|()| false)),
+    };
+    let native = match native {
+        Ok(native) => native,
+        Err(error) => return fail(format!("cannot attach to {interface}: {error}")),
+    };
+    let filled = (|| {
+        for shard in 0..config.shards {
+            xdp.add_port(config.listen.port() + shard)?;
+        }
+        for link in &config.links {
+            let rate = crate::filter::RateLimit::new(link.rate_datagrams_per_s, link.burst_datagrams);
+            let role = match link.role {
+                crate::config::LinkRole::Neighbor => runnel_ebpf::ROLE_NEIGHBOR,
+                crate::config::LinkRole::Client => runnel_ebpf::ROLE_CLIENT,
+            };
+            let entry = runnel_ebpf::LinkEntry {
+                key: link.key.0,
+                role,
+                emission_interval_ns: rate.emission_interval_ns,
+                burst_tolerance_ns: rate.burst_tolerance_ns,
+            };
+            xdp.set_link(link.id, &entry)?;
+        }
+        for update in initial_updates {
+            apply_to_xdp(&mut xdp, update)?;
+        }
+        Ok::<(), runnel_ebpf::XdpError>(())
+    })();
+    if let Err(error) = filled {
+        return fail(format!("cannot fill the XDP maps: {error}"));
+    }
+    Ok((Some(xdp), FilterMode::Xdp { interface, native }))
+}
+
+/// The name of the interface that holds `ip`, from getifaddrs.
+fn interface_holding(ip: std::net::IpAddr) -> Option<String> {
+    let mut addresses: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list and stores its head in `addresses`.
+    if unsafe { libc::getifaddrs(&mut addresses) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = addresses;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+        let address = unsafe {
+            match (*entry.ifa_addr).sa_family as i32 {
+                libc::AF_INET => {
+                    let v4 = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                    Some(std::net::IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()))
+                }
+                libc::AF_INET6 => {
+                    let v6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                    Some(std::net::IpAddr::from(v6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        if address == Some(ip) {
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            found = Some(unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: frees the list getifaddrs allocated, once; nothing points into it any more.
+    unsafe { libc::freeifaddrs(addresses) };
+    found
 }
 
 struct ShardHandle {
@@ -184,6 +371,10 @@ pub struct NodeHandle {
     stop: Arc<AtomicBool>,
     events: Receiver<ShardEvent>,
     shard_count: u16,
+    filter_mode: FilterMode,
+    policy: Option<JoinHandle<()>>,
+    policy_updates: Sender<FilterUpdate>,
+    policy_counters: Arc<PolicyCounters>,
 }
 
 impl fmt::Debug for NodeHandle {
@@ -225,6 +416,30 @@ impl NodeHandle {
         }
     }
 
+    /// Where the early-rejection filter runs (XDP or userspace, and why).
+    pub fn filter_mode(&self) -> &FilterMode {
+        &self.filter_mode
+    }
+
+    /// XDP verdict counts summed over CPUs, indexed by [`runnel_ebpf::Verdict`] id, as the
+    /// policy thread last sampled them (at most ~100 ms old); `None` with XDP off.
+    pub fn xdp_verdicts(&self) -> Option<[u64; VERDICT_COUNT]> {
+        matches!(self.filter_mode, FilterMode::Xdp { .. })
+            .then(|| std::array::from_fn(|index| self.policy_counters.xdp_verdicts[index].load(Ordering::Relaxed)))
+    }
+
+    /// The policy thread's counters (quarantines, dropped updates, XDP map errors).
+    pub fn policy_counters(&self) -> &PolicyCounters {
+        &self.policy_counters
+    }
+
+    /// Changes the filter policy (a quarantine, a permission) in every shard and in the XDP
+    /// maps. This is how a permission source (the config today, the chain later) feeds the
+    /// node.
+    pub fn update_filter(&self, update: FilterUpdate) -> Result<(), NodeError> {
+        self.policy_updates.try_send(update).map_err(|_| NodeError::PolicyQueueFull)
+    }
+
     /// Stops every shard, waits for their threads, and returns the first error a shard hit.
     pub fn stop(mut self) -> Result<(), NodeError> {
         self.stop_and_join()
@@ -242,6 +457,10 @@ impl NodeHandle {
             if let Err(error) = result {
                 first_error.get_or_insert(error);
             }
+        }
+        // The policy thread sees the stop flag within one tick; dropping it detaches XDP.
+        if let Some(policy) = self.policy.take() {
+            let _ = policy.join();
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -244,6 +244,8 @@ pub struct Datagram<'a> {
     pub body: &'a [u8],
     /// The kind, already validated.
     pub kind: Kind,
+    /// The whole datagram: header, body and padding (`total_length` bytes).
+    pub bytes: &'a [u8],
 }
 
 impl<'a> Datagram<'a> {
@@ -272,7 +274,7 @@ impl<'a> Datagram<'a> {
             return Err(WireError::BadTotalLength(total));
         }
         need(bytes, total as usize)?;
-        Ok(Datagram { header, header_bytes, body: &bytes[HEADER_LENGTH..total as usize], kind })
+        Ok(Datagram { header, header_bytes, body: &bytes[HEADER_LENGTH..total as usize], kind, bytes: &bytes[..total as usize] })
     }
 
     pub fn link_id(&self) -> u32 {

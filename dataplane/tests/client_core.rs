@@ -437,7 +437,15 @@ fn client_link(link_id: u32, key: u8) -> (ClientLinkConfig, LinkConfig) {
         key: LinkKey([key; 32]),
         datagram_length_max: 1472,
     };
-    let node = LinkConfig { id: link_id, key: LinkKey([key; 32]), role: LinkRole::Client, peer: None, peer_shards: 1 };
+    let node = LinkConfig {
+        id: link_id,
+        key: LinkKey([key; 32]),
+        role: LinkRole::Client,
+        peer: None,
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    };
     (client, node)
 }
 

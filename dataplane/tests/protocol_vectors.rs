@@ -549,6 +549,11 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
             }
         }
         seeds.push(("datagram", datagram.to_vec()));
+        if datagram.len() == Datagram::parse(datagram).map_or(0, |d| d.total_length()) {
+            // filter: re-tag, joined, one seed per role.
+            seeds.push(("filter", [&[0b1010u8][..], datagram].concat()));
+            seeds.push(("filter", [&[0b1011u8][..], datagram].concat()));
+        }
     }
     assert!(Datagram::parse(&fragments[1]).expect("fragment").fragment().is_ok());
     assert_eq!(Datagram::parse(&nak).expect("nak").nak_ranges().expect("ranges").count(), 1);
@@ -700,7 +705,7 @@ fn repair_gap(batch_datagram: &[u8], key: &LinkKey) -> Vec<u8> {
 fn fuzz_seed_corpora() {
     let (_, encodings) = build_vectors();
     let seeds = fuzz_seeds(&encodings);
-    for target in ["datagram", "record", "config", "relay", "client_link", "client"] {
+    for target in ["datagram", "record", "config", "relay", "client_link", "client", "filter"] {
         assert!(seeds.iter().any(|(t, _)| *t == target), "no seed for fuzz target {target}");
     }
     let Some(directory) = std::env::var_os("RUNNEL_FUZZ_SEEDS") else {

@@ -83,6 +83,8 @@ impl Network {
                     role: LinkRole::Neighbor,
                     peer: Some(node_address(peer)),
                     peer_shards: 1,
+                    rate_datagrams_per_s: 0,
+                    burst_datagrams: 1,
                 });
             }
         }
@@ -92,6 +94,8 @@ impl Network {
             role: LinkRole::Client,
             peer: None,
             peer_shards: 1,
+            rate_datagrams_per_s: 0,
+            burst_datagrams: 1,
         });
         relays[nodes - 1].add_link(&LinkConfig {
             id: SUBSCRIBER_LINK,
@@ -99,6 +103,8 @@ impl Network {
             role: LinkRole::Client,
             peer: None,
             peer_shards: 1,
+            rate_datagrams_per_s: 0,
+            burst_datagrams: 1,
         });
         let addresses = (0..nodes).map(|i| (node_address(i), i)).collect();
         Self {

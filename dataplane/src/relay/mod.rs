@@ -26,6 +26,7 @@ pub mod replay;
 use crate::config::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
 use crate::counters::{Counter, Counters};
 use crate::crypto::{SignatureError, Verifier, VerifyCost};
+use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
 use crate::linktag::LinkKey;
 use crate::stream::StreamPartKey;
 use crate::wire::{
@@ -35,7 +36,6 @@ use crate::wire::{
 use chain::ChainState;
 use reassembly::{FragmentOutcome, Reassembler};
 use repair::RepairArena;
-use replay::ReplayWindow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
@@ -85,6 +85,9 @@ pub struct RelayConfig {
     pub tail_probe_us: Micros,
     /// Probes per idle chain (spaced by doubling intervals).
     pub tail_probes_max: u32,
+    /// Does this relay's filter enforce link rate limits? False when the XDP program does
+    /// (metering twice would halve the rate).
+    pub rate_limit_in_userspace: bool,
 }
 
 impl RelayConfig {
@@ -115,6 +118,7 @@ impl RelayConfig {
             events_max: 1024,
             tail_probe_us: 30_000,
             tail_probes_max: 2,
+            rate_limit_in_userspace: true,
         }
     }
 }
@@ -132,8 +136,12 @@ pub struct Transmit {
 /// Things the runtime must act on outside the relay (e.g. quarantine in the XDP maps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A record failed signature verification.
-    SignatureFailure { link_id: u32, publisher: [u8; 20] },
+    /// A record failed signature verification. `publisher_proven` says the record came over a
+    /// client link on which this publisher's signatures had verified before, so the publisher
+    /// itself (not an impostor using its address) is at fault.
+    SignatureFailure { link_id: u32, publisher: [u8; 20], publisher_proven: bool },
+    /// This shard joined a stream part (the XDP `joined` map must learn it).
+    Joined { part: StreamPartKey },
 }
 
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64).
@@ -146,8 +154,8 @@ const BUFFER_POOL_MAX: usize = 4096;
 const NAK_RANGES_MAX: usize = 16;
 /// Longest range a NAK may ask to resend (bounds the work one NAK causes).
 const NAK_RANGE_SEQUENCES_MAX: u64 = 4096;
-/// Most replay windows one link keeps (one per sending port of the peer).
-const REPLAY_WINDOWS_PER_LINK_MAX: usize = 256;
+/// Publishers remembered per client link as proven by a verified signature.
+const PROVEN_PUBLISHERS_MAX: usize = 8;
 
 struct Outgoing {
     destination: SocketAddr,
@@ -158,7 +166,8 @@ struct Link {
     config: LinkConfig,
     /// Where a client was last heard from (neighbors use their configured address).
     client_address: Option<SocketAddr>,
-    replay: FastMap<SocketAddr, ReplayWindow>,
+    /// Client links: publishers whose signatures verified on this link (bounded).
+    proven_publishers: Vec<[u8; 20]>,
     send_sequence: u64,
     outbound: VecDeque<Outgoing>,
     queue_datagrams_max: usize,
@@ -199,6 +208,7 @@ pub struct Relay {
     neighbor_links: Vec<u32>,
     stream_parts: FastMap<StreamPartKey, StreamPartState>,
     verifier: Verifier,
+    filter: Filter,
     reassembler: Reassembler,
     events: VecDeque<Event>,
     /// Links with datagrams waiting in `outbound`, round-robin.
@@ -216,6 +226,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(config: RelayConfig) -> Self {
+        let filter = Filter::new(config.rate_limit_in_userspace);
         let reassembler = Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
         Self {
             config,
@@ -224,6 +235,7 @@ impl Relay {
             neighbor_links: Vec::new(),
             stream_parts: FastMap::default(),
             verifier: Verifier::default(),
+            filter,
             reassembler,
             events: VecDeque::new(),
             ready: VecDeque::new(),
@@ -247,6 +259,8 @@ impl Relay {
 
     /// Adds (or replaces) a link.
     pub fn add_link(&mut self, link: &LinkConfig) {
+        let rate = RateLimit::new(link.rate_datagrams_per_s, link.burst_datagrams);
+        self.filter.set_link(link.id, link.key, link.role, rate);
         if link.role == LinkRole::Neighbor && !self.neighbor_links.contains(&link.id) {
             self.neighbor_links.push(link.id);
         }
@@ -255,7 +269,7 @@ impl Relay {
             Link {
                 config: link.clone(),
                 client_address: None,
-                replay: FastMap::default(),
+                proven_publishers: Vec::new(),
                 send_sequence: 0,
                 outbound: VecDeque::new(),
                 queue_datagrams_max: self.config.link_queue_datagrams_max,
@@ -267,6 +281,7 @@ impl Relay {
     /// Removes a link and every interest it held.
     pub fn remove_link(&mut self, link_id: u32) {
         self.links.remove(&link_id);
+        self.filter.remove_link(link_id);
         self.neighbor_links.retain(|id| *id != link_id);
         self.ready.retain(|id| *id != link_id);
         self.dirty.retain(|(id, _, _)| *id != link_id);
@@ -296,10 +311,32 @@ impl Relay {
                 repair: RepairArena::new(self.config.repair_ring_bytes_max, self.config.repair_age_max_us),
             },
         );
+        self.filter.join(part);
+        self.push_event(Event::Joined { part });
         for link_id in self.neighbor_links.clone() {
             self.send_control(link_id, part, Kind::Subscribe);
         }
         true
+    }
+
+    /// Applies a policy update (quarantine, permission) to this shard's filter.
+    pub fn apply_filter_update(&mut self, update: &FilterUpdate) {
+        if !self.filter.apply(update) {
+            self.counters.increment(Counter::FilterUpdatesRefused);
+        }
+    }
+
+    /// Forgets expired quarantines (the policy thread calls this now and then via a command).
+    pub fn expire_filter(&mut self, now_us: Micros) {
+        self.filter.expire(now_us.saturating_mul(1000));
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() < self.config.events_max {
+            self.events.push_back(event);
+        } else {
+            self.counters.increment(Counter::EventsDropped);
+        }
     }
 
     /// Stream parts this shard has joined.
@@ -320,22 +357,28 @@ impl Relay {
     }
 
     fn handle_datagram(&mut self, from: SocketAddr, datagram: Datagram<'_>) {
+        let verdict = self.filter.check(self.now_us.saturating_mul(1000), from, datagram.bytes);
+        match verdict {
+            Verdict::Pass => {}
+            Verdict::NotRunnel | Verdict::Malformed => self.counters.increment(Counter::DatagramsMalformed),
+            Verdict::UnknownLink => self.counters.increment(Counter::DatagramsUnknownLink),
+            Verdict::BadTag => self.counters.increment(Counter::DatagramsBadTag),
+            Verdict::QuarantinedLink => self.counters.increment(Counter::DatagramsQuarantinedLink),
+            Verdict::Replayed => self.counters.increment(Counter::DatagramsReplayed),
+            Verdict::QuarantinedPublisher => self.counters.increment(Counter::DatagramsQuarantinedPublisher),
+            Verdict::NotJoined => self.counters.increment(Counter::DatagramsNotJoined),
+            Verdict::NotPermitted => self.counters.increment(Counter::DatagramsNotPermitted),
+            Verdict::RateLimited => self.counters.increment(Counter::DatagramsRateLimited),
+        }
+        if verdict != Verdict::Pass {
+            return;
+        }
         let link_id = datagram.link_id();
         let Some(link) = self.links.get_mut(&link_id) else {
+            // The filter knows every link the relay does; this is a removed link racing.
             self.counters.increment(Counter::DatagramsUnknownLink);
             return;
         };
-        if !datagram.tag_matches(&link.config.key) {
-            self.counters.increment(Counter::DatagramsBadTag);
-            return;
-        }
-        if !link.replay.contains_key(&from) && link.replay.len() >= REPLAY_WINDOWS_PER_LINK_MAX {
-            link.replay.clear();
-        }
-        if !link.replay.entry(from).or_default().accept(datagram.link_seq()) {
-            self.counters.increment(Counter::DatagramsReplayed);
-            return;
-        }
         let role = link.config.role;
         if role == LinkRole::Client {
             link.client_address = Some(from);
@@ -457,17 +500,32 @@ impl Relay {
             self.counters.increment(Counter::RecordsDuplicate);
             return;
         }
+        // The filter checked a single-publisher header; this covers every record, whatever
+        // datagram it came in (forwarded datagrams mix publishers).
+        if !self.filter.may_publish(now_us.saturating_mul(1000), &part, &chain_id.0) {
+            self.counters.increment(Counter::RecordsNotPermitted);
+            return;
+        }
         if self.config.verify == VerifyPolicy::All {
-            match self.verifier.verify(&part, record) {
-                Ok(VerifyCost::Ecdsa) => self.counters.increment(Counter::SignaturesEcdsa),
-                Ok(VerifyCost::CachedRoot) => self.counters.increment(Counter::SignaturesCachedRoot),
+            let verified = self.verifier.verify(&part, record);
+            let link = self.links.get_mut(&source_link);
+            let client = link.filter(|link| link.config.role == LinkRole::Client);
+            match verified {
+                Ok(cost) => {
+                    match cost {
+                        VerifyCost::Ecdsa => self.counters.increment(Counter::SignaturesEcdsa),
+                        VerifyCost::CachedRoot => self.counters.increment(Counter::SignaturesCachedRoot),
+                    }
+                    if let Some(link) = client {
+                        if !link.proven_publishers.contains(&chain_id.0) && link.proven_publishers.len() < PROVEN_PUBLISHERS_MAX {
+                            link.proven_publishers.push(chain_id.0);
+                        }
+                    }
+                }
                 Err(SignatureError::Malformed | SignatureError::WrongSigner) => {
                     self.counters.increment(Counter::RecordsBadSignature);
-                    if self.events.len() < self.config.events_max {
-                        self.events.push_back(Event::SignatureFailure { link_id: source_link, publisher: chain_id.0 });
-                    } else {
-                        self.counters.increment(Counter::EventsDropped);
-                    }
+                    let publisher_proven = client.is_some_and(|link| link.proven_publishers.contains(&chain_id.0));
+                    self.push_event(Event::SignatureFailure { link_id: source_link, publisher: chain_id.0, publisher_proven });
                     return;
                 }
             }

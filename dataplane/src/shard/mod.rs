@@ -43,6 +43,7 @@ mod buffers;
 pub(crate) mod runtime;
 
 use crate::counters::{Counter, Counters};
+use crate::filter::FilterUpdate;
 use crate::relay::Event;
 use crate::stream::StreamPartKey;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +85,7 @@ pub enum RuntimeCounter {
     GsoFallbacks = 8,
     /// Relay events dropped because the node's event queue was full.
     EventsDropped = 9,
-    /// Commands handled (joins).
+    /// Commands handled (joins, filter updates).
     CommandsHandled = 10,
     /// Turns of the shard loop.
     LoopTurns = 11,
@@ -163,10 +164,14 @@ pub struct ShardEvent {
     pub event: Event,
 }
 
-/// What the node handle asks of a shard.
+/// What the node handle and the policy thread ask of a shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ShardCommand {
     Join(StreamPartKey),
+    /// A quarantine or permission change for the shard's filter.
+    Filter(FilterUpdate),
+    /// Forget expired quarantines.
+    ExpireFilter,
 }
 
 /// One shard's counters as last published by the shard: written by the shard after each loop

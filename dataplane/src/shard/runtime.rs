@@ -10,6 +10,7 @@ use super::{
 };
 use crate::config::NodeConfig;
 use crate::counters::{Counter, Counters};
+use crate::filter::FilterUpdate;
 use crate::node::NodeError;
 use crate::relay::{Micros, Relay, RelayConfig};
 use crossbeam_channel::{Receiver, Sender};
@@ -36,7 +37,10 @@ pub(crate) struct ShardContext {
     pub(crate) index: u16,
     pub(crate) config: Arc<NodeConfig>,
     pub(crate) socket: UdpSocket,
-    pub(crate) origin: Instant,
+    /// Policy updates to apply before the first datagram (permissions from the config).
+    pub(crate) initial_updates: Vec<FilterUpdate>,
+    /// False when the XDP program meters links.
+    pub(crate) rate_limit_in_userspace: bool,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) commands: Receiver<ShardCommand>,
     pub(crate) events: Sender<ShardEvent>,
@@ -91,9 +95,14 @@ impl Shard {
         receive_header.msg_namelen = RECEIVE_NAME_LENGTH as libc::socklen_t;
         receive_header.msg_controllen = RECEIVE_CONTROL_LENGTH;
         let config = &context.config;
-        let mut relay = Relay::new(RelayConfig::new(context.index, config.shards, config.datagram_length_max, config.verify));
+        let mut relay_config = RelayConfig::new(context.index, config.shards, config.datagram_length_max, config.verify);
+        relay_config.rate_limit_in_userspace = context.rate_limit_in_userspace;
+        let mut relay = Relay::new(relay_config);
         for link in &config.links {
             relay.add_link(link);
+        }
+        for update in &context.initial_updates {
+            relay.apply_filter_update(update);
         }
         let send_slots: Box<[SendSlot]> = (0..SEND_SLOTS).map(|_| SendSlot::new(RECEIVE_PAYLOAD_LENGTH_MAX)).collect();
         Ok(Self {
@@ -112,8 +121,9 @@ impl Shard {
         })
     }
 
+    /// CLOCK_MONOTONIC in µs: the clock of the filter's expiries (and of `bpf_ktime_get_ns`).
     fn now_us(&self) -> Micros {
-        self.context.origin.elapsed().as_micros() as Micros
+        runnel_ebpf::monotonic_ns() / 1000
     }
 
     async fn run(&mut self) -> Result<(), NodeError> {
@@ -133,6 +143,8 @@ impl Shard {
                 ShardCommand::Join(key) => {
                     self.relay.join(now_us, key);
                 }
+                ShardCommand::Filter(update) => self.relay.apply_filter_update(&update),
+                ShardCommand::ExpireFilter => self.relay.expire_filter(now_us),
             }
             self.runtime.increment(RuntimeCounter::CommandsHandled);
         }
