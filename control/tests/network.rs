@@ -268,7 +268,7 @@ fn assert_exactly_once_in_order(received: &[(u64, u64, Vec<u8>)], count: u64, co
 }
 
 /// A forged record: claims `publisher` but is signed by another key.
-fn forged_datagram(link: &ClientLinkConfig, part: &StreamPartKey, publisher: [u8; 20]) -> Vec<u8> {
+fn forged_datagram(link: &ClientLinkConfig, part: &StreamPartKey, publisher: [u8; 20], link_seq: u64) -> Vec<u8> {
     let forger = PublisherKey::generate();
     let message = MessageFields {
         publisher: forger.address(),
@@ -290,7 +290,7 @@ fn forged_datagram(link: &ClientLinkConfig, part: &StreamPartKey, publisher: [u8
     let fields = HeaderFields {
         kind: Kind::Data,
         link_id: link.link_id,
-        link_seq: 1,
+        link_seq,
         stream_part_key: part.0,
         flags: 0,
         message_count: 0,
@@ -309,7 +309,8 @@ fn node_address(link: &ClientLinkConfig, part: &StreamPartKey) -> SocketAddr {
 // Goal: three node processes in a line A–B–C; 100,000 batch-signed messages published at A
 // (paced at 25k msgs/s, well inside what three nodes and two clients sustain on 2 cores)
 // reach a subscriber at C exactly once, in chain order, with valid signatures; a record with
-// a forged signature injected at B is counted there and never delivered.
+// a forged signature injected at B is counted there and never delivered, and quarantines the
+// forger's link: its next datagram is dropped by B's filter before any signature work.
 #[test]
 fn line_delivers_100k_in_order_and_drops_forgeries() {
     let part = StreamPart::parse(STREAM).unwrap().key();
@@ -326,10 +327,12 @@ fn line_delivers_100k_in_order_and_drops_forgeries() {
 
     let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
     let real = PublisherKey::generate().address();
-    forger.send_to(&forged_datagram(&forger_link, &part, real), node_address(&forger_link, &part)).unwrap();
+    forger.send_to(&forged_datagram(&forger_link, &part, real, 1), node_address(&forger_link, &part)).unwrap();
 
     const COUNT: u64 = 100_000;
     publish(&publisher_link, part, COUNT, 25_000, SigningMode::Batch { batch_size_max: 64 }, |_| {});
+    // Seconds after the forgery: the quarantine is in force (10 s for a first offense).
+    forger.send_to(&forged_datagram(&forger_link, &part, real, 2), node_address(&forger_link, &part)).unwrap();
     wait_for(&received, COUNT as usize, Duration::from_secs(20));
     stop.store(true, Ordering::Relaxed);
     let client_bad_signatures = subscriber.join().unwrap();
@@ -339,6 +342,10 @@ fn line_delivers_100k_in_order_and_drops_forgeries() {
     assert_exactly_once_in_order(&received, COUNT, &loss_report(&statuses));
     assert_eq!(client_bad_signatures, 0);
     assert_eq!(counter(&statuses[1], "records_bad_signature"), 1, "B counts the forgery: {}", statuses[1]);
+    assert_eq!(counter(&statuses[1], "datagrams_quarantined_link"), 1, "B drops the quarantined link's next datagram: {}", statuses[1]);
+    assert_eq!(statuses[1]["filter"]["quarantines"], 1, "{}", statuses[1]);
+    // On loopback the filter runs in userspace, and says so.
+    assert_eq!(statuses[1]["filter"]["mode"], "userspace", "{}", statuses[1]);
     assert_eq!(counter(&statuses[2], "records_bad_signature"), 0);
     assert!(counter(&statuses[2], "records_delivered") >= COUNT);
 }
@@ -404,7 +411,7 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
         socket.send_to(&bytes, target).unwrap();
         sent += 1;
     }
-    let valid = forged_datagram(&attacker_link, &part, [1; 20]);
+    let valid = forged_datagram(&attacker_link, &part, [1; 20], 1);
     for cut in 1..valid.len() {
         socket.send_to(&valid[..cut], target).unwrap();
         sent += 1;
