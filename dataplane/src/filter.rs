@@ -148,12 +148,13 @@ impl Filter {
         self.rate_limit
     }
 
-    /// Adds or replaces a link (its rate state and replay windows start afresh).
+    /// Adds or replaces a link. Its rate state starts afresh; its replay windows stay (as in
+    /// the XDP map), so a link whose sender restarts its sequences must be removed first.
     pub fn set_link(&mut self, link_id: u32, key: LinkKey, role: LinkRole, rate: RateLimit) {
         self.links.insert(link_id, FilterLink { key, role, rate, tat_ns: 0 });
-        self.replay.retain(|(id, _), _| *id != link_id);
     }
 
+    /// Removes a link and forgets its replay windows.
     pub fn remove_link(&mut self, link_id: u32) {
         self.links.remove(&link_id);
         self.replay.retain(|(id, _), _| *id != link_id);
@@ -399,8 +400,12 @@ mod tests {
         assert_eq!(filter.check(0, from(), &datagram(Kind::Data, 1, part, FLAG_SINGLE_PUBLISHER)), Verdict::Pass);
         // Rate limit off (XDP meters): a second datagram at the same instant passes.
         assert_eq!(filter.check(0, from(), &datagram(Kind::Subscribe, 2, part, 0)), Verdict::Pass);
+        // Replacing a link keeps its replay windows; removing it forgets them.
         filter.set_link(LINK, KEY, LinkRole::Neighbor, RateLimit::UNLIMITED);
-        assert_eq!(filter.check(0, from(), &datagram(Kind::Data, 1, part, 0)), Verdict::NotJoined);
+        assert_eq!(filter.check(0, from(), &datagram(Kind::Subscribe, 2, part, 0)), Verdict::Replayed);
+        assert_eq!(filter.check(0, from(), &datagram(Kind::Data, 3, part, 0)), Verdict::NotJoined);
+        filter.remove_link(LINK);
+        filter.set_link(LINK, KEY, LinkRole::Neighbor, RateLimit::UNLIMITED);
         assert_eq!(filter.check(0, from(), &datagram(Kind::Subscribe, 2, part, 0)), Verdict::Pass);
     }
 }
