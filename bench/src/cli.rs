@@ -7,12 +7,14 @@
 //! runnel bench relay-chain [--size BYTES] [--duration SECS] [--signatures single|batch]
 //!              [--latency-duration SECS] [--latency-rate MSGS_PER_S] [--runnel-binary PATH] [--json]
 //! runnel bench udp-ceiling [--duration SECS] [--json]
+//! runnel bench xdp [--duration SECS] [--flood-rate DATAGRAMS_PER_S|max] [--legit-rate MSGS_PER_S]
+//!              [--repeat N] [--json]
 //! ```
 
 /// What `runnel bench` accepts.
-pub const USAGE: &str = "usage: runnel bench fanout|relay-chain|udp-ceiling [flags] (see bench/README.md)";
+pub const USAGE: &str = "usage: runnel bench fanout|relay-chain|udp-ceiling|xdp [flags] (see bench/README.md)";
 
-use crate::{BenchError, FanoutOptions, RelayChainOptions, UdpCeilingOptions};
+use crate::{BenchError, FanoutOptions, FloodRate, RelayChainOptions, UdpCeilingOptions, XdpOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,6 +103,25 @@ pub fn run(args: &[String]) -> Result<(), BenchError> {
                 }
             }
             let report = crate::udp_ceiling(options)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_table();
+            }
+        }
+        "xdp" => {
+            let mut options = XdpOptions::default();
+            while let Some(flag) = iter.next() {
+                match flag.as_str() {
+                    "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
+                    "--flood-rate" => options.flood_rate = FloodRate::parse(value(&mut iter, flag)?)?,
+                    "--legit-rate" => options.legit_rate_per_s = number(value(&mut iter, flag)?, flag)?,
+                    "--repeat" => options.repeat = number(value(&mut iter, flag)?, flag)?,
+                    "--json" => json = true,
+                    other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
+                }
+            }
+            let report = crate::xdp(options)?;
             if json {
                 println!("{}", report.to_json());
             } else {

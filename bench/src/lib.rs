@@ -10,6 +10,9 @@
 //!   fraction of [`udp_ceiling()`].
 //! - [`udp_ceiling()`]: a minimal forwarder that only moves datagrams (UDP GRO receive, GSO
 //!   send): what a relay on this machine could at best forward.
+//! - [`xdp()`]: the XDP early-rejection filter: ns per verdict by `BPF_PROG_TEST_RUN`, and
+//!   legitimate delivery through a node on a veth pair while forged datagrams flood it, with
+//!   the filter on and off (needs root).
 //!
 //! How each number is measured is in `bench/README.md`; results are in `docs/benchmarks.md`.
 //!
@@ -35,10 +38,12 @@ pub mod relay_chain;
 pub mod runnel;
 pub mod udp_ceiling;
 pub mod workload;
+pub mod xdp;
 
 pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
 pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
+pub use xdp::{xdp, FloodRate, XdpOptions, XdpReport};
 
 use runnel_dataplane::wire::{DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH};
 

@@ -106,26 +106,8 @@ const BUFFER_BYTES: usize = 65_536;
 const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 const WARMUP: Duration = Duration::from_millis(300);
 
-fn os_error(what: &str) -> BenchError {
-    BenchError::new(format!("{what}: {}", std::io::Error::last_os_error()))
-}
-
 fn set_int_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str) -> Result<(), BenchError> {
-    // SAFETY: the fd is a valid socket owned by `socket`; the option value is a c_int that
-    // outlives the call and its exact size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(os_error(what));
-    }
-    Ok(())
+    runnel_dataplane::sockopt::set_int(socket, level, name, value).map_err(|error| BenchError::new(format!("{what}: {error}")))
 }
 
 /// A loopback socket with big buffers (forced when root, else as large as allowed).

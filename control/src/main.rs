@@ -34,7 +34,7 @@ enum Command {
     /// Subscribe to a stream part through a node and print what arrives.
     Sub(pubsub::SubArgs),
     /// Benchmarks against NATS, raw UDP and a relay chain (see bench/README.md):
-    /// `runnel bench fanout|relay-chain|udp-ceiling [flags]`.
+    /// `runnel bench fanout|relay-chain|udp-ceiling|xdp [flags]`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

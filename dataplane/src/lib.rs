@@ -23,5 +23,6 @@ pub mod node;
 pub mod policy;
 pub mod relay;
 pub mod shard;
+pub mod sockopt;
 pub mod stream;
 pub mod wire;

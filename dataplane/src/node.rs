@@ -52,7 +52,6 @@ use runnel_ebpf::{AttachMode, XdpFilter, VERDICT_COUNT};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -536,34 +535,16 @@ fn bind_sockets(config: &NodeConfig) -> Result<Vec<UdpSocket>, NodeError> {
                 io::ErrorKind::AddrInUse => NodeError::AddressInUse { address },
                 _ => NodeError::Bind { address, source },
             })?;
-            set_socket_option(&socket, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|source| NodeError::SocketOption {
+            crate::sockopt::set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(|source| NodeError::SocketOption {
                 address,
                 option: "UDP_GRO",
                 source,
             })?;
             // Best effort: the kernel silently caps this at net.core.rmem_max.
-            let _ = set_socket_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_RECEIVE_BUFFER_LENGTH as libc::c_int);
+            let _ = crate::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_RECEIVE_BUFFER_LENGTH as libc::c_int);
             Ok(socket)
         })
         .collect()
-}
-
-fn set_socket_option(socket: &UdpSocket, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its size; the kernel copies it.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// The CPUs this process may run on (its affinity mask), in order; all online CPUs if the mask

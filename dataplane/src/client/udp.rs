@@ -89,25 +89,6 @@ pub struct UdpClient {
     started: Instant,
 }
 
-fn set_socket_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the fd is a live socket owned by `socket`; the option value is a c_int on the
-    // stack whose size we pass.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// A socket address in the kernel's representation.
 struct RawAddress {
     storage: libc::sockaddr_storage,
@@ -223,13 +204,13 @@ impl UdpClient {
         let socket = UdpSocket::bind(bind)?;
         // Best effort: without GRO datagrams arrive one per recv; without the FORCE options
         // (not root) the buffers are capped at net.core.{r,w}mem_max.
-        let _ = set_socket_option(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
+        let _ = crate::sockopt::set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
         let size = SOCKET_BUFFER_BYTES as libc::c_int;
-        if set_socket_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
-            let _ = set_socket_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, size);
+        if crate::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+            let _ = crate::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, size);
         }
-        if set_socket_option(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
-            let _ = set_socket_option(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, size);
+        if crate::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
+            let _ = crate::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, size);
         }
         // Link sequences start at Unix time in ns: a restarted client is ahead of its
         // previous run in the node's replay window (unless it sent over 10^9 datagrams/s).
