@@ -121,7 +121,15 @@ fuzz_target!(|data: &[u8]| {
         rate_datagrams_per_s: 0,
         burst_datagrams: 1,
     });
-    relay.add_link(&LinkConfig { id: CLIENT_LINK_ID, key: client_key(), role: LinkRole::Client, peer: None, peer_shards: 1, rate_datagrams_per_s: 0, burst_datagrams: 1 });
+    relay.add_link(&LinkConfig {
+        id: CLIENT_LINK_ID,
+        key: client_key(),
+        role: LinkRole::Client,
+        peer: None,
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    });
     let mut now_us = 1_000_000;
     let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sensors/temperature#0").expect("valid stream part");
     relay.join(now_us, part.key());
