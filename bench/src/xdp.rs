@@ -7,9 +7,9 @@
 //! 1. **Per-verdict cost** ([`verdict_costs`]): the program is loaded (not attached) and run
 //!    through `BPF_PROG_TEST_RUN` on one crafted frame per verdict; the kernel reports the mean
 //!    time per run. Verdicts decided before or by the replay window (`not_runnel`, `malformed`,
-//!    `unknown_link`, `bad_tag`, `quarantined_link`, `replayed`) leave no state behind, so one
-//!    frame runs `repeat` (≥ 1,000,000) times in one call ([`CostMethod::Repeated`]). Verdicts
-//!    decided after it (`quarantined_publisher`, `not_joined`, `not_permitted`,
+//!    `unknown_link`, `bad_tag`, `quarantined_link`, `quarantined_publisher`, `replayed`) leave
+//!    no state behind, so one frame runs `repeat` (≥ 1,000,000) times in one call
+//!    ([`CostMethod::Repeated`]). Verdicts decided after it (`not_joined`, `not_permitted`,
 //!    `rate_limited`, `pass`) cannot be repeated: the replay window records the first run's
 //!    sequence, so runs 2..n of the same frame are `replayed`. Those are measured with a fresh
 //!    link sequence per run, one run per call ([`CostMethod::FreshSequences`]), and corrected
@@ -396,6 +396,9 @@ pub fn verdict_costs(repeat: u32, fresh_runs: u32) -> Result<VerdictCosts, Bench
     repeated(Verdict::UnknownLink, test_frame(data(TEST_UNKNOWN_LINK, 1), &test_key(TEST_UNKNOWN_LINK), 4000, |_| {}))?;
     repeated(Verdict::BadTag, test_frame(data(TEST_CLIENT, 1), &client, 4000, |d| d[80] ^= 1))?;
     repeated(Verdict::QuarantinedLink, test_frame(data(TEST_QUARANTINED_LINK, 1), &test_key(TEST_QUARANTINED_LINK), 4000, |_| {}))?;
+    // Decided before the replay window, so one frame repeats as the same verdict.
+    let quarantined_publisher = test_fields(Kind::Data, TEST_CLIENT, 1, TEST_JOINED, Some(TEST_QUARANTINED_PUBLISHER));
+    repeated(Verdict::QuarantinedPublisher, test_frame(quarantined_publisher, &client, 4002, |_| {}))?;
     // A valid datagram, accepted once, then replayed.
     let replay = test_frame(data(TEST_CLIENT, 1), &client, 4001, |_| {});
     filter.test_run(&replay, 1).map_err(xdp_error("BPF_PROG_TEST_RUN"))?;
@@ -409,7 +412,6 @@ pub fn verdict_costs(repeat: u32, fresh_runs: u32) -> Result<VerdictCosts, Bench
     // Fresh link sequences (2, 3, ...) of Data datagrams, from a source port of their own per
     // verdict: (verdict, link, source port, stream part, single publisher).
     let stateful = [
-        (Verdict::QuarantinedPublisher, TEST_CLIENT, 4002, TEST_JOINED, Some(TEST_QUARANTINED_PUBLISHER)),
         (Verdict::NotJoined, TEST_NEIGHBOR, 4003, TEST_NOT_JOINED, None),
         (Verdict::NotPermitted, TEST_CLIENT, 4004, TEST_RESTRICTED, Some(TEST_STRANGER)),
         (Verdict::RateLimited, TEST_RATE_LIMITED_LINK, 4005, TEST_JOINED, None),

@@ -235,16 +235,16 @@ impl Filter {
         if self.quarantined_links.get(&header.link_id).is_some_and(|&until| now_ns < until) {
             return Verdict::QuarantinedLink;
         }
+        let single_publisher = header.flags & FLAG_SINGLE_PUBLISHER != 0;
+        if single_publisher && self.quarantined_publishers.get(&header.publisher).is_some_and(|&until| now_ns < until) {
+            return Verdict::QuarantinedPublisher;
+        }
         let key = (header.link_id, from);
         if !self.replay.contains_key(&key) && self.replay.len() >= REPLAY_WINDOWS_MAX {
             self.replay.clear();
         }
         if !self.replay.entry(key).or_default().accept(header.link_seq) {
             return Verdict::Replayed;
-        }
-        let single_publisher = header.flags & FLAG_SINGLE_PUBLISHER != 0;
-        if single_publisher && self.quarantined_publishers.get(&header.publisher).is_some_and(|&until| now_ns < until) {
-            return Verdict::QuarantinedPublisher;
         }
         let carries_data = matches!(header.kind, Kind::Data | Kind::Fragment);
         let needs_join = (carries_data && link.role == LinkRole::Neighbor) || header.kind == Kind::Nak;
@@ -381,6 +381,8 @@ mod tests {
         assert_eq!(filter.check(later, from(), &data(11)), Verdict::Pass);
         assert_eq!(filter.check(later + 1, from(), &data(12)), Verdict::NotPermitted);
         assert!(filter.apply(&FilterUpdate::QuarantinePublisher { publisher: PUBLISHER, until_ns: u64::MAX }));
+        assert_eq!(filter.check(later, from(), &data(13)), Verdict::QuarantinedPublisher);
+        // Checked before the replay window: the sequence was not used up.
         assert_eq!(filter.check(later, from(), &data(13)), Verdict::QuarantinedPublisher);
         assert!(filter.apply(&FilterUpdate::QuarantineLink { link_id: LINK, until_ns: later + 5 }));
         assert_eq!(filter.check(later, from(), &data(14)), Verdict::QuarantinedLink);

@@ -520,6 +520,18 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     if (link_expiry && *link_expiry > NOW())
         return VERDICT_QUARANTINED_LINK;
 
+    /* A quarantined publisher is refused here only when the header names it as the single
+     * publisher of every record; mixed datagrams are judged record by record in userspace.
+     * Before the replay window: a hash probe is cheaper than the window's lookup and lock,
+     * and a dropped datagram need not use up its sequence. */
+    int single_publisher = (flags & FLAG_SINGLE_PUBLISHER) != 0;
+    const __u8 *publisher = header + OFFSET_PUBLISHER;
+    if (single_publisher) {
+        __u64 *publisher_expiry = bpf_map_lookup_elem(&quarantined_publishers, publisher);
+        if (publisher_expiry && *publisher_expiry > NOW())
+            return VERDICT_QUARANTINED_PUBLISHER;
+    }
+
     /* Replay window per (link, source address, source port). The tag is checked first, so
      * only holders of a link key create windows. A missing window is created empty, then
      * looked up again (another CPU may have created it meanwhile: either copy is fine). */
@@ -542,16 +554,6 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     replay_window_unlock(window);
     if (!fresh)
         return VERDICT_REPLAYED;
-
-    /* A quarantined publisher is refused here only when the header names it as the single
-     * publisher of every record; mixed datagrams are judged record by record in userspace. */
-    int single_publisher = (flags & FLAG_SINGLE_PUBLISHER) != 0;
-    const __u8 *publisher = header + OFFSET_PUBLISHER;
-    if (single_publisher) {
-        __u64 *publisher_expiry = bpf_map_lookup_elem(&quarantined_publishers, publisher);
-        if (publisher_expiry && *publisher_expiry > NOW())
-            return VERDICT_QUARANTINED_PUBLISHER;
-    }
 
     /* Records and NAKs for a stream part the node is not in are work for nobody. A client
      * publishing to a new stream part is what makes the node join it, so only neighbors'
