@@ -25,4 +25,5 @@ pub mod relay;
 pub mod shard;
 pub mod sockopt;
 pub mod stream;
+pub mod testing;
 pub mod wire;

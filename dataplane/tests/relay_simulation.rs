@@ -11,33 +11,14 @@ use runnel_dataplane::linktag::LinkKey;
 use runnel_dataplane::relay::reassembly::{FragmentOutcome, Reassembler};
 use runnel_dataplane::relay::{Relay, RelayConfig};
 use runnel_dataplane::stream::StreamPart;
+use runnel_dataplane::testing::Rng;
 use runnel_dataplane::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: small, deterministic, good enough for a packet simulator.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn chance(&mut self, probability: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= probability
-    }
-}
-
 fn seed() -> u64 {
-    let seed = std::env::var("RUNNEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    println!("RUNNEL_SEED={seed}");
-    seed | 1
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    runnel_dataplane::testing::seed(clock)
 }
 
 fn node_address(index: usize) -> SocketAddr {
@@ -111,7 +92,7 @@ impl Network {
             relays,
             addresses,
             in_flight: BTreeMap::new(),
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             loss,
             duplicate,
             counter: 0,
@@ -132,7 +113,7 @@ impl Network {
         }
         let copies = if self.rng.chance(self.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay_us = 100 + self.rng.next() % 2000;
+            let delay_us = 100 + self.rng.below(2000);
             self.counter += 1;
             self.in_flight.insert((self.now_us + delay_us, self.counter), (from, to, bytes.clone()));
         }

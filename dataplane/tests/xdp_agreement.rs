@@ -10,6 +10,7 @@ use runnel_dataplane::config::LinkRole;
 use runnel_dataplane::filter::{Filter, FilterUpdate, RateLimit, Verdict};
 use runnel_dataplane::linktag::LinkKey;
 use runnel_dataplane::stream::StreamPartKey;
+use runnel_dataplane::testing::Rng;
 use runnel_dataplane::wire::{write_header, HeaderFields, Kind, HEADER_LENGTH};
 use runnel_ebpf::{packet, LinkEntry, XdpFilter, ROLE_CLIENT, ROLE_NEIGHBOR, VERDICT_COUNT};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -30,25 +31,6 @@ const INPUTS: usize = 20_000;
 
 fn key_of(link: u32) -> LinkKey {
     LinkKey([link as u8; 32])
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
 }
 
 /// The same policy in both filters.
@@ -118,9 +100,9 @@ fn datagram(rng: &mut Rng, sequences: &mut [u64; 4]) -> Vec<u8> {
     };
     let mut bytes = vec![0u8; length];
     for byte in &mut bytes[HEADER_LENGTH..] {
-        *byte = rng.next() as u8;
+        *byte = rng.next_u64() as u8;
     }
-    let key = if link == UNKNOWN { LinkKey([rng.next() as u8; 32]) } else { key_of(link) };
+    let key = if link == UNKNOWN { LinkKey([rng.next_u64() as u8; 32]) } else { key_of(link) };
     write_header(&fields, &key, &mut bytes);
     bytes
 }
@@ -128,7 +110,7 @@ fn datagram(rng: &mut Rng, sequences: &mut [u64; 4]) -> Vec<u8> {
 /// Mutations of the kinds an attacker or a broken sender produces.
 fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
     if bytes.len() < HEADER_LENGTH {
-        bytes.extend((0..rng.below(40) + 1).map(|_| rng.next() as u8));
+        bytes.extend((0..rng.below(40) + 1).map(|_| rng.next_u64() as u8));
         return;
     }
     match rng.below(6) {
@@ -137,18 +119,18 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
             bytes[at] ^= 1 << rng.below(8);
         }
         1 => bytes.truncate(rng.below(bytes.len() as u64 + 1) as usize),
-        2 => bytes.extend((0..rng.below(40) + 1).map(|_| rng.next() as u8)),
+        2 => bytes.extend((0..rng.below(40) + 1).map(|_| rng.next_u64() as u8)),
         3 => {
-            let wrong = rng.next() as u16;
+            let wrong = rng.next_u64() as u16;
             bytes[52..54].copy_from_slice(&wrong.to_le_bytes());
         }
         4 => {
             let at = 54 + rng.below(6) as usize;
-            bytes[at] = rng.next() as u8 | 1;
+            bytes[at] = rng.next_u64() as u8 | 1;
         }
         _ => {
             let at = rng.below(bytes.len() as u64) as usize;
-            bytes[at] = rng.next() as u8;
+            bytes[at] = rng.next_u64() as u8;
         }
     }
 }
@@ -171,9 +153,8 @@ fn xdp_verdict(xdp: &XdpFilter, frame: &[u8]) -> Verdict {
 // exactly one verdict whose XDP action matches it).
 #[test]
 fn xdp_and_userspace_agree_on_every_datagram() {
-    let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x00c0_ffee_u64);
-    println!("seed {seed} (replay with RUNNEL_SEED={seed})");
-    let mut rng = Rng(seed.max(1));
+    let seed = runnel_dataplane::testing::seed(0x00c0_ffee);
+    let mut rng = Rng::new(seed);
     let (xdp, mut filter) = load_both();
     let destination = SocketAddrV4::new([10, 0, 0, 2].into(), PORT);
     let mut sequences = [1000u64; 4];

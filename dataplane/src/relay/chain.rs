@@ -322,15 +322,9 @@ mod tests {
     // and in order when nothing is lost.
     #[test]
     fn random_reordering_delivers_each_once_in_order() {
-        let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(42u64);
-        println!("seed {seed}");
-        let mut state = seed | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let seed = crate::testing::seed(42u64);
+        let mut rng = crate::testing::Rng::new(seed);
+        let mut next = || rng.next_u64();
         let mut sequences: Vec<u64> = (0..5000).collect();
         // Local shuffles: swap within distance 50, plus duplicates.
         for i in 0..sequences.len() {

@@ -186,6 +186,134 @@ impl Link {
             LinkRole::Client => self.client_address,
         }
     }
+
+    /// The header of the next datagram this link sends; takes the next link sequence.
+    fn next_header(&mut self, kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
+        let link_seq = self.send_sequence;
+        self.send_sequence += 1;
+        HeaderFields {
+            kind,
+            link_id: self.config.id,
+            link_seq,
+            stream_part_key: part.0,
+            flags,
+            message_count: 0,
+            total_length: 0,
+            publisher,
+        }
+    }
+}
+
+/// The sending side of a relay apart from the links themselves: reused datagram buffers, the
+/// round-robin of links with queued datagrams, and which datagrams are being packed. Kept out
+/// of [`Relay`]'s other fields so a link (borrowed from the link table) and the outbox can be
+/// used together.
+struct Outbox {
+    datagram_length_max: usize,
+    /// Datagram buffers kept for reuse (at most [`BUFFER_POOL_MAX`]).
+    pool: Vec<Vec<u8>>,
+    /// Links with datagrams waiting in `outbound`, round-robin.
+    ready: VecDeque<u32>,
+    /// (link, stream part, flags) with a datagram being packed.
+    dirty: Vec<(u32, StreamPartKey, u16)>,
+}
+
+impl Outbox {
+    /// A datagram builder on a reused buffer.
+    fn builder(&mut self, capacity: usize) -> DatagramBuilder {
+        DatagramBuilder::from_buffer(self.pool.pop().unwrap_or_default(), capacity)
+    }
+
+    fn recycle(&mut self, bytes: Vec<u8>) {
+        if self.pool.len() < BUFFER_POOL_MAX {
+            self.pool.push(bytes);
+        }
+    }
+
+    /// Appends `record` to the datagram being packed for (`link`, `part`, `flags`), sealing it
+    /// first if the record does not fit; records larger than a datagram go as fragments.
+    fn append(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, record: &[u8]) {
+        let capacity = self.datagram_length_max;
+        if record.len() > capacity - HEADER_LENGTH {
+            // Seal what is packed for this link and part first, so the chain stays in order.
+            if let Some(builder) = link.packing.get_mut(&(part, flags)).filter(|b| !b.is_empty()) {
+                let packed = std::mem::replace(builder, self.builder(capacity));
+                self.seal(counters, link, part, flags, packed);
+            }
+            self.send_fragments(counters, link, part, flags, record);
+            return;
+        }
+        // Builders stay in the map between batches (empty, buffer kept), so the steady state
+        // neither allocates nor rehashes.
+        let builder = link.packing.entry((part, flags)).or_insert_with(|| self.builder(capacity));
+        if builder.is_empty() {
+            self.dirty.push((link.config.id, part, flags));
+        }
+        if builder.try_push(record) {
+            return;
+        }
+        // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
+        let mut full = std::mem::replace(builder, self.builder(capacity));
+        let pushed = builder.try_push(record);
+        debug_assert!(pushed, "a record that fits an empty datagram");
+        full.pad_to(capacity);
+        self.seal(counters, link, part, flags, full);
+    }
+
+    /// Finishes a Data datagram (header, link sequence, tag) and queues it on the link.
+    fn seal(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, mut builder: DatagramBuilder) {
+        let Some(destination) = link.destination(&part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        // The single-publisher flag lets the XDP filter check publish permission per
+        // datagram; it is set when every record is from one publisher.
+        let single = builder.single_publisher();
+        let flags = flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 };
+        builder.finish(link.next_header(Kind::Data, part, flags, single.unwrap_or([0; 20])), &link.config.key);
+        self.enqueue(counters, link, destination, builder.into_buffer());
+    }
+
+    fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>) {
+        if link.outbound.len() >= link.queue_datagrams_max {
+            counters.increment(Counter::DropsLinkQueueFull);
+            self.recycle(bytes);
+            return;
+        }
+        if link.outbound.is_empty() {
+            self.ready.push_back(link.config.id);
+        }
+        link.outbound.push_back(Outgoing { destination, bytes });
+    }
+
+    /// Sends a record too large for one datagram as Fragment datagrams.
+    fn send_fragments(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, record: &[u8]) {
+        let Some(destination) = link.destination(&part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let Ok(parsed) = Record::parse(record) else {
+            debug_assert!(false, "only validated records are forwarded");
+            return;
+        };
+        let slice_max = self.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
+        let header = FragmentHeader {
+            publisher: parsed.publisher(),
+            chain_id: parsed.chain_id(),
+            sequence: parsed.sequence(),
+            record_length: record.len() as u32,
+            offset: 0,
+            fragment_length: 0,
+            reserved: 0,
+        };
+        for (index, slice) in record.chunks(slice_max).enumerate() {
+            let mut builder = self.builder(self.datagram_length_max);
+            wire::encode_fragment(&FragmentHeader { offset: (index * slice_max) as u32, ..header }, slice, builder.body_mut());
+            builder.set_count(1);
+            builder.finish(link.next_header(Kind::Fragment, part, flags | FLAG_SINGLE_PUBLISHER, header.publisher), &link.config.key);
+            self.enqueue(counters, link, destination, builder.into_buffer());
+        }
+    }
 }
 
 type ChainId = ([u8; 20], u64);
@@ -211,15 +339,11 @@ pub struct Relay {
     filter: Filter,
     reassembler: Reassembler,
     events: VecDeque<Event>,
-    /// Links with datagrams waiting in `outbound`, round-robin.
-    ready: VecDeque<u32>,
-    /// (link, stream part, flags) with a datagram being packed.
-    dirty: Vec<(u32, StreamPartKey, u16)>,
+    outbox: Outbox,
     /// Chains with an open gap.
     gapped: FastSet<(StreamPartKey, ChainId)>,
     /// Chains with a pending tail probe.
     probing: FastSet<(StreamPartKey, ChainId)>,
-    buffer_pool: Vec<Vec<u8>>,
     next_housekeeping_us: Micros,
     now_us: Micros,
 }
@@ -227,6 +351,8 @@ pub struct Relay {
 impl Relay {
     pub fn new(config: RelayConfig) -> Self {
         let filter = Filter::new(config.rate_limit_in_userspace);
+        let outbox =
+            Outbox { datagram_length_max: config.datagram_length_max, pool: Vec::new(), ready: VecDeque::new(), dirty: Vec::new() };
         let reassembler = Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
         Self {
             config,
@@ -238,11 +364,9 @@ impl Relay {
             filter,
             reassembler,
             events: VecDeque::new(),
-            ready: VecDeque::new(),
-            dirty: Vec::new(),
+            outbox,
             gapped: FastSet::default(),
             probing: FastSet::default(),
-            buffer_pool: Vec::new(),
             next_housekeeping_us: 0,
             now_us: 0,
         }
@@ -283,8 +407,8 @@ impl Relay {
         self.links.remove(&link_id);
         self.filter.remove_link(link_id);
         self.neighbor_links.retain(|id| *id != link_id);
-        self.ready.retain(|id| *id != link_id);
-        self.dirty.retain(|(id, _, _)| *id != link_id);
+        self.outbox.ready.retain(|id| *id != link_id);
+        self.outbox.dirty.retain(|(id, _, _)| *id != link_id);
         for state in self.stream_parts.values_mut() {
             state.neighbors.remove(&link_id);
             state.clients.remove(&link_id);
@@ -551,17 +675,7 @@ impl Relay {
                 continue;
             }
             if let Some(link) = self.links.get_mut(&link_id) {
-                Self::append(
-                    &self.config,
-                    &mut self.counters,
-                    &mut self.buffer_pool,
-                    &mut self.ready,
-                    &mut self.dirty,
-                    link,
-                    part,
-                    0,
-                    record.bytes,
-                );
+                self.outbox.append(&mut self.counters, link, part, 0, record.bytes);
                 forwarded += 1;
             }
         }
@@ -582,16 +696,16 @@ impl Relay {
         }
         let clients = &state.clients;
         let links = &mut self.links;
-        let (config, counters, pool, ready, dirty) =
-            (&self.config, &mut self.counters, &mut self.buffer_pool, &mut self.ready, &mut self.dirty);
+        let (outbox, counters) = (&mut self.outbox, &mut self.counters);
         let mut delivered_copies = 0u64;
-        let outcome = chain.accept(sequence, record.bytes, ordered, config.reorder_records_max, |bytes| {
+        let reorder_records_max = self.config.reorder_records_max;
+        let outcome = chain.accept(sequence, record.bytes, ordered, reorder_records_max, |bytes| {
             for (&link_id, &expiry) in clients {
                 if link_id == source_link || expiry < now_us {
                     continue;
                 }
                 if let Some(link) = links.get_mut(&link_id) {
-                    Self::append(config, counters, pool, ready, dirty, link, part, 0, bytes);
+                    outbox.append(counters, link, part, 0, bytes);
                     delivered_copies += 1;
                 }
             }
@@ -608,139 +722,6 @@ impl Relay {
         }
     }
 
-    /// Appends `record` to the datagram being packed for (`link`, `part`, `flags`), sealing it
-    /// first if the record does not fit; records larger than a datagram go as fragments.
-    #[allow(clippy::too_many_arguments)]
-    fn append(
-        config: &RelayConfig,
-        counters: &mut Counters,
-        pool: &mut Vec<Vec<u8>>,
-        ready: &mut VecDeque<u32>,
-        dirty: &mut Vec<(u32, StreamPartKey, u16)>,
-        link: &mut Link,
-        part: StreamPartKey,
-        flags: u16,
-        record: &[u8],
-    ) {
-        let capacity = config.datagram_length_max;
-        if record.len() > capacity - HEADER_LENGTH {
-            // Seal what is packed for this link and part first, so the chain stays in order.
-            if let Some(builder) = link.packing.get_mut(&(part, flags)).filter(|b| !b.is_empty()) {
-                let packed = std::mem::replace(builder, DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
-                Self::seal(counters, ready, link, part, flags, packed);
-            }
-            Self::send_fragments(config, counters, pool, ready, link, part, flags, record);
-            return;
-        }
-        let key = (part, flags);
-        // Builders stay in the map between batches (empty, buffer kept), so the steady state
-        // neither allocates nor rehashes.
-        let builder = link.packing.entry(key).or_insert_with(|| DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
-        if builder.is_empty() {
-            dirty.push((link.config.id, part, flags));
-        }
-        if builder.try_push(record) {
-            return;
-        }
-        // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
-        let mut full = std::mem::replace(builder, DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), capacity));
-        let pushed = builder.try_push(record);
-        debug_assert!(pushed, "a record that fits an empty datagram");
-        full.pad_to(capacity);
-        Self::seal(counters, ready, link, part, flags, full);
-    }
-
-    /// Finishes a datagram (header, link sequence, tag) and queues it on the link.
-    fn seal(
-        counters: &mut Counters,
-        ready: &mut VecDeque<u32>,
-        link: &mut Link,
-        part: StreamPartKey,
-        flags: u16,
-        mut builder: DatagramBuilder,
-    ) {
-        let Some(destination) = link.destination(&part) else {
-            counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
-        // The single-publisher flag lets the XDP filter check publish permission per
-        // datagram; it is set when every record is from one publisher.
-        let single = builder.single_publisher();
-        let fields = HeaderFields {
-            kind: Kind::Data,
-            link_id: link.config.id,
-            link_seq: link.send_sequence,
-            stream_part_key: part.0,
-            flags: flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 },
-            message_count: 0,
-            total_length: 0,
-            publisher: single.unwrap_or([0; 20]),
-        };
-        link.send_sequence += 1;
-        builder.finish(fields, &link.config.key);
-        Self::enqueue(counters, ready, link, destination, builder.into_buffer());
-    }
-
-    fn enqueue(counters: &mut Counters, ready: &mut VecDeque<u32>, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>) {
-        if link.outbound.len() >= link.queue_datagrams_max {
-            counters.increment(Counter::DropsLinkQueueFull);
-            return;
-        }
-        if link.outbound.is_empty() {
-            ready.push_back(link.config.id);
-        }
-        link.outbound.push_back(Outgoing { destination, bytes });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_fragments(
-        config: &RelayConfig,
-        counters: &mut Counters,
-        pool: &mut Vec<Vec<u8>>,
-        ready: &mut VecDeque<u32>,
-        link: &mut Link,
-        part: StreamPartKey,
-        flags: u16,
-        record: &[u8],
-    ) {
-        let Some(destination) = link.destination(&part) else {
-            counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
-        let Ok(parsed) = Record::parse(record) else {
-            debug_assert!(false, "only validated records are forwarded");
-            return;
-        };
-        let slice_max = config.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
-        let header = FragmentHeader {
-            publisher: parsed.publisher(),
-            chain_id: parsed.chain_id(),
-            sequence: parsed.sequence(),
-            record_length: record.len() as u32,
-            offset: 0,
-            fragment_length: 0,
-            reserved: 0,
-        };
-        for (index, slice) in record.chunks(slice_max).enumerate() {
-            let mut builder = DatagramBuilder::from_buffer(pool.pop().unwrap_or_default(), config.datagram_length_max);
-            wire::encode_fragment(&FragmentHeader { offset: (index * slice_max) as u32, ..header }, slice, builder.body_mut());
-            builder.set_count(1);
-            let fields = HeaderFields {
-                kind: Kind::Fragment,
-                link_id: link.config.id,
-                link_seq: link.send_sequence,
-                stream_part_key: part.0,
-                flags: flags | FLAG_SINGLE_PUBLISHER,
-                message_count: 0,
-                total_length: 0,
-                publisher: header.publisher,
-            };
-            link.send_sequence += 1;
-            builder.finish(fields, &link.config.key);
-            Self::enqueue(counters, ready, link, destination, builder.into_buffer());
-        }
-    }
-
     /// Sends a bodiless control datagram (Subscribe/Unsubscribe) for `part` on a link.
     fn send_control(&mut self, link_id: u32, part: StreamPartKey, kind: Kind) {
         let Some(link) = self.links.get_mut(&link_id) else { return };
@@ -748,20 +729,9 @@ impl Relay {
             self.counters.increment(Counter::DatagramsNoAddress);
             return;
         };
-        let mut builder = DatagramBuilder::from_buffer(self.buffer_pool.pop().unwrap_or_default(), HEADER_LENGTH + 1);
-        let fields = HeaderFields {
-            kind,
-            link_id,
-            link_seq: link.send_sequence,
-            stream_part_key: part.0,
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
-        link.send_sequence += 1;
-        builder.finish(fields, &link.config.key);
-        Self::enqueue(&mut self.counters, &mut self.ready, link, destination, builder.into_buffer());
+        let mut builder = self.outbox.builder(HEADER_LENGTH + 1);
+        builder.finish(link.next_header(kind, part, 0, [0; 20]), &link.config.key);
+        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer());
     }
 
     fn answer_nak(&mut self, link_id: u32, part: StreamPartKey, ranges: &[NakRange]) {
@@ -774,17 +744,7 @@ impl Relay {
                 let stored = chain.and_then(|c| c.repair.find(sequence)).and_then(|entry| state.repair.get(&entry, self.now_us));
                 match stored {
                     Some(record) => {
-                        Self::append(
-                            &self.config,
-                            &mut self.counters,
-                            &mut self.buffer_pool,
-                            &mut self.ready,
-                            &mut self.dirty,
-                            link,
-                            part,
-                            FLAG_REPAIR,
-                            record,
-                        );
+                        self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, record);
                         self.counters.increment(Counter::RepairsSent);
                     }
                     None => self.counters.increment(Counter::RepairMisses),
@@ -795,7 +755,7 @@ impl Relay {
 
     /// Closes the datagrams being packed so they can be sent: call once per receive batch.
     pub fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.outbox.dirty);
         for (link_id, part, flags) in dirty.drain(..) {
             let Some(link) = self.links.get_mut(&link_id) else { continue };
             let Some(builder) = link.packing.get_mut(&(part, flags)) else { continue };
@@ -803,23 +763,23 @@ impl Relay {
                 continue;
             }
             let capacity = builder.capacity();
-            let full = std::mem::replace(builder, DatagramBuilder::from_buffer(self.buffer_pool.pop().unwrap_or_default(), capacity));
-            Self::seal(&mut self.counters, &mut self.ready, link, part, flags, full);
+            let full = std::mem::replace(builder, self.outbox.builder(capacity));
+            self.outbox.seal(&mut self.counters, link, part, flags, full);
         }
-        self.dirty = dirty;
+        self.outbox.dirty = dirty;
     }
 
     /// Writes the next send into `buffer` (cleared first): datagrams of one link to one
     /// destination, equal-sized but for the last, at most [`GSO_SEGMENTS_MAX`].
     pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
         buffer.clear();
-        while let Some(link_id) = self.ready.pop_front() {
+        while let Some(link_id) = self.outbox.ready.pop_front() {
             let Some(link) = self.links.get_mut(&link_id) else { continue };
             let Some(first) = link.outbound.pop_front() else { continue };
             let destination = first.destination;
             let segment_size = first.bytes.len();
             buffer.extend_from_slice(&first.bytes);
-            self.recycle(first.bytes);
+            self.outbox.recycle(first.bytes);
             let link = self.links.get_mut(&link_id).expect("present");
             let mut segments = 1;
             while segments < GSO_SEGMENTS_MAX {
@@ -831,26 +791,18 @@ impl Relay {
                 let next = link.outbound.pop_front().expect("front exists");
                 buffer.extend_from_slice(&next.bytes);
                 segments += 1;
-                if self.buffer_pool.len() < BUFFER_POOL_MAX {
-                    self.buffer_pool.push(next.bytes);
-                }
+                self.outbox.recycle(next.bytes);
                 if last {
                     break;
                 }
             }
             if !link.outbound.is_empty() {
-                self.ready.push_back(link_id);
+                self.outbox.ready.push_back(link_id);
             }
             self.counters.add(Counter::DatagramsSent, segments as u64);
             return Some(Transmit { destination, segment_size, segments, length: buffer.len() });
         }
         None
-    }
-
-    fn recycle(&mut self, bytes: Vec<u8>) {
-        if self.buffer_pool.len() < BUFFER_POOL_MAX {
-            self.buffer_pool.push(bytes);
-        }
     }
 
     /// When `handle_timeout` must next be called.
@@ -922,17 +874,7 @@ impl Relay {
                     continue;
                 }
                 if let Some(link) = self.links.get_mut(&link_id) {
-                    Self::append(
-                        &self.config,
-                        &mut self.counters,
-                        &mut self.buffer_pool,
-                        &mut self.ready,
-                        &mut self.dirty,
-                        link,
-                        part,
-                        FLAG_REPAIR,
-                        record,
-                    );
+                    self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, record);
                     self.counters.increment(Counter::TailProbesSent);
                 }
             }
@@ -1010,8 +952,7 @@ impl Relay {
             let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
             let clients = &state.clients;
             let links = &mut self.links;
-            let (config, counters, pool, ready, dirty) =
-                (&self.config, &mut self.counters, &mut self.buffer_pool, &mut self.ready, &mut self.dirty);
+            let (outbox, counters) = (&mut self.outbox, &mut self.counters);
             let mut delivered = 0u64;
             let outcome = chain.give_up_gap(ordered, &mut |bytes: &[u8]| {
                 for (&link_id, &expiry) in clients {
@@ -1019,7 +960,7 @@ impl Relay {
                         continue;
                     }
                     if let Some(link) = links.get_mut(&link_id) {
-                        Self::append(config, counters, pool, ready, dirty, link, part, 0, bytes);
+                        outbox.append(counters, link, part, 0, bytes);
                         delivered += 1;
                     }
                 }
@@ -1047,7 +988,7 @@ impl Relay {
             return;
         };
         let capacity = HEADER_LENGTH + NAK_RANGE_LENGTH * ranges.len();
-        let mut builder = DatagramBuilder::from_buffer(self.buffer_pool.pop().unwrap_or_default(), capacity.max(HEADER_LENGTH + 1));
+        let mut builder = self.outbox.builder(capacity.max(HEADER_LENGTH + 1));
         for &(first, last) in ranges {
             wire::encode_nak_range(
                 &NakRange { publisher: chain_id.0, chain_id: chain_id.1, first_sequence: first, last_sequence: last },
@@ -1055,20 +996,9 @@ impl Relay {
             );
         }
         builder.set_count(ranges.len() as u16);
-        let fields = HeaderFields {
-            kind: Kind::Nak,
-            link_id,
-            link_seq: link.send_sequence,
-            stream_part_key: part.0,
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
-        link.send_sequence += 1;
-        builder.finish(fields, &link.config.key);
+        builder.finish(link.next_header(Kind::Nak, part, 0, [0; 20]), &link.config.key);
         self.counters.increment(Counter::NaksSent);
-        Self::enqueue(&mut self.counters, &mut self.ready, link, destination, builder.into_buffer());
+        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer());
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -154,15 +154,9 @@ mod tests {
     // exactly; memory returns to zero afterwards.
     #[test]
     fn reassembles_in_any_order_with_overlaps() {
-        let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7u64);
-        println!("seed {seed}");
-        let mut state = seed | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let seed = crate::testing::seed(7u64);
+        let mut rng = crate::testing::Rng::new(seed);
+        let mut next = || rng.next_u64();
         for round in 0..50 {
             let length = 1 + (next() % 300_000) as usize;
             let record: Vec<u8> = (0..length).map(|i| (i * 31 + round) as u8).collect();

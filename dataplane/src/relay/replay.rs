@@ -92,15 +92,9 @@ mod tests {
     // whenever the model's answer is determined by the window rule.
     #[test]
     fn agrees_with_model() {
-        let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
-        println!("seed {seed}");
-        let mut state = seed;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let seed = crate::testing::seed(0x5eed_u64);
+        let mut rng = crate::testing::Rng::new(seed);
+        let mut next = || rng.next_u64();
         let mut window = ReplayWindow::default();
         let mut seen = std::collections::HashSet::new();
         let mut highest: Option<u64> = None;
