@@ -29,8 +29,8 @@
 //! destination port up in `ports`; anything else is [`Verdict::NotRunnel`] and passes
 //! untouched. For the node's traffic it checks, in order, and stops at the first failure: the
 //! fixed header fields, the link (`links`), the link tag (SipHash-2-4 over header bytes 0..80,
-//! ten words: a fixed loop), the link quarantine, the replay window of (link, source address,
-//! source port), the publisher quarantine, the joined stream parts, publish permission for
+//! ten words: a fixed loop), the link quarantine, the publisher quarantine, the replay window
+//! of (link, source address, source port), the joined stream parts, publish permission for
 //! restricted stream parts, and the link's GCRA rate limit. Each packet's [`Verdict`] is
 //! counted in a per-CPU array, read with [`XdpFilter::verdict_counts`].
 //!
