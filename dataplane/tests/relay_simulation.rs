@@ -344,8 +344,12 @@ fn line_lossless_delivers_each_once_in_order() {
         assert_exactly_once_in_order(&received, 2000, &format!("batch={batch} seed {seed}"));
         let ecdsa: u64 = network.relays.iter().map(|r| r.counters().get(Counter::SignaturesEcdsa)).sum();
         if batch {
-            // One ECDSA per 20-record batch per relay.
-            assert_eq!(ecdsa, 3 * 2000 / 20, "seed {seed}");
+            // One ECDSA per 20-record batch per relay, plus rare re-verifications: the root
+            // cache is direct-mapped under a random key, so a new batch's root can evict the
+            // previous one while reordered records of that batch are still arriving (seen:
+            // 2 extra in 300). More than 10% extra would mean the cache is not working.
+            let batches = 3 * 2000 / 20;
+            assert!((batches..=batches + batches / 10).contains(&ecdsa), "{ecdsa} ECDSA verifications for {batches} batches, seed {seed}");
         } else {
             assert_eq!(ecdsa, 3 * 2000, "seed {seed}");
         }
