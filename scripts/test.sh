@@ -89,7 +89,7 @@ fi
 step fmt cargo fmt --all --check
 step fmt-fuzz cargo fmt --manifest-path dataplane/fuzz/Cargo.toml --check
 step clippy cargo clippy --release --workspace --all-targets -- -D warnings
-step test cargo test --release --workspace
+step test cargo test --release --workspace --no-fail-fast
 
 if [ "$fuzz_seconds" -gt 0 ]; then
     corpus="$repo/dataplane/fuzz/corpus"
