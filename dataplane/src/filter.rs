@@ -63,11 +63,8 @@ impl RateLimit {
 
     /// `rate_datagrams_per_s` sustained (0 = unlimited), `burst_datagrams` back to back.
     pub fn new(rate_datagrams_per_s: u64, burst_datagrams: u64) -> Self {
-        if rate_datagrams_per_s == 0 {
-            return Self::UNLIMITED;
-        }
-        let interval = (1_000_000_000 / rate_datagrams_per_s).max(1);
-        Self { emission_interval_ns: interval, burst_tolerance_ns: burst_datagrams.saturating_sub(1).saturating_mul(interval) }
+        let (emission_interval_ns, burst_tolerance_ns) = runnel_ebpf::gcra_parameters(rate_datagrams_per_s, burst_datagrams);
+        Self { emission_interval_ns, burst_tolerance_ns }
     }
 }
 

@@ -291,18 +291,11 @@ fn set_up_xdp(config: &NodeConfig, initial_updates: &[FilterUpdate]) -> Result<(
             xdp.add_port(config.listen.port() + shard)?;
         }
         for link in &config.links {
-            let rate = crate::filter::RateLimit::new(link.rate_datagrams_per_s, link.burst_datagrams);
             let role = match link.role {
                 crate::config::LinkRole::Neighbor => runnel_ebpf::ROLE_NEIGHBOR,
                 crate::config::LinkRole::Client => runnel_ebpf::ROLE_CLIENT,
             };
-            let entry = runnel_ebpf::LinkEntry {
-                key: link.key.0,
-                role,
-                emission_interval_ns: rate.emission_interval_ns,
-                burst_tolerance_ns: rate.burst_tolerance_ns,
-            };
-            xdp.set_link(link.id, &entry)?;
+            xdp.set_link(link.id, &runnel_ebpf::LinkEntry::new(link.key.0, role, link.rate_datagrams_per_s, link.burst_datagrams))?;
         }
         for update in initial_updates {
             apply_to_xdp(&mut xdp, update)?;

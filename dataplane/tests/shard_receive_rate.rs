@@ -18,7 +18,6 @@ use runnel_dataplane::node::{Node, NodeError};
 use runnel_dataplane::shard::RuntimeCounter;
 use runnel_dataplane::wire::{self, HeaderFields, Kind};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const DATAGRAM_LENGTH: usize = 1472;
@@ -35,17 +34,7 @@ fn pin_to(cpu: usize) {
 }
 
 fn set_int_option(socket: &UdpSocket, level: libc::c_int, option: libc::c_int, value: libc::c_int) {
-    // SAFETY: passes a live c_int and its size.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(result, 0, "setsockopt {option}");
+    runnel_dataplane::sockopt::set_int(socket, level, option, value).unwrap_or_else(|error| panic!("setsockopt {option}: {error}"));
 }
 
 /// 44 well-formed 1472-byte datagrams for an unknown link, back to back.

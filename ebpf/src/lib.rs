@@ -123,12 +123,19 @@ pub struct LinkEntry {
     pub burst_tolerance_ns: u64,
 }
 
+/// GCRA parameters for a link (docs/xdp-filter.md "Rate limit"): the emission interval `T`
+/// (ns per datagram, 0 = unlimited when the rate is 0) and the burst tolerance
+/// `(burst - 1) × T`. The one place both filters get them from.
+pub fn gcra_parameters(rate_datagrams_per_s: u64, burst_datagrams: u64) -> (u64, u64) {
+    let emission_interval_ns = 1_000_000_000u64.checked_div(rate_datagrams_per_s).map_or(0, |interval| interval.max(1));
+    (emission_interval_ns, burst_datagrams.saturating_sub(1).saturating_mul(emission_interval_ns))
+}
+
 impl LinkEntry {
     /// An entry that admits `burst_datagrams` back to back, then `rate_datagrams_per_s`
     /// (0 = no rate limit; a burst of 0 counts as 1).
     pub fn new(key: [u8; 32], role: u32, rate_datagrams_per_s: u64, burst_datagrams: u64) -> LinkEntry {
-        let emission_interval_ns = 1_000_000_000u64.checked_div(rate_datagrams_per_s).map_or(0, |interval| interval.max(1));
-        let burst_tolerance_ns = burst_datagrams.saturating_sub(1).saturating_mul(emission_interval_ns);
+        let (emission_interval_ns, burst_tolerance_ns) = gcra_parameters(rate_datagrams_per_s, burst_datagrams);
         LinkEntry { key, role, emission_interval_ns, burst_tolerance_ns }
     }
 
