@@ -287,16 +287,7 @@ fn forged_datagram(link: &ClientLinkConfig, part: &StreamPartKey, publisher: [u8
     record[4..24].copy_from_slice(&publisher);
     let mut builder = DatagramBuilder::new(wire::DATAGRAM_LENGTH_DEFAULT);
     assert!(builder.try_push(&record));
-    let fields = HeaderFields {
-        kind: Kind::Data,
-        link_id: link.link_id,
-        link_seq,
-        stream_part_key: part.0,
-        flags: 0,
-        message_count: 0,
-        total_length: 0,
-        publisher: [0; 20],
-    };
+    let fields = HeaderFields::new(Kind::Data, link.link_id, link_seq, part.0);
     builder.finish(fields, &link.key).to_vec()
 }
 
@@ -438,16 +429,7 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
     };
     wire::encode_fragment(&header, &[0u8; 1000], builder.body_mut());
     builder.set_count(1);
-    let fields = HeaderFields {
-        kind: Kind::Fragment,
-        link_id: attacker_link.link_id,
-        link_seq: 5,
-        stream_part_key: part.0,
-        flags: 0,
-        message_count: 0,
-        total_length: 0,
-        publisher: [0; 20],
-    };
+    let fields = HeaderFields::new(Kind::Fragment, attacker_link.link_id, 5, part.0);
     socket.send_to(builder.finish(fields, &attacker_link.key), target).unwrap();
     sent += 4;
 

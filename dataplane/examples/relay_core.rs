@@ -57,16 +57,7 @@ fn main() {
         burst_datagrams: 1,
     });
     let (publisher_from, subscriber_from): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-    let header = |kind, link_id, link_seq| HeaderFields {
-        kind,
-        link_id,
-        link_seq,
-        stream_part_key: part.0,
-        flags: 0,
-        message_count: 0,
-        total_length: 0,
-        publisher: [0; 20],
-    };
+    let header = |kind, link_id, link_seq| HeaderFields::new(kind, link_id, link_seq, part.0);
     let mut subscribe = DatagramBuilder::new(wire::HEADER_LENGTH + 1);
     relay.handle_receive(0, subscriber_from, subscribe.finish(header(Kind::Subscribe, 2, 0), &subscriber_link));
     let mut subscribe = DatagramBuilder::new(wire::HEADER_LENGTH + 1);

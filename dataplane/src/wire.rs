@@ -572,6 +572,14 @@ pub struct HeaderFields {
     pub publisher: [u8; 20],
 }
 
+impl HeaderFields {
+    /// A header of `kind` on a link for a stream part: no flags, no publisher; the builder
+    /// fills in the record count and total length when it seals the datagram.
+    pub fn new(kind: Kind, link_id: u32, link_seq: u64, stream_part_key: [u8; 32]) -> Self {
+        Self { kind, link_id, link_seq, stream_part_key, flags: 0, message_count: 0, total_length: 0, publisher: [0; 20] }
+    }
+}
+
 /// Writes the 88-byte header into `out[..88]`, computing the link tag with `key`.
 pub fn write_header(fields: &HeaderFields, key: &crate::linktag::LinkKey, out: &mut [u8]) {
     let out = &mut out[..HEADER_LENGTH];
@@ -827,16 +835,7 @@ mod tests {
         }
         assert_eq!(packed, (DATAGRAM_LENGTH_DEFAULT - HEADER_LENGTH) / record.len());
         builder.pad_to(DATAGRAM_LENGTH_DEFAULT);
-        let fields = HeaderFields {
-            kind: Kind::Data,
-            link_id: 7,
-            link_seq: 1,
-            stream_part_key: [2; 32],
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
+        let fields = HeaderFields::new(Kind::Data, 7, 1, [2; 32]);
         let mut coalesced = builder.finish(fields, &key).to_vec();
         builder.reset();
         builder.try_push(&record);
@@ -859,16 +858,7 @@ mod tests {
         sample_message(10).encode(&[1; SIGNATURE_LENGTH], None, &mut record);
         let mut builder = DatagramBuilder::new(512);
         builder.try_push(&record);
-        let fields = HeaderFields {
-            kind: Kind::Data,
-            link_id: 1,
-            link_seq: 1,
-            stream_part_key: [0; 32],
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
+        let fields = HeaderFields::new(Kind::Data, 1, 1, [0; 32]);
         let bytes = builder.finish(fields, &key).to_vec();
         for cut in 0..bytes.len() {
             let outcome = Datagram::parse(&bytes[..cut]).map(|d| d.records().collect::<Result<Vec<_>, _>>());

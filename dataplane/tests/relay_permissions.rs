@@ -67,16 +67,7 @@ fn records_of_publishers_without_permission_are_dropped() {
         }
         link_seq += 1;
         // Flags 0: a forwarded datagram, publishers mixed.
-        let fields = HeaderFields {
-            kind: Kind::Data,
-            link_id: NEIGHBOR,
-            link_seq,
-            stream_part_key: part.0,
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
+        let fields = HeaderFields::new(Kind::Data, NEIGHBOR, link_seq, part.0);
         let bytes = builder.finish(fields, &LinkKey([NEIGHBOR as u8; 32])).to_vec();
         relay.handle_receive(now_us, neighbor_address, &bytes);
     };

@@ -173,16 +173,7 @@ fn client_datagram(kind: Kind, link_id: u32, key: &LinkKey, seq: u64, part: [u8;
     for record in records {
         assert!(builder.try_push(record));
     }
-    let fields = HeaderFields {
-        kind,
-        link_id,
-        link_seq: seq,
-        stream_part_key: part,
-        flags: 0,
-        message_count: 0,
-        total_length: 0,
-        publisher: [0; 20],
-    };
+    let fields = HeaderFields::new(kind, link_id, seq, part);
     builder.finish(fields, key).to_vec()
 }
 

@@ -477,14 +477,9 @@ impl ClientCore {
         }
         let (destination, link_seq) = self.next_link_seq(&open.stream_part_key);
         let fields = HeaderFields {
-            kind: Kind::Data,
-            link_id: self.link.link_id,
-            link_seq,
-            stream_part_key: open.stream_part_key.0,
             flags: open.flags | if open.single_publisher { FLAG_SINGLE_PUBLISHER } else { 0 },
-            message_count: 0,
-            total_length: 0,
             publisher: if open.single_publisher { open.publisher } else { [0; 20] },
+            ..HeaderFields::new(Kind::Data, self.link.link_id, link_seq, open.stream_part_key.0)
         };
         if open.flags & FLAG_REPAIR != 0 {
             self.counters.datagrams_repair += 1;
@@ -601,16 +596,7 @@ impl ClientCore {
 
     fn send_control(&mut self, kind: Kind, stream_part_key: &StreamPartKey) {
         let (destination, link_seq) = self.next_link_seq(stream_part_key);
-        let fields = HeaderFields {
-            kind,
-            link_id: self.link.link_id,
-            link_seq,
-            stream_part_key: stream_part_key.0,
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
+        let fields = HeaderFields::new(kind, self.link.link_id, link_seq, stream_part_key.0);
         self.control_builder.reset();
         self.send_queue.push(destination, self.control_builder.finish(fields, &self.link.key));
         if kind == Kind::Subscribe {
@@ -629,16 +615,7 @@ impl ClientCore {
             encode_nak_range(&range, self.nak_builder.body_mut());
         }
         self.nak_builder.set_count(count as u16);
-        let fields = HeaderFields {
-            kind: Kind::Nak,
-            link_id: self.link.link_id,
-            link_seq,
-            stream_part_key: chain.0,
-            flags: 0,
-            message_count: 0,
-            total_length: 0,
-            publisher: [0; 20],
-        };
+        let fields = HeaderFields::new(Kind::Nak, self.link.link_id, link_seq, chain.0);
         self.send_queue.push(destination, self.nak_builder.finish(fields, &self.link.key));
         self.counters.naks_sent += 1;
     }

@@ -191,16 +191,7 @@ impl Link {
     fn next_header(&mut self, kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
         let link_seq = self.send_sequence;
         self.send_sequence += 1;
-        HeaderFields {
-            kind,
-            link_id: self.config.id,
-            link_seq,
-            stream_part_key: part.0,
-            flags,
-            message_count: 0,
-            total_length: 0,
-            publisher,
-        }
+        HeaderFields { flags, publisher, ..HeaderFields::new(kind, self.config.id, link_seq, part.0) }
     }
 }
 
