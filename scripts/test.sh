@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # Steps: setup (scripts/setup.sh), cargo fmt --check (workspace and fuzz crate), clippy with
-# -D warnings, the release test suite, then a short libFuzzer run of every fuzz target in
+# -D warnings, the release test suite, a build of the clang-free crates with clang hidden
+# (scripts/build-without-clang.sh), then a short libFuzzer run of every fuzz target in
 # dataplane/fuzz, seeded from valid encodings (tests/protocol_vectors.rs writes the seeds).
 # Every step runs even when an earlier one failed (one run shows all problems), except that
 # nothing runs after a failed setup. Exit status is 0 only if every step passed.
@@ -90,11 +91,12 @@ step fmt cargo fmt --all --check
 step fmt-fuzz cargo fmt --manifest-path dataplane/fuzz/Cargo.toml --check
 step clippy cargo clippy --release --workspace --all-targets -- -D warnings
 step test cargo test --release --workspace --no-fail-fast
+step no-clang "$repo/scripts/build-without-clang.sh"
 
 if [ "$fuzz_seconds" -gt 0 ]; then
     corpus="$repo/dataplane/fuzz/corpus"
     step fuzz-seeds env RUNNEL_FUZZ_SEEDS="$corpus" \
-        cargo test --release -p runnel-dataplane --test protocol_vectors fuzz_seed_corpora
+        cargo test --release -p runnel-node --test protocol_vectors fuzz_seed_corpora
     if step fuzz-build env RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir dataplane/fuzz; then
         targets="$(cd dataplane/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list)"
         for target in $targets; do

@@ -45,7 +45,7 @@ pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
 pub use xdp::{xdp, FloodRate, XdpOptions, XdpReport};
 
-use runnel_dataplane::wire::{DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH};
+use runnel_proto::wire::{DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH};
 
 /// A benchmark that could not run, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]

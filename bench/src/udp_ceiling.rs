@@ -17,7 +17,7 @@
 
 use crate::process::ProcessSample;
 use crate::{BenchError, GSO_SEGMENTS_MAX};
-use runnel_dataplane::wire::DATAGRAM_LENGTH_DEFAULT;
+use runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT;
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -107,7 +107,7 @@ const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 const WARMUP: Duration = Duration::from_millis(300);
 
 fn set_int_option(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int, what: &str) -> Result<(), BenchError> {
-    runnel_dataplane::sockopt::set_int(socket, level, name, value).map_err(|error| BenchError::new(format!("{what}: {error}")))
+    runnel_client::sockopt::set_int(socket, level, name, value).map_err(|error| BenchError::new(format!("{what}: {error}")))
 }
 
 /// A loopback socket with big buffers (forced when root, else as large as allowed).

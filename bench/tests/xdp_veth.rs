@@ -5,9 +5,9 @@ use runnel_bench::xdp::{
     is_root, remove_live_namespaces, FilterChoice, FloodPlan, FloodRate, ForgedKind, LegitPlan, PhasePlan, VethScenario, NETNS_PREFIX,
     RECEIVER_INTERFACE,
 };
-use runnel_dataplane::counters::Counter;
-use runnel_dataplane::node::FilterMode;
+use runnel_core::counters::Counter;
 use runnel_ebpf::Verdict;
+use runnel_node::node::FilterMode;
 use std::time::Duration;
 
 const LEGIT_MESSAGES: u64 = 3_000;

@@ -8,11 +8,11 @@
 //! a temporary folder so you can attach `runnel sub --link …` from another terminal.
 
 use crate::pubsub::{Pacer, Signatures};
-use runnel_dataplane::client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
-use runnel_dataplane::config::{NodeConfig, VerifyPolicy};
-use runnel_dataplane::crypto::PublisherKey;
-use runnel_dataplane::node::{Node, NodeHandle};
-use runnel_dataplane::stream::StreamPart;
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
+use runnel_node::config::{NodeConfig, VerifyPolicy};
+use runnel_node::node::{Node, NodeHandle};
+use runnel_proto::crypto::PublisherKey;
+use runnel_proto::stream::StreamPart;
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
 use std::io::IsTerminal;
@@ -239,7 +239,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
             while !stop.load(Ordering::Relaxed) {
                 payload[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_le_bytes());
                 client
-                    .publish(&stream_key, &Outgoing::binary(runnel_dataplane::client::unix_time_ms(), &payload))
+                    .publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload))
                     .map_err(|e| format!("publish: {e}"))?;
                 published.fetch_add(1, Ordering::Relaxed);
                 if pacer.after_one() {
@@ -310,7 +310,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let unique: u64 = tally.seen.values().map(|s| s.len() as u64).sum();
     let expected = published * layout.subscriber_links.len() as u64;
     let lost = expected.saturating_sub(unique);
-    let mut node_counters = runnel_dataplane::counters::Counters::default();
+    let mut node_counters = runnel_core::counters::Counters::default();
     for node in &nodes {
         for shard in node.counters() {
             node_counters.merge(&shard);

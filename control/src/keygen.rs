@@ -1,6 +1,6 @@
 //! `runnel keygen`: a publisher key (Ethereum account) or a link key.
 
-use runnel_dataplane::crypto::{address_hex, PublisherKey};
+use runnel_proto::crypto::{address_hex, PublisherKey};
 
 pub fn run(link: bool) {
     if link {

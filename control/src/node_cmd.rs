@@ -6,11 +6,11 @@
 //! `userspace`) and, with XDP, the kernel's verdict counts (docs/xdp-filter.md); the
 //! userspace filter's drops are the `datagrams_*` counters.
 
-use runnel_dataplane::config::NodeConfig;
-use runnel_dataplane::counters::Counters;
-use runnel_dataplane::filter::Verdict;
-use runnel_dataplane::node::{Node, NodeHandle};
-use runnel_dataplane::shard::{RuntimeCounter, RuntimeCounters};
+use runnel_core::counters::Counters;
+use runnel_core::filter::Verdict;
+use runnel_node::config::NodeConfig;
+use runnel_node::node::{Node, NodeHandle};
+use runnel_node::shard::{RuntimeCounter, RuntimeCounters};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

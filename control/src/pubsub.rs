@@ -1,9 +1,9 @@
 //! `runnel pub` and `runnel sub`: a client link to one node.
 
-use runnel_dataplane::client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, BATCH_SIZE_DEFAULT};
-use runnel_dataplane::crypto::{address_hex, PublisherKey};
-use runnel_dataplane::stream::StreamPart;
-use runnel_dataplane::wire::ContentType;
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, BATCH_SIZE_DEFAULT};
+use runnel_proto::crypto::{address_hex, PublisherKey};
+use runnel_proto::stream::StreamPart;
+use runnel_proto::wire::ContentType;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -109,9 +109,7 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
             let stamp = published.to_le_bytes();
             let n = size.min(8);
             payload[..n].copy_from_slice(&stamp[..n]);
-            client
-                .publish(&stream_key, &Outgoing::binary(runnel_dataplane::client::unix_time_ms(), &payload))
-                .map_err(|e| format!("publish: {e}"))?;
+            client.publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload)).map_err(|e| format!("publish: {e}"))?;
             published += 1;
             if pace.after_one() {
                 client.flush().map_err(|e| format!("send: {e}"))?;
@@ -125,7 +123,7 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
             }
             let line = line.map_err(|e| format!("reading stdin: {e}"))?;
             let is_json = serde_json::from_str::<serde_json::Value>(&line).is_ok();
-            let now = runnel_dataplane::client::unix_time_ms();
+            let now = runnel_client::unix_time_ms();
             let message = if is_json { Outgoing::json(now, line.as_bytes()) } else { Outgoing::binary(now, line.as_bytes()) };
             client.publish(&stream_key, &message).map_err(|e| format!("publish: {e}"))?;
             client.flush().map_err(|e| format!("send: {e}"))?;

@@ -1,12 +1,12 @@
 //! End-to-end tests of `runnel node` processes on loopback: real sockets, real io_uring
 //! shards, real signatures, one OS process per node.
 
-use runnel_dataplane::client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient};
-use runnel_dataplane::config::shard_of;
-use runnel_dataplane::crypto::PublisherKey;
-use runnel_dataplane::linktag::LinkKey;
-use runnel_dataplane::stream::{StreamPart, StreamPartKey};
-use runnel_dataplane::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient};
+use runnel_node::config::shard_of;
+use runnel_proto::crypto::PublisherKey;
+use runnel_proto::linktag::LinkKey;
+use runnel_proto::stream::{StreamPart, StreamPartKey};
+use runnel_proto::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};

@@ -75,10 +75,11 @@
 mod error;
 mod layout;
 pub mod packet;
-pub mod verdict;
 
 pub use error::XdpError;
-pub use verdict::{monotonic_ns, Verdict, VERDICT_COUNT};
+pub use runnel_proto::clock::monotonic_ns;
+pub use runnel_proto::rate::gcra_parameters;
+pub use runnel_proto::verdict::{Verdict, VERDICT_COUNT};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::programs::xdp::XdpLinkId;
@@ -121,14 +122,6 @@ pub struct LinkEntry {
     pub emission_interval_ns: u64,
     /// GCRA burst tolerance `tau = (burst_datagrams - 1) × T`.
     pub burst_tolerance_ns: u64,
-}
-
-/// GCRA parameters for a link (docs/xdp-filter.md "Rate limit"): the emission interval `T`
-/// (ns per datagram, 0 = unlimited when the rate is 0) and the burst tolerance
-/// `(burst - 1) × T`. The one place both filters get them from.
-pub fn gcra_parameters(rate_datagrams_per_s: u64, burst_datagrams: u64) -> (u64, u64) {
-    let emission_interval_ns = 1_000_000_000u64.checked_div(rate_datagrams_per_s).map_or(0, |interval| interval.max(1));
-    (emission_interval_ns, burst_datagrams.saturating_sub(1).saturating_mul(emission_interval_ns))
 }
 
 impl LinkEntry {

@@ -255,9 +255,9 @@ pub(super) fn flood_thread(
     let socket = UdpSocket::bind(SocketAddrV4::new(local, 0)).map_err(io("bind"))?;
     socket.connect(target).map_err(io("connect"))?;
     // ENOBUFS from a full qdisc is reported instead of silently dropped (module doc).
-    runnel_dataplane::sockopt::set_int(&socket, libc::SOL_IP, libc::IP_RECVERR, 1).map_err(io("IP_RECVERR"))?;
-    if runnel_dataplane::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20).is_err() {
-        let _ = runnel_dataplane::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
+    runnel_client::sockopt::set_int(&socket, libc::SOL_IP, libc::IP_RECVERR, 1).map_err(io("IP_RECVERR"))?;
+    if runnel_client::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20).is_err() {
+        let _ = runnel_client::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
     }
     let mut outcome = FloodOutcome::default();
     let mut forger = Forger::new(keys);
@@ -328,8 +328,8 @@ mod tests {
     // follows the same rules as the XDP program).
     #[test]
     fn forger_counts_and_forges_each_kind() {
-        use runnel_dataplane::config::LinkRole;
-        use runnel_dataplane::filter::{Filter, RateLimit};
+        use runnel_core::filter::{Filter, RateLimit};
+        use runnel_node::config::LinkRole;
         let keys = keys();
         let mut filter = Filter::new(false);
         filter.set_link(1, keys.publisher_link_key, LinkRole::Client, RateLimit::UNLIMITED);

@@ -16,10 +16,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnel_dataplane::client::{ClientCore, ClientLinkConfig, CoreOptions};
-use runnel_dataplane::linktag::{link_tag, LinkKey};
-use runnel_dataplane::stream::StreamPart;
-use runnel_dataplane::wire::{Record, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
+use runnel_client::{ClientCore, ClientLinkConfig, CoreOptions};
+use runnel_proto::linktag::{link_tag, LinkKey};
+use runnel_proto::stream::StreamPart;
+use runnel_proto::wire::{Record, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
 
 /// Bound on transmits drained per receive.
 const TRANSMITS_PER_DRAIN_MAX: usize = 1024;

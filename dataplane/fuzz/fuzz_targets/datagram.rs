@@ -8,8 +8,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnel_dataplane::linktag::LinkKey;
-use runnel_dataplane::wire::{split_datagrams, Datagram, HEADER_LENGTH};
+use runnel_proto::linktag::LinkKey;
+use runnel_proto::wire::{split_datagrams, Datagram, HEADER_LENGTH};
 
 fn walk(datagram: &Datagram<'_>, key: &LinkKey) {
     assert!(datagram.total_length() >= HEADER_LENGTH);

@@ -9,11 +9,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnel_dataplane::config::LinkRole;
-use runnel_dataplane::filter::{Filter, FilterUpdate, RateLimit, Verdict};
-use runnel_dataplane::linktag::{link_tag, LinkKey};
-use runnel_dataplane::stream::StreamPartKey;
-use runnel_dataplane::wire::{Datagram, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
+use runnel_core::filter::{Filter, FilterUpdate, RateLimit, Verdict};
+use runnel_node::config::LinkRole;
+use runnel_proto::linktag::{link_tag, LinkKey};
+use runnel_proto::stream::StreamPartKey;
+use runnel_proto::wire::{Datagram, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
 
 const KEY: LinkKey = LinkKey([0x5a; 32]);
 

@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnel_dataplane::crypto::Verifier;
-use runnel_dataplane::stream::StreamPart;
-use runnel_dataplane::wire::Record;
+use runnel_proto::crypto::Verifier;
+use runnel_proto::stream::StreamPart;
+use runnel_proto::wire::Record;
 
 fuzz_target!(|data: &[u8]| {
     // The stream part the seed corpus (tests/protocol_vectors.rs) signs for, so valid seeds

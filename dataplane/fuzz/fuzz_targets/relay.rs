@@ -24,11 +24,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnel_dataplane::config::{LinkConfig, LinkRole, VerifyPolicy};
-use runnel_dataplane::linktag::{link_tag, LinkKey};
-use runnel_dataplane::relay::{Relay, RelayConfig};
-use runnel_dataplane::stream::StreamPart;
-use runnel_dataplane::wire::{Datagram, DATAGRAM_LENGTH_MAX, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
+use runnel_core::relay::{Relay, RelayConfig};
+use runnel_node::config::{LinkConfig, LinkRole, VerifyPolicy};
+use runnel_proto::linktag::{link_tag, LinkKey};
+use runnel_proto::stream::StreamPart;
+use runnel_proto::wire::{Datagram, DATAGRAM_LENGTH_MAX, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
 use std::net::SocketAddr;
 
 const NEIGHBOR_LINK_ID: u32 = 7;

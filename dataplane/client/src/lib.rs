@@ -1,0 +1,36 @@
+//! # runnel-client: the client side of a client link: what `runnel pub`, `runnel sub` and load generators use.
+//!
+//! A client talks to one node over a client link (a link id and a 32-byte key configured
+//! on the node with `role = "client"`), described by a [`ClientLinkConfig`] file. Each
+//! stream part lives on node shard `shard_of(key, node_shards)`, listening on `node port +
+//! shard`, so the client addresses every datagram to the owning shard directly.
+//!
+//! Layers, quinn-style:
+//! - [`Publisher`] (no I/O): assigns chain, sequence and previous ref, and signs messages
+//!   one by one or in Merkle batches, producing encoded records.
+//! - [`ClientCore`] (no I/O, time passed in): packs records into GSO-shaped runs of
+//!   datagrams ([`runnel_core::relay::Transmit`]), fragments large records, keeps subscriptions
+//!   alive, and turns received datagrams into [`Delivery`]s after link tag, replay,
+//!   signature and duplicate checks. It makes both client hops reliable like the node↔node
+//!   hops: as a publisher it keeps a repair ring of what it published, answers the node's
+//!   NAKs from it and probes idle chains' tails; as a subscriber it detects gaps on the
+//!   node→client hop, NAKs them, and delivers every chain in order.
+//! - [`UdpClient`]: the two above on a blocking UDP socket with GSO sends and GRO receives.
+//!
+//! Limits: repair covers the last few seconds ([`REPAIR_AGE_MAX_US`]) and a bounded number
+//! of bytes; a subscriber gives a hole up after [`NAK_RETRIES_MAX`] NAKs and counts it lost.
+
+pub mod sockopt;
+mod udp;
+
+pub use crate::udp::{unix_time_ms, ClientOptions, UdpClient, PUBLISHERS_MAX};
+pub use runnel_core::client::{
+    ClientCore, ClientCounters, ClientError, CoreOptions, Delivery, OwnedDelivery, CHAINS_MAX, GSO_BYTES_MAX, GSO_SEGMENTS_MAX,
+    NAK_DELAY_US, NAK_INTERVAL_US, NAK_RANGES_ANSWERED_MAX, NAK_RANGE_SEQUENCES_MAX, NAK_RETRIES_MAX, REASSEMBLIES_MAX,
+    REASSEMBLY_TIMEOUT_US, REORDER_BYTES_MAX, REORDER_SEQUENCES_MAX, SEND_QUEUE_BYTES_MAX, SUBSCRIBE_REFRESH_US, SUBSCRIPTIONS_MAX,
+    TAIL_PROBES_MAX, TAIL_PROBE_US, TAIL_QUERIES_MAX, TAIL_QUERY_US,
+};
+pub use runnel_core::client::{ClientLinkConfig, DATAGRAM_LENGTH_MIN};
+pub use runnel_core::client::{Outgoing, PublishError, Publisher, SigningMode, BATCH_SIZE_DEFAULT, RECORDS_PENDING_BYTES_MAX};
+pub use runnel_core::client::{SequenceWindow, WINDOW_LENGTH};
+pub use runnel_core::client::{REPAIR_AGE_MAX_US, REPAIR_RING_BYTES_MAX};

@@ -1,0 +1,1117 @@
+//! The sans-I/O client core: packs records into datagrams for a node and unpacks what the
+//! node sends back. Time is an argument (`now_us`); the caller owns the socket.
+//!
+//! **Sending.** [`ClientCore::queue_records`] packs records of one stream part back to back
+//! into a Data datagram of at most `datagram_length_max` bytes. A datagram that is full (the
+//! next record does not fit, or fewer bytes than the smallest record are left) is padded to
+//! `datagram_length_max` and closed; [`ClientCore::flush`] closes the last one unpadded. So a
+//! run of datagrams to one node shard is N equal segments plus one shorter last one — one UDP
+//! GSO send, described by a [`Transmit`] ([`ClientCore::poll_transmit`]). Records larger than
+//! a datagram body are cut into Fragment datagrams. Every datagram carries the link id, a
+//! link sequence that increases per destination shard (the node keeps a replay window per
+//! link per shard), `FLAG_SINGLE_PUBLISHER` with the publisher when all its records are from
+//! one publisher, and the link tag. Link sequences start at the caller's `link_seq_start`
+//! (the UDP client uses Unix time in nanoseconds so that a restarted client is ahead of its
+//! previous run in the node's replay window).
+//!
+//! **Subscribing.** [`ClientCore::subscribe`] sends a Subscribe datagram to the owning shard
+//! now and every [`SUBSCRIBE_REFRESH_US`] ([`ClientCore::poll_timeout`] /
+//! [`ClientCore::handle_timeout`]); the node expires interest that is not refreshed.
+//!
+//! **Receiving.** [`ClientCore::handle_receive`] splits a (possibly GRO-coalesced) buffer by
+//! `total_length`, drops datagrams of another link, with a wrong tag or a replayed link
+//! sequence (window per node shard, the shard being `shard_of(stream part key)`), reassembles
+//! fragments, optionally verifies publisher signatures, drops duplicate
+//! (stream part, publisher, chain, sequence) and calls back with each [`Delivery`], borrowed
+//! from the buffer: no allocation per message. Everything is counted in [`ClientCounters`].
+//!
+//! **Repair, publisher side.** Every queued record also goes into a repair ring
+//! ([`REPAIR_RING_BYTES_MAX`], [`REPAIR_AGE_MAX_US`]). A Nak datagram from the node (tag- and
+//! replay-checked like everything else) is answered with the records still in the ring, at
+//! most [`NAK_RANGE_SEQUENCES_MAX`] per range and [`NAK_RANGES_ANSWERED_MAX`] ranges, packed
+//! into Data (or Fragment) datagrams flagged `FLAG_REPAIR` to the stream part's shard. A chain
+//! idle for [`TAIL_PROBE_US`] after a publish has its newest record resent (flagged repair;
+//! [`TAIL_PROBES_MAX`] times at doubling intervals), so that a lost tail shows up at the node
+//! as a gap (or is a harmless duplicate).
+//!
+//! **Repair, subscriber side.** The node delivers each chain in order, so a sequence jump
+//! means loss on the node→client hop. Records ahead of the gap are held (verified) in a
+//! bounded reorder buffer; after [`NAK_DELAY_US`] a Nak for the missing ranges goes to the
+//! owning shard, retried every [`NAK_INTERVAL_US`] up to [`NAK_RETRIES_MAX`] times per hole,
+//! then the hole is given up (counted in `records_lost`) and what follows is delivered
+//! ([`ClientCore::deliver_released`]). A chain idle for [`TAIL_QUERY_US`] NAKs its next
+//! sequence (up to [`TAIL_QUERIES_MAX`] times, at doubling intervals), which the node answers
+//! from its repair ring if the tail of a burst was lost (the node tail-probes neighbors, not
+//! clients); an answer is followed at once by a query for the sequence after it. A query asks
+//! for one sequence only: the node's ring may also hold records it is still holding back
+//! behind a gap of its own, and fetching those would open a hole here that only the node's
+//! repair can fill, possibly after this client gave it up.
+//!
+//! Limits: one datagram is open at a time, so interleaving stream parts closes datagrams
+//! early; a chain starts at the first record seen (a lost first datagram is not repaired);
+//! records given up and arriving later are dropped as duplicates; bounds are
+//! [`SEND_QUEUE_BYTES_MAX`], [`SUBSCRIPTIONS_MAX`], [`CHAINS_MAX`], [`REASSEMBLIES_MAX`],
+//! [`REORDER_BYTES_MAX`], [`REORDER_SEQUENCES_MAX`], [`REPAIR_RING_BYTES_MAX`].
+
+use super::link::ClientLinkConfig;
+use super::order::{Gap, InboundChain};
+use super::repair::{ChainKey, RepairRing, REPAIR_AGE_MAX_US, REPAIR_RING_BYTES_MAX};
+use super::window::SequenceWindow;
+use crate::link::shard_of;
+use crate::relay::Transmit;
+use runnel_proto::crypto::Verifier;
+use runnel_proto::stream::StreamPartKey;
+use runnel_proto::wire::{
+    encode_fragment, encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, FragmentHeader, HeaderFields,
+    Kind, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, MESSAGE_HEADER_LENGTH,
+    NAK_RANGE_LENGTH, SIGNATURE_LENGTH,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+
+/// How often a subscription is refreshed at the node.
+pub const SUBSCRIBE_REFRESH_US: u64 = 1_000_000;
+/// Most stream parts one client subscribes to.
+pub const SUBSCRIPTIONS_MAX: usize = 1024;
+/// Bytes of closed datagrams waiting for `poll_transmit` beyond which `queue_records` refuses.
+pub const SEND_QUEUE_BYTES_MAX: usize = 8 << 20;
+/// Most (stream part, publisher, chain) receive states kept; a new chain beyond this evicts
+/// the least recently active one (its held records are delivered, its holes given up).
+pub const CHAINS_MAX: usize = 4096;
+/// Longest range of one received NAK that is answered (bounds the work one NAK causes).
+pub const NAK_RANGE_SEQUENCES_MAX: u64 = 4096;
+/// Ranges of one received NAK that are answered; further ones are ignored.
+pub const NAK_RANGES_ANSWERED_MAX: usize = 16;
+/// Most ranges one sent NAK asks for (fewer if the datagram is too small for them).
+const NAK_RANGES_SENT_MAX: usize = 16;
+/// A published chain idle this long has its newest record resent (tail probe) ...
+pub const TAIL_PROBE_US: u64 = 30_000;
+/// ... this many times per idle period, at doubling intervals (30, 60, 120 ms): a lost
+/// probe is covered by the next. One more than the relay sends between nodes, because a tail
+/// lost on the publisher's hop exists nowhere else.
+pub const TAIL_PROBES_MAX: u32 = 3;
+/// Wait this long after a gap opens before the first NAK.
+pub const NAK_DELAY_US: u64 = 5_000;
+/// Between the first NAK retries of one hole (doubling up to 8×).
+pub const NAK_INTERVAL_US: u64 = 20_000;
+/// NAKs per hole before it is given up and counted lost.
+pub const NAK_RETRIES_MAX: u32 = 8;
+/// A received chain idle this long asks the node for its next sequence (tail query).
+pub const TAIL_QUERY_US: u64 = 30_000;
+/// Tail queries per idle period, at TAIL_QUERY_US, then doubling intervals (an answer or
+/// a query may be lost too).
+pub const TAIL_QUERIES_MAX: u32 = 3;
+/// Bytes of records held (all chains) while gaps are repaired; beyond, gaps are given up.
+pub const REORDER_BYTES_MAX: usize = 16 << 20;
+/// Farthest a held record may be ahead of its chain's next sequence; beyond, the oldest
+/// sequences are given up.
+pub const REORDER_SEQUENCES_MAX: u64 = 65_536;
+/// Most records reassembled at once; a new one evicts the oldest.
+pub const REASSEMBLIES_MAX: usize = 16;
+/// A reassembly that has not completed after this long is dropped.
+pub const REASSEMBLY_TIMEOUT_US: u64 = 2_000_000;
+/// Most disjoint byte ranges one reassembly tracks (fragments arrive mostly in order).
+const REASSEMBLY_RANGES_MAX: usize = 256;
+/// Largest UDP payload one GSO send may carry (IPv4: 65535 − 20 − 8).
+pub const GSO_BYTES_MAX: usize = 65_507;
+/// Most segments one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+pub const GSO_SEGMENTS_MAX: usize = 64;
+/// Smallest possible record: fewer free bytes than this close a datagram as full.
+const RECORD_LENGTH_MIN: usize = MESSAGE_HEADER_LENGTH + SIGNATURE_LENGTH;
+
+/// What the client did, for status output and tests. Every field is incremented somewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCounters {
+    pub records_queued: u64,
+    pub datagrams_sent: u64,
+    /// Datagrams the socket refused (the UDP wrapper counts these).
+    pub datagrams_send_failed: u64,
+    /// Times the kernel refused a GSO send and the wrapper fell back to one send per datagram.
+    pub gso_fallbacks: u64,
+    pub subscribes_sent: u64,
+    pub datagrams_received: u64,
+    pub datagrams_malformed: u64,
+    pub datagrams_unknown_link: u64,
+    pub datagrams_bad_tag: u64,
+    pub datagrams_replayed: u64,
+    /// Well-formed datagrams of a kind a client does not act on (Subscribe, Unsubscribe).
+    pub datagrams_ignored: u64,
+    pub records_delivered: u64,
+    pub records_malformed: u64,
+    pub records_bad_signature: u64,
+    /// Records at or below a chain's delivery point (delivered or given up) or already held.
+    pub records_duplicate: u64,
+    /// New records that came in a datagram flagged repair (a NAK answer or tail probe).
+    pub records_repaired: u64,
+    /// Records that arrived ahead of a gap and waited in the reorder buffer.
+    pub records_held: u64,
+    /// Sequences given up after NAK retries ran out or a reorder bound was hit.
+    pub records_lost: u64,
+    /// Times a reorder bound ([`REORDER_BYTES_MAX`], [`REORDER_SEQUENCES_MAX`]) gave a gap up early.
+    pub reorder_overflows: u64,
+    /// Chains evicted because [`CHAINS_MAX`] were tracked.
+    pub chains_evicted: u64,
+    /// NAKs this client sent for gaps (retries included) and tail queries.
+    pub naks_sent: u64,
+    pub tail_queries_sent: u64,
+    /// Publisher side: NAKs received from the node.
+    pub naks_received: u64,
+    /// Records resent to answer NAKs.
+    pub repairs_sent: u64,
+    /// Sequences NAKed that the repair ring no longer (or never) held.
+    pub repair_misses: u64,
+    /// Sequences NAKed but not resent because the send queue was full.
+    pub repairs_dropped: u64,
+    /// Records resent because their chain went idle (tail-loss probes).
+    pub tail_probes_sent: u64,
+    /// Datagrams flagged repair queued (NAK answers and tail probes; in `datagrams_sent`).
+    pub datagrams_repair: u64,
+    /// Records pushed out of the repair ring by its byte or age bound.
+    pub repair_ring_evictions: u64,
+    pub fragments_received: u64,
+    pub fragments_dropped: u64,
+    pub reassemblies_completed: u64,
+    /// Reassemblies dropped incomplete: timed out or evicted by a newer one.
+    pub reassemblies_expired: u64,
+}
+
+/// One received message, borrowed from the receive buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    pub stream_part_key: StreamPartKey,
+    pub publisher: [u8; 20],
+    pub chain_id: u64,
+    pub sequence: u64,
+    pub timestamp_ms: u64,
+    pub previous: Option<(u64, u64)>,
+    pub content_type: ContentType,
+    pub encryption: Encryption,
+    pub group_key_id: &'a [u8],
+    pub payload: &'a [u8],
+    /// The whole signed record, as the publisher encoded it.
+    pub record: &'a [u8],
+}
+
+/// A [`Delivery`] that owns its bytes (one allocation: the record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedDelivery {
+    pub stream_part_key: StreamPartKey,
+    pub publisher: [u8; 20],
+    pub chain_id: u64,
+    pub sequence: u64,
+    pub timestamp_ms: u64,
+    pub previous: Option<(u64, u64)>,
+    pub content_type: ContentType,
+    pub encryption: Encryption,
+    pub record: Vec<u8>,
+    /// Where the payload sits in `record`.
+    pub payload_range: Range<usize>,
+}
+
+impl OwnedDelivery {
+    pub fn payload(&self) -> &[u8] {
+        &self.record[self.payload_range.clone()]
+    }
+}
+
+impl Delivery<'_> {
+    pub fn to_owned(&self) -> OwnedDelivery {
+        let start = self.payload.as_ptr() as usize - self.record.as_ptr() as usize;
+        OwnedDelivery {
+            stream_part_key: self.stream_part_key,
+            publisher: self.publisher,
+            chain_id: self.chain_id,
+            sequence: self.sequence,
+            timestamp_ms: self.timestamp_ms,
+            previous: self.previous,
+            content_type: self.content_type,
+            encryption: self.encryption,
+            record: self.record.to_vec(),
+            payload_range: start..start + self.payload.len(),
+        }
+    }
+}
+
+/// Why records or a subscription were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// The bytes given to `queue_records` are not a sequence of valid records.
+    MalformedRecords,
+    /// More than [`SEND_QUEUE_BYTES_MAX`] bytes wait for `poll_transmit`: send them first.
+    SendQueueFull,
+    /// Already subscribed to [`SUBSCRIPTIONS_MAX`] stream parts.
+    TooManySubscriptions,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::MalformedRecords => f.write_str("not a sequence of valid message records"),
+            ClientError::SendQueueFull => write!(f, "{SEND_QUEUE_BYTES_MAX} bytes wait to be sent: drain poll_transmit first"),
+            ClientError::TooManySubscriptions => write!(f, "at most {SUBSCRIPTIONS_MAX} subscriptions per client"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Closed datagrams waiting to be sent, grouped into GSO-shaped [`Transmit`]s.
+#[derive(Debug, Default)]
+struct SendQueue {
+    bytes: Vec<u8>,
+    read: usize,
+    transmits: VecDeque<Transmit>,
+}
+
+impl SendQueue {
+    fn pending_bytes(&self) -> usize {
+        self.bytes.len() - self.read
+    }
+
+    /// Appends one datagram, extending the last transmit when the GSO shape allows.
+    fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
+        let length = datagram.len();
+        self.bytes.extend_from_slice(datagram);
+        if let Some(last) = self.transmits.back_mut() {
+            let all_full = last.length == last.segments * last.segment_size;
+            if last.destination == destination
+                && all_full
+                && length <= last.segment_size
+                && last.segments < GSO_SEGMENTS_MAX
+                && last.length + length <= GSO_BYTES_MAX
+            {
+                last.segments += 1;
+                last.length += length;
+                return;
+            }
+        }
+        self.transmits.push_back(Transmit { destination, segment_size: length, segments: 1, length });
+    }
+
+    fn pop(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
+        let transmit = self.transmits.pop_front()?;
+        buffer.clear();
+        buffer.extend_from_slice(&self.bytes[self.read..self.read + transmit.length]);
+        self.read += transmit.length;
+        if self.transmits.is_empty() {
+            self.bytes.clear();
+            self.read = 0;
+        }
+        Some(transmit)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenDatagram {
+    stream_part_key: StreamPartKey,
+    publisher: [u8; 20],
+    single_publisher: bool,
+    /// 0 or FLAG_REPAIR.
+    flags: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Subscription {
+    stream_part_key: StreamPartKey,
+    next_refresh_us: u64,
+}
+
+#[derive(Debug)]
+struct Reassembly {
+    stream_part_key: StreamPartKey,
+    publisher: [u8; 20],
+    chain_id: u64,
+    sequence: u64,
+    started_us: u64,
+    record: Vec<u8>,
+    /// Received byte ranges, sorted, merged, disjoint.
+    ranges: Vec<(usize, usize)>,
+}
+
+impl Reassembly {
+    /// Adds a range; returns false if the reassembly tracks too many ranges.
+    fn add(&mut self, start: usize, end: usize) -> bool {
+        let at = self.ranges.partition_point(|&(_, e)| e < start);
+        let mut merged = (start, end);
+        let mut until = at;
+        while until < self.ranges.len() && self.ranges[until].0 <= merged.1 {
+            merged = (merged.0.min(self.ranges[until].0), merged.1.max(self.ranges[until].1));
+            until += 1;
+        }
+        self.ranges.splice(at..until, [merged]);
+        self.ranges.len() <= REASSEMBLY_RANGES_MAX
+    }
+
+    fn is_complete(&self) -> bool {
+        self.ranges.len() == 1 && self.ranges[0] == (0, self.record.len())
+    }
+}
+
+/// Options of a [`ClientCore`].
+#[derive(Clone, Copy, Debug)]
+pub struct CoreOptions {
+    /// Verify publisher signatures of received records (the node verifies too, unless it
+    /// runs with `verify = "none"`).
+    pub verify: bool,
+    /// First link sequence sent to each shard.
+    pub link_seq_start: u64,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        Self { verify: true, link_seq_start: 1 }
+    }
+}
+
+/// The sans-I/O state of one client link.
+#[derive(Debug)]
+pub struct ClientCore {
+    link: ClientLinkConfig,
+    options: CoreOptions,
+    verifier: Verifier,
+    /// Next link sequence per destination shard.
+    send_link_seq: Vec<u64>,
+    builder: DatagramBuilder,
+    control_builder: DatagramBuilder,
+    nak_builder: DatagramBuilder,
+    nak_ranges_max: usize,
+    open: Option<OpenDatagram>,
+    send_queue: SendQueue,
+    subscriptions: Vec<Subscription>,
+    /// Replay window per node shard.
+    receive_windows: Vec<SequenceWindow>,
+    chains: HashMap<ChainKey, InboundChain>,
+    /// Chains with a pending timer (gap NAK or tail query), each once.
+    timers: Vec<ChainKey>,
+    /// Chains whose held records became deliverable in `handle_timeout`, each once.
+    released: Vec<ChainKey>,
+    /// Bytes of records held in all chains.
+    held_bytes: usize,
+    reassemblies: Vec<Reassembly>,
+    repair_ring: RepairRing,
+    /// Reused buffers: a record copied out of the ring, due probes, NAK ranges.
+    repair_scratch: Vec<u8>,
+    probe_scratch: Vec<ChainKey>,
+    range_scratch: Vec<(u64, u64)>,
+    counters: ClientCounters,
+}
+
+fn content_type_of(value: u8) -> ContentType {
+    if value == ContentType::Binary as u8 {
+        ContentType::Binary
+    } else {
+        ContentType::Json
+    }
+}
+
+fn encryption_of(value: u8) -> Encryption {
+    if value == Encryption::Aes256Gcm as u8 {
+        Encryption::Aes256Gcm
+    } else {
+        Encryption::None
+    }
+}
+
+impl ClientCore {
+    pub fn new(link: &ClientLinkConfig, options: CoreOptions) -> Self {
+        let shards = link.node_shards as usize;
+        // The link file guarantees room for at least one range (DATAGRAM_LENGTH_MIN).
+        let nak_ranges_max = ((link.datagram_length_max - HEADER_LENGTH) / NAK_RANGE_LENGTH).clamp(1, NAK_RANGES_SENT_MAX);
+        Self {
+            link: link.clone(),
+            options,
+            verifier: Verifier::default(),
+            send_link_seq: vec![options.link_seq_start; shards],
+            builder: DatagramBuilder::new(link.datagram_length_max),
+            control_builder: DatagramBuilder::new(HEADER_LENGTH + 1),
+            nak_builder: DatagramBuilder::new(HEADER_LENGTH + NAK_RANGE_LENGTH * nak_ranges_max),
+            nak_ranges_max,
+            open: None,
+            send_queue: SendQueue::default(),
+            subscriptions: Vec::new(),
+            receive_windows: vec![SequenceWindow::default(); shards],
+            chains: HashMap::new(),
+            timers: Vec::new(),
+            released: Vec::new(),
+            held_bytes: 0,
+            reassemblies: Vec::new(),
+            repair_ring: RepairRing::new(REPAIR_RING_BYTES_MAX, REPAIR_AGE_MAX_US, TAIL_PROBE_US, TAIL_PROBES_MAX),
+            repair_scratch: Vec::new(),
+            probe_scratch: Vec::new(),
+            range_scratch: Vec::new(),
+            counters: ClientCounters::default(),
+        }
+    }
+
+    pub fn link(&self) -> &ClientLinkConfig {
+        &self.link
+    }
+
+    pub fn counters(&self) -> &ClientCounters {
+        &self.counters
+    }
+
+    /// For the I/O wrapper, which counts send failures and GSO fallbacks.
+    pub fn counters_mut(&mut self) -> &mut ClientCounters {
+        &mut self.counters
+    }
+
+    /// Bytes of closed datagrams not yet handed out by `poll_transmit`.
+    pub fn send_queue_bytes(&self) -> usize {
+        self.send_queue.pending_bytes()
+    }
+
+    fn next_link_seq(&mut self, key: &StreamPartKey) -> (SocketAddr, u64) {
+        let shard = shard_of(key, self.link.node_shards);
+        let seq = self.send_link_seq[shard as usize];
+        self.send_link_seq[shard as usize] = seq.wrapping_add(1);
+        (self.link.shard_address(shard), seq)
+    }
+
+    /// Closes the open Data datagram; `pad` makes it a full GSO segment (more follows).
+    fn close_open(&mut self, pad: bool) {
+        let Some(open) = self.open.take() else { return };
+        if pad {
+            self.builder.pad_to(self.link.datagram_length_max);
+        }
+        let (destination, link_seq) = self.next_link_seq(&open.stream_part_key);
+        let fields = HeaderFields {
+            flags: open.flags | if open.single_publisher { FLAG_SINGLE_PUBLISHER } else { 0 },
+            publisher: if open.single_publisher { open.publisher } else { [0; 20] },
+            ..HeaderFields::new(Kind::Data, self.link.link_id, link_seq, open.stream_part_key.0)
+        };
+        if open.flags & FLAG_REPAIR != 0 {
+            self.counters.datagrams_repair += 1;
+        }
+        self.send_queue.push(destination, self.builder.finish(fields, &self.link.key));
+        self.builder.reset();
+    }
+
+    /// Queues encoded records (back to back, e.g. [`super::Publisher::records`]) of one
+    /// stream part, published at `now_us`; they are kept in the repair ring too. Nothing is
+    /// queued if the bytes are not all valid records.
+    pub fn queue_records(&mut self, now_us: u64, stream_part_key: &StreamPartKey, records: &[u8]) -> Result<usize, ClientError> {
+        if self.send_queue.pending_bytes() > SEND_QUEUE_BYTES_MAX {
+            return Err(ClientError::SendQueueFull);
+        }
+        let mut at = 0;
+        while at < records.len() {
+            let record = Record::parse(&records[at..]).map_err(|_| ClientError::MalformedRecords)?;
+            at += record.bytes.len();
+        }
+        let mut count = 0;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let record = Record::parse(rest).expect("validated above");
+            rest = &rest[record.bytes.len()..];
+            let chain = (stream_part_key.0, record.publisher(), record.chain_id());
+            self.repair_ring.insert(now_us, chain, record.sequence(), record.bytes, &mut self.counters.repair_ring_evictions);
+            self.push_record(stream_part_key, &record, 0);
+            count += 1;
+        }
+        self.counters.records_queued += count as u64;
+        Ok(count)
+    }
+
+    /// Appends a record to the open datagram of (`stream_part_key`, `flags`), opening one.
+    fn push_record(&mut self, stream_part_key: &StreamPartKey, record: &Record<'_>, flags: u16) {
+        let publisher = record.publisher();
+        if let Some(open) = self.open {
+            if open.stream_part_key != *stream_part_key || open.flags != flags {
+                let same_destination =
+                    shard_of(&open.stream_part_key, self.link.node_shards) == shard_of(stream_part_key, self.link.node_shards);
+                self.close_open(same_destination);
+            }
+        }
+        if record.bytes.len() > self.link.datagram_length_max - HEADER_LENGTH {
+            self.close_open(true);
+            self.push_fragments(stream_part_key, record, flags);
+            return;
+        }
+        if self.open.is_some() && !self.builder.try_push(record.bytes) {
+            self.close_open(true);
+        }
+        match &mut self.open {
+            Some(open) => open.single_publisher &= open.publisher == publisher,
+            None => {
+                let pushed = self.builder.try_push(record.bytes);
+                assert!(pushed, "a record that fits a datagram body fits an empty datagram");
+                self.open = Some(OpenDatagram { stream_part_key: *stream_part_key, publisher, single_publisher: true, flags });
+            }
+        }
+        if self.builder.remaining() < RECORD_LENGTH_MIN {
+            self.close_open(true);
+        }
+    }
+
+    fn push_fragments(&mut self, stream_part_key: &StreamPartKey, record: &Record<'_>, flags: u16) {
+        let capacity = self.link.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
+        let publisher = record.publisher();
+        let destination = self.link.destination_of(stream_part_key);
+        for (index, slice) in record.bytes.chunks(capacity).enumerate() {
+            let header = FragmentHeader {
+                publisher,
+                chain_id: record.chain_id(),
+                sequence: record.sequence(),
+                record_length: record.bytes.len() as u32,
+                offset: (index * capacity) as u32,
+                fragment_length: slice.len() as u16,
+                reserved: 0,
+            };
+            self.builder.reset();
+            encode_fragment(&header, slice, self.builder.body_mut());
+            self.builder.set_count(1);
+            let (_, link_seq) = self.next_link_seq(stream_part_key);
+            let fields = HeaderFields {
+                kind: Kind::Fragment,
+                link_id: self.link.link_id,
+                link_seq,
+                stream_part_key: stream_part_key.0,
+                flags: flags | FLAG_SINGLE_PUBLISHER,
+                message_count: 0,
+                total_length: 0,
+                publisher,
+            };
+            if flags & FLAG_REPAIR != 0 {
+                self.counters.datagrams_repair += 1;
+            }
+            self.send_queue.push(destination, self.builder.finish(fields, &self.link.key));
+        }
+        self.builder.reset();
+    }
+
+    /// Closes the open datagram (unpadded: it is the last of its run) so it can be sent.
+    pub fn flush(&mut self) {
+        self.close_open(false);
+    }
+
+    /// Writes the next send into `buffer` (cleared first): `segments` datagrams to one
+    /// destination, all `segment_size` bytes except possibly the last.
+    pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
+        let transmit = self.send_queue.pop(buffer)?;
+        self.counters.datagrams_sent += transmit.segments as u64;
+        Some(transmit)
+    }
+
+    fn send_control(&mut self, kind: Kind, stream_part_key: &StreamPartKey) {
+        let (destination, link_seq) = self.next_link_seq(stream_part_key);
+        let fields = HeaderFields::new(kind, self.link.link_id, link_seq, stream_part_key.0);
+        self.control_builder.reset();
+        self.send_queue.push(destination, self.control_builder.finish(fields, &self.link.key));
+        if kind == Kind::Subscribe {
+            self.counters.subscribes_sent += 1;
+        }
+    }
+
+    /// Queues a Nak for `ranges` (inclusive) of one chain to the shard that owns its stream part.
+    fn send_nak(&mut self, chain: &ChainKey, ranges: &[(u64, u64)]) {
+        let stream_part_key = StreamPartKey(chain.0);
+        let (destination, link_seq) = self.next_link_seq(&stream_part_key);
+        self.nak_builder.reset();
+        let count = ranges.len().min(self.nak_ranges_max);
+        for &(first_sequence, last_sequence) in &ranges[..count] {
+            let range = NakRange { publisher: chain.1, chain_id: chain.2, first_sequence, last_sequence };
+            encode_nak_range(&range, self.nak_builder.body_mut());
+        }
+        self.nak_builder.set_count(count as u16);
+        let fields = HeaderFields::new(Kind::Nak, self.link.link_id, link_seq, chain.0);
+        self.send_queue.push(destination, self.nak_builder.finish(fields, &self.link.key));
+        self.counters.naks_sent += 1;
+    }
+
+    /// Subscribes to a stream part: a Subscribe now and one every second after.
+    pub fn subscribe(&mut self, now_us: u64, stream_part_key: &StreamPartKey) -> Result<(), ClientError> {
+        let next_refresh_us = now_us + SUBSCRIBE_REFRESH_US;
+        match self.subscriptions.iter().position(|s| s.stream_part_key == *stream_part_key) {
+            Some(index) => self.subscriptions[index].next_refresh_us = next_refresh_us,
+            None if self.subscriptions.len() >= SUBSCRIPTIONS_MAX => return Err(ClientError::TooManySubscriptions),
+            None => self.subscriptions.push(Subscription { stream_part_key: *stream_part_key, next_refresh_us }),
+        }
+        self.send_control(Kind::Subscribe, stream_part_key);
+        Ok(())
+    }
+
+    /// Stops refreshing a subscription and tells the node at once.
+    pub fn unsubscribe(&mut self, stream_part_key: &StreamPartKey) {
+        self.subscriptions.retain(|s| s.stream_part_key != *stream_part_key);
+        self.send_control(Kind::Unsubscribe, stream_part_key);
+    }
+
+    /// Whether the client holds any subscription (then only `handle_receive`'s caller may
+    /// consume what the socket receives, since that carries messages).
+    pub fn is_subscribed(&self) -> bool {
+        !self.subscriptions.is_empty()
+    }
+
+    /// When [`ClientCore::handle_timeout`] must next be called (possibly a little early).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let refresh = self.subscriptions.iter().map(|s| s.next_refresh_us);
+        let expiry = self.reassemblies.iter().map(|r| r.started_us + REASSEMBLY_TIMEOUT_US);
+        let chains = self.timers.iter().filter_map(|key| self.chains.get(key).and_then(InboundChain::next_timer_us));
+        refresh.chain(expiry).chain(chains).chain(self.repair_ring.next_probe_due_us()).min()
+    }
+
+    /// Refreshes due subscriptions, drops timed-out reassemblies, sends due tail probes,
+    /// NAKs and tail queries, and gives up holes whose retries ran out (what they released
+    /// is handed out by [`ClientCore::deliver_released`]).
+    pub fn handle_timeout(&mut self, now_us: u64) {
+        for index in 0..self.subscriptions.len() {
+            let subscription = self.subscriptions[index];
+            if subscription.next_refresh_us <= now_us {
+                self.subscriptions[index].next_refresh_us = now_us + SUBSCRIBE_REFRESH_US;
+                self.send_control(Kind::Subscribe, &subscription.stream_part_key);
+            }
+        }
+        let before = self.reassemblies.len();
+        self.reassemblies.retain(|r| r.started_us + REASSEMBLY_TIMEOUT_US > now_us);
+        self.counters.reassemblies_expired += (before - self.reassemblies.len()) as u64;
+        self.send_tail_probes(now_us);
+        self.service_chains(now_us);
+    }
+
+    /// Resends the newest record of each published chain that went idle.
+    fn send_tail_probes(&mut self, now_us: u64) {
+        self.repair_ring.evict_older(now_us, &mut self.counters.repair_ring_evictions);
+        let mut due = std::mem::take(&mut self.probe_scratch);
+        due.clear();
+        self.repair_ring.take_due_probes(now_us, &mut due);
+        for chain in &due {
+            if let Some(sequence) = self.repair_ring.newest(chain).and_then(|r| Record::parse(r).ok()).map(|r| r.sequence()) {
+                if self.resend_stored(chain, sequence) {
+                    self.counters.tail_probes_sent += 1;
+                }
+            }
+        }
+        if !due.is_empty() {
+            self.close_open(false);
+        }
+        self.probe_scratch = due;
+    }
+
+    /// Queues the ring's record of `chain` at `sequence` again, flagged repair; false if the
+    /// ring does not hold it.
+    fn resend_stored(&mut self, chain: &ChainKey, sequence: u64) -> bool {
+        let Some(stored) = self.repair_ring.get(chain, sequence) else { return false };
+        let mut scratch = std::mem::take(&mut self.repair_scratch);
+        scratch.clear();
+        scratch.extend_from_slice(stored);
+        // The ring holds only records validated by queue_records.
+        let resent = match Record::parse(&scratch) {
+            Ok(record) => {
+                self.push_record(&StreamPartKey(chain.0), &record, FLAG_REPAIR);
+                true
+            }
+            Err(_) => false,
+        };
+        self.repair_scratch = scratch;
+        resent
+    }
+
+    /// Answers a node's NAK from the repair ring.
+    fn answer_nak(&mut self, now_us: u64, datagram: &Datagram<'_>) {
+        self.counters.naks_received += 1;
+        let Ok(ranges) = datagram.nak_ranges() else {
+            self.counters.datagrams_malformed += 1;
+            return;
+        };
+        self.repair_ring.evict_older(now_us, &mut self.counters.repair_ring_evictions);
+        let part = datagram.stream_part_key();
+        for range in ranges.take(NAK_RANGES_ANSWERED_MAX) {
+            let chain = (part.0, range.publisher, range.chain_id.to_native());
+            let first = range.first_sequence.to_native();
+            let last = range.last_sequence.to_native().min(first.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
+            for sequence in first..=last {
+                if self.send_queue.pending_bytes() > SEND_QUEUE_BYTES_MAX {
+                    self.counters.repairs_dropped += last - sequence + 1;
+                    break;
+                }
+                if self.resend_stored(&chain, sequence) {
+                    self.counters.repairs_sent += 1;
+                } else {
+                    self.counters.repair_misses += 1;
+                }
+            }
+        }
+        self.close_open(false);
+    }
+
+    /// Drives the receive chains' timers: NAKs for open gaps, giving up holes whose retries
+    /// ran out, and tail queries of idle chains.
+    fn service_chains(&mut self, now_us: u64) {
+        let mut index = 0;
+        while index < self.timers.len() {
+            let key = self.timers[index];
+            let Some(chain) = self.chains.get_mut(&key) else {
+                self.timers.swap_remove(index);
+                continue;
+            };
+            let mut nak = false;
+            let mut tail_query = None;
+            if chain.settling_until_us.is_some_and(|until| until <= now_us) {
+                // Settled: `deliver_released` starts the chain at its lowest held record.
+                chain.settling_until_us = None;
+                chain.gap = Some(Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us + NAK_DELAY_US });
+                if !chain.release_listed {
+                    chain.release_listed = true;
+                    self.released.push(key);
+                }
+            }
+            if let Some(mut gap) = chain.gap.filter(|g| g.next_nak_us <= now_us) {
+                if !chain.has_held() {
+                    chain.gap = None;
+                } else {
+                    if gap.first_missing != chain.next_sequence() {
+                        // The hole asked for is filled (or given up): a new one, new retries.
+                        gap = Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us };
+                    }
+                    if gap.naks_sent < NAK_RETRIES_MAX {
+                        gap.naks_sent += 1;
+                        // Backing off (20, 40, 80, then 160 ms) rides out a node that is
+                        // briefly starved of CPU instead of giving the hole up after 160 ms.
+                        gap.next_nak_us = now_us + (NAK_INTERVAL_US << (gap.naks_sent - 1).min(3));
+                        chain.missing_ranges(self.nak_ranges_max, &mut self.range_scratch);
+                        nak = true;
+                    } else {
+                        self.counters.records_lost += chain.skip_hole(u64::MAX);
+                        // What follows the hole is released; a further hole gets fresh retries.
+                        gap = Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us + NAK_DELAY_US };
+                        if !chain.release_listed {
+                            chain.release_listed = true;
+                            self.released.push(key);
+                        }
+                    }
+                    chain.gap = Some(gap);
+                }
+            }
+            if chain.tail_query_due_us.is_some_and(|due| due <= now_us) {
+                if chain.gap.is_some() {
+                    // The gap's NAKs are talking to the node; ask for the tail after it.
+                    chain.tail_query_due_us = Some(now_us + TAIL_QUERY_US);
+                } else {
+                    chain.tail_queries_sent += 1;
+                    chain.tail_query_due_us =
+                        (chain.tail_queries_sent < TAIL_QUERIES_MAX).then(|| now_us + (TAIL_QUERY_US << chain.tail_queries_sent));
+                    // Without a gap nothing is held: the next sequence follows the newest.
+                    tail_query = Some((chain.next_sequence(), chain.next_sequence()));
+                }
+            }
+            if chain.next_timer_us().is_none() {
+                chain.timer_listed = false;
+                self.timers.swap_remove(index);
+            } else {
+                index += 1;
+            }
+            if nak {
+                let ranges = std::mem::take(&mut self.range_scratch);
+                self.send_nak(&key, &ranges);
+                self.range_scratch = ranges;
+            }
+            if let Some(range) = tail_query {
+                self.send_nak(&key, &[range]);
+                self.counters.tail_queries_sent += 1;
+            }
+        }
+    }
+
+    /// Hands out the records that `handle_timeout` released by giving up a hole, in chain
+    /// order. `handle_receive` does this first, too.
+    pub fn deliver_released(&mut self, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        while let Some(key) = self.released.pop() {
+            if let Some(chain) = self.chains.get_mut(&key) {
+                chain.release_listed = false;
+                self.release(&key, on_delivery);
+            }
+        }
+    }
+
+    /// Feeds one receive buffer (one datagram or several coalesced by GRO); calls
+    /// `on_delivery` for each new, valid message, in chain order.
+    pub fn handle_receive(&mut self, now_us: u64, buffer: &[u8], on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        if !self.released.is_empty() {
+            self.deliver_released(on_delivery);
+        }
+        for item in split_datagrams(buffer) {
+            self.counters.datagrams_received += 1;
+            let datagram = match item {
+                Ok(datagram) => datagram,
+                Err(_) => {
+                    self.counters.datagrams_malformed += 1;
+                    continue;
+                }
+            };
+            if datagram.link_id() != self.link.link_id {
+                self.counters.datagrams_unknown_link += 1;
+                continue;
+            }
+            if !datagram.tag_matches(&self.link.key) {
+                self.counters.datagrams_bad_tag += 1;
+                continue;
+            }
+            let stream_part_key = datagram.stream_part_key();
+            let shard = shard_of(&stream_part_key, self.link.node_shards) as usize;
+            if !self.receive_windows[shard].accept(datagram.link_seq()) {
+                self.counters.datagrams_replayed += 1;
+                continue;
+            }
+            match datagram.kind {
+                Kind::Data => self.receive_data(now_us, &datagram, on_delivery),
+                Kind::Fragment => self.receive_fragment(now_us, &datagram, on_delivery),
+                Kind::Nak => self.answer_nak(now_us, &datagram),
+                Kind::Subscribe | Kind::Unsubscribe => self.counters.datagrams_ignored += 1,
+            }
+        }
+    }
+
+    fn receive_data(&mut self, now_us: u64, datagram: &Datagram<'_>, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        let stream_part_key = datagram.stream_part_key();
+        let single_publisher = (datagram.flags() & FLAG_SINGLE_PUBLISHER != 0).then_some(datagram.header.publisher);
+        let repair = datagram.flags() & FLAG_REPAIR != 0;
+        for item in datagram.records() {
+            match item {
+                Ok(record) if single_publisher.is_none_or(|p| p == record.header.publisher) => {
+                    self.deliver(now_us, &stream_part_key, &record, repair, on_delivery)
+                }
+                _ => {
+                    // A record that contradicts its header or does not parse ends the
+                    // datagram: without a valid length there is no next record.
+                    self.counters.records_malformed += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn receive_fragment(&mut self, now_us: u64, datagram: &Datagram<'_>, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        self.counters.fragments_received += 1;
+        let Ok((header, slice)) = datagram.fragment() else {
+            self.counters.fragments_dropped += 1;
+            return;
+        };
+        let stream_part_key = datagram.stream_part_key();
+        let (chain_id, sequence) = (header.chain_id.to_native(), header.sequence.to_native());
+        let record_length = header.record_length.to_native() as usize;
+        let offset = header.offset.to_native() as usize;
+        let chain_key = (stream_part_key.0, header.publisher, chain_id);
+        if self.chains.get(&chain_key).is_some_and(|c| c.is_duplicate(sequence)) {
+            self.counters.fragments_dropped += 1;
+            return;
+        }
+        let found = self.reassemblies.iter().position(|r| {
+            r.stream_part_key == stream_part_key && r.publisher == header.publisher && r.chain_id == chain_id && r.sequence == sequence
+        });
+        let index = match found {
+            Some(index) if self.reassemblies[index].record.len() == record_length => index,
+            Some(_) => {
+                self.counters.fragments_dropped += 1;
+                return;
+            }
+            None => {
+                // `Datagram::fragment` bounds record_length by RECORD_LENGTH_MAX, so the
+                // reassemblies hold at most REASSEMBLIES_MAX × RECORD_LENGTH_MAX bytes.
+                if self.reassemblies.len() >= REASSEMBLIES_MAX {
+                    self.reassemblies.remove(0);
+                    self.counters.reassemblies_expired += 1;
+                }
+                self.reassemblies.push(Reassembly {
+                    stream_part_key,
+                    publisher: header.publisher,
+                    chain_id,
+                    sequence,
+                    started_us: now_us,
+                    record: vec![0; record_length],
+                    ranges: Vec::new(),
+                });
+                self.reassemblies.len() - 1
+            }
+        };
+        let reassembly = &mut self.reassemblies[index];
+        reassembly.record[offset..offset + slice.len()].copy_from_slice(slice);
+        if !reassembly.add(offset, offset + slice.len()) {
+            self.reassemblies.remove(index);
+            self.counters.fragments_dropped += 1;
+            return;
+        }
+        if !reassembly.is_complete() {
+            return;
+        }
+        let reassembly = self.reassemblies.remove(index);
+        self.counters.reassemblies_completed += 1;
+        let repair = datagram.flags() & FLAG_REPAIR != 0;
+        match Record::parse(&reassembly.record) {
+            Ok(record)
+                if record.bytes.len() == record_length
+                    && record.header.publisher == reassembly.publisher
+                    && record.chain_id() == chain_id
+                    && record.sequence() == sequence =>
+            {
+                self.deliver(now_us, &stream_part_key, &record, repair, on_delivery)
+            }
+            _ => self.counters.records_malformed += 1,
+        }
+    }
+
+    /// Takes a new record of a chain: delivers it if it is the next one (the fast path: no
+    /// allocation), or holds it behind the gap it reveals.
+    fn deliver(
+        &mut self,
+        now_us: u64,
+        stream_part_key: &StreamPartKey,
+        record: &Record<'_>,
+        repair: bool,
+        on_delivery: &mut impl FnMut(Delivery<'_>),
+    ) {
+        let key = (stream_part_key.0, record.header.publisher, record.chain_id());
+        let sequence = record.sequence();
+        // Check before verifying, record after: a forged record must not mark its sequence.
+        if self.chains.get(&key).is_some_and(|c| c.is_duplicate(sequence)) {
+            self.counters.records_duplicate += 1;
+            return;
+        }
+        if self.options.verify && self.verifier.verify(stream_part_key, record).is_err() {
+            self.counters.records_bad_signature += 1;
+            return;
+        }
+        if repair {
+            self.counters.records_repaired += 1;
+        }
+        if !self.chains.contains_key(&key) {
+            if self.chains.len() >= CHAINS_MAX {
+                self.evict_idlest_chain(on_delivery);
+            }
+            let mut chain = InboundChain::new(sequence, now_us);
+            if record.previous().is_some() {
+                // Joined mid-chain: let reordered predecessors arrive before fixing the start.
+                chain.settling_until_us = Some(now_us + NAK_DELAY_US);
+            }
+            self.chains.insert(key, chain);
+        }
+        let chain = self.chains.get_mut(&key).expect("inserted above");
+        chain.last_activity_us = now_us;
+        // A repair while tail queries are out answers one: ask for the next record at once.
+        let answers_tail_query = repair && chain.tail_queries_sent > 0;
+        chain.tail_query_due_us = Some(if answers_tail_query { now_us } else { now_us + TAIL_QUERY_US });
+        chain.tail_queries_sent = 0;
+        if !chain.timer_listed {
+            chain.timer_listed = true;
+            self.timers.push(key);
+        }
+        if chain.settling_until_us.is_some() {
+            if self.held_bytes + record.bytes.len() <= REORDER_BYTES_MAX {
+                chain.hold_settling(sequence, record.bytes);
+                self.held_bytes += record.bytes.len();
+                self.counters.records_held += 1;
+                return;
+            }
+            // No room to wait: start at what is held (or at this record).
+            self.counters.reorder_overflows += 1;
+            self.settle(&key, now_us, on_delivery);
+        }
+        let chain = self.chains.get_mut(&key).expect("present");
+        if chain.is_duplicate(sequence) {
+            // Below the start the chain just settled on.
+            self.counters.records_duplicate += 1;
+            return;
+        }
+        let next = chain.next_sequence();
+        if sequence != next {
+            // Ahead: datagrams were lost on the node→client hop. Keep the bounds first.
+            if sequence - next > REORDER_SEQUENCES_MAX {
+                self.counters.reorder_overflows += 1;
+                self.give_up_until(&key, sequence - REORDER_SEQUENCES_MAX, on_delivery);
+            }
+            if self.held_bytes + record.bytes.len() > REORDER_BYTES_MAX {
+                self.counters.reorder_overflows += 1;
+                self.give_up_until(&key, sequence, on_delivery);
+            }
+        }
+        let chain = self.chains.get_mut(&key).expect("present");
+        if sequence == chain.next_sequence() {
+            chain.advance();
+            let release = chain.has_held();
+            emit(&mut self.counters, stream_part_key, record, on_delivery);
+            if release {
+                self.release(&key, on_delivery);
+            }
+            return;
+        }
+        chain.hold(sequence, record.bytes);
+        self.held_bytes += record.bytes.len();
+        self.counters.records_held += 1;
+        if chain.gap.is_none() {
+            chain.gap = Some(Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us + NAK_DELAY_US });
+        }
+    }
+
+    /// Ends a chain's settling: it starts at the lowest held record; what is in order is
+    /// delivered, holes behind it get NAKs.
+    fn settle(&mut self, key: &ChainKey, now_us: u64, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        let Some(chain) = self.chains.get_mut(key) else { return };
+        chain.settling_until_us = None;
+        chain.gap = Some(Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us + NAK_DELAY_US });
+        self.release(key, on_delivery);
+    }
+
+    /// Delivers the held records of `key` that are next in order.
+    fn release(&mut self, key: &ChainKey, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        let stream_part_key = StreamPartKey(key.0);
+        while let Some(bytes) = self.chains.get_mut(key).and_then(InboundChain::take_next) {
+            self.held_bytes -= bytes.len();
+            match Record::parse(&bytes) {
+                Ok(record) => emit(&mut self.counters, &stream_part_key, &record, on_delivery),
+                Err(_) => self.counters.records_malformed += 1,
+            }
+        }
+        if let Some(chain) = self.chains.get_mut(key) {
+            if !chain.has_held() {
+                chain.gap = None;
+            }
+        }
+    }
+
+    /// Gives up every hole of `key` below `target` (counted lost), delivering what was held
+    /// below it in order.
+    fn give_up_until(&mut self, key: &ChainKey, target: u64, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        loop {
+            self.release(key, on_delivery);
+            let Some(chain) = self.chains.get_mut(key) else { return };
+            if chain.next_sequence() >= target {
+                return;
+            }
+            self.counters.records_lost += chain.skip_hole(target);
+        }
+    }
+
+    /// Makes room for a new chain: the least recently active one gives up its holes,
+    /// delivers what it held, and is forgotten.
+    fn evict_idlest_chain(&mut self, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        let Some(key) = self.chains.iter().min_by_key(|(_, chain)| chain.last_activity_us).map(|(key, _)| *key) else {
+            return;
+        };
+        if let Some((_, last)) = self.chains.get(&key).and_then(InboundChain::held_span) {
+            self.give_up_until(&key, last + 1, on_delivery);
+        }
+        self.chains.remove(&key);
+        self.timers.retain(|k| *k != key);
+        self.released.retain(|k| *k != key);
+        self.counters.chains_evicted += 1;
+    }
+}
+
+/// Hands one record to the application, borrowed from wherever it lies.
+fn emit(counters: &mut ClientCounters, stream_part_key: &StreamPartKey, record: &Record<'_>, on_delivery: &mut impl FnMut(Delivery<'_>)) {
+    counters.records_delivered += 1;
+    on_delivery(Delivery {
+        stream_part_key: *stream_part_key,
+        publisher: record.header.publisher,
+        chain_id: record.chain_id(),
+        sequence: record.sequence(),
+        timestamp_ms: record.timestamp_ms(),
+        previous: record.previous(),
+        content_type: content_type_of(record.header.content_type),
+        encryption: encryption_of(record.header.encryption),
+        group_key_id: record.group_key_id,
+        payload: record.payload,
+        record: record.bytes,
+    });
+}

@@ -1,0 +1,1007 @@
+//! The relay core: what a shard does with datagrams, without doing any I/O.
+//!
+//! Modeled on quinn-proto: the caller feeds received bytes with [`Relay::handle_receive`],
+//! closes the datagrams being packed with [`Relay::flush`] once per receive batch, drains
+//! sends with [`Relay::poll_transmit`], and drives timers with [`Relay::poll_timeout`] /
+//! [`Relay::handle_timeout`]. Time is an argument (`now_us`, microseconds on any monotonic
+//! clock), so a seeded simulation drives many relays deterministically and the shard runtime
+//! drives one per core.
+//!
+//! One record's path: the datagram's link, tag and link sequence are checked; each record is
+//! validated in place; a duplicate (per publisher and chain) is dropped before any crypto;
+//! the signature is verified once (policy [`VerifyPolicy`]); the record goes to the repair
+//! ring, is appended to a datagram being packed for every interested neighbor except the
+//! one it came from, and is released in chain order to local subscribers (clients). A gap in a
+//! chain is NAKed to a neighbor after `nak_delay_us` and given up after `nak_retries_max`.
+//!
+//! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
+//! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
+//! reassembly bytes/entries/time, events. Whatever a bound refuses is counted.
+
+pub mod chain;
+pub mod reassembly;
+pub mod repair;
+pub mod replay;
+
+use crate::counters::{Counter, Counters};
+use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
+use crate::link::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
+use chain::ChainState;
+use reassembly::{FragmentOutcome, Reassembler};
+use repair::RepairArena;
+use runnel_proto::crypto::{SignatureError, Verifier, VerifyCost};
+use runnel_proto::linktag::LinkKey;
+use runnel_proto::stream::StreamPartKey;
+use runnel_proto::wire::{
+    self, Datagram, DatagramBuilder, FragmentHeader, HeaderFields, Kind, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER,
+    FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, NAK_RANGE_LENGTH,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
+/// Microseconds on the caller's monotonic clock.
+pub type Micros = u64;
+
+/// Tunables of one relay (one shard). Every bound is in the name or documented.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// This shard's index and the node's shard count.
+    pub shard_index: u16,
+    pub shards: u16,
+    /// Largest datagram this relay builds (UDP payload bytes).
+    pub datagram_length_max: usize,
+    pub verify: VerifyPolicy,
+    /// Datagrams waiting to be sent on one link; beyond this they are dropped and counted.
+    pub link_queue_datagrams_max: usize,
+    /// Repair ring of one stream part: bytes and age bounds.
+    pub repair_ring_bytes_max: usize,
+    pub repair_age_max_us: Micros,
+    /// Wait this long after a gap opens before the first NAK (reordering settles).
+    pub nak_delay_us: Micros,
+    /// Between the first NAK retries (each retry asks the next neighbor); doubles up to 8×.
+    pub nak_interval_us: Micros,
+    /// NAKs per gap before it is given up and counted lost.
+    pub nak_retries_max: u32,
+    /// Records one chain may hold back for ordered delivery.
+    pub reorder_records_max: usize,
+    pub chains_per_stream_part_max: usize,
+    pub stream_parts_max: usize,
+    pub neighbors_per_stream_part_max: usize,
+    pub clients_per_stream_part_max: usize,
+    /// Interest (Subscribe) expires without a refresh within this time.
+    pub interest_timeout_us: Micros,
+    /// How often Subscribe is refreshed to neighbors, and housekeeping runs.
+    pub subscribe_interval_us: Micros,
+    pub reassembly_bytes_max: usize,
+    pub reassembly_entries_max: usize,
+    pub reassembly_timeout_us: Micros,
+    /// Events waiting for the runtime; beyond this they are dropped and counted.
+    pub events_max: usize,
+    /// A chain idle this long has its newest record resent to neighbors (flagged repair),
+    /// so a lost tail is noticed: the probe either fills it or reveals the gap.
+    pub tail_probe_us: Micros,
+    /// Probes per idle chain (spaced by doubling intervals).
+    pub tail_probes_max: u32,
+    /// Does this relay's filter enforce link rate limits? False when the XDP program does
+    /// (metering twice would halve the rate).
+    pub rate_limit_in_userspace: bool,
+}
+
+impl RelayConfig {
+    /// Defaults for everything but the shard layout, datagram size and verify policy.
+    pub fn new(shard_index: u16, shards: u16, datagram_length_max: usize, verify: VerifyPolicy) -> Self {
+        assert!(shard_index < shards, "shard index {shard_index} out of {shards}");
+        Self {
+            shard_index,
+            shards,
+            datagram_length_max,
+            verify,
+            link_queue_datagrams_max: 16_384,
+            repair_ring_bytes_max: 8 << 20,
+            repair_age_max_us: 5_000_000,
+            nak_delay_us: 5_000,
+            nak_interval_us: 20_000,
+            nak_retries_max: 8,
+            reorder_records_max: 65_536,
+            chains_per_stream_part_max: 4096,
+            stream_parts_max: 4096,
+            neighbors_per_stream_part_max: 8,
+            clients_per_stream_part_max: 4096,
+            interest_timeout_us: 5_000_000,
+            subscribe_interval_us: 1_000_000,
+            reassembly_bytes_max: 64 << 20,
+            reassembly_entries_max: 256,
+            reassembly_timeout_us: 3_000_000,
+            events_max: 1024,
+            tail_probe_us: 30_000,
+            tail_probes_max: 2,
+            rate_limit_in_userspace: true,
+        }
+    }
+}
+
+/// One send: `segments` datagrams in the caller's buffer, each `segment_size` bytes except
+/// possibly the last — exactly the shape of one UDP GSO send (`UDP_SEGMENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub segment_size: usize,
+    pub segments: usize,
+    pub length: usize,
+}
+
+/// Things the runtime must act on outside the relay (e.g. quarantine in the XDP maps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A record failed signature verification. `publisher_proven` says the record came over a
+    /// client link on which this publisher's signatures had verified before, so the publisher
+    /// itself (not an impostor using its address) is at fault.
+    SignatureFailure { link_id: u32, publisher: [u8; 20], publisher_proven: bool },
+    /// This shard joined a stream part (the XDP `joined` map must learn it).
+    Joined { part: StreamPartKey },
+}
+
+/// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64).
+pub const GSO_SEGMENTS_MAX: usize = 64;
+/// Most bytes in one GSO send (one IP packet's worth of UDP payload).
+pub const GSO_BYTES_MAX: usize = 65_000;
+/// Most datagram buffers kept for reuse.
+const BUFFER_POOL_MAX: usize = 4096;
+/// Most NAK ranges one gap asks for at once.
+const NAK_RANGES_MAX: usize = 16;
+/// Longest range a NAK may ask to resend (bounds the work one NAK causes).
+const NAK_RANGE_SEQUENCES_MAX: u64 = 4096;
+/// Publishers remembered per client link as proven by a verified signature.
+const PROVEN_PUBLISHERS_MAX: usize = 8;
+
+struct Outgoing {
+    destination: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+struct Link {
+    config: LinkConfig,
+    /// Where a client was last heard from (neighbors use their configured address).
+    client_address: Option<SocketAddr>,
+    /// Client links: publishers whose signatures verified on this link (bounded).
+    proven_publishers: Vec<[u8; 20]>,
+    send_sequence: u64,
+    outbound: VecDeque<Outgoing>,
+    queue_datagrams_max: usize,
+    /// Datagrams being packed: one per (stream part, header flags).
+    packing: FastMap<(StreamPartKey, u16), DatagramBuilder>,
+}
+
+impl Link {
+    fn destination(&self, part: &StreamPartKey) -> Option<SocketAddr> {
+        match self.config.role {
+            LinkRole::Neighbor => {
+                let mut address = self.config.peer?;
+                address.set_port(address.port() + shard_of(part, self.config.peer_shards));
+                Some(address)
+            }
+            LinkRole::Client => self.client_address,
+        }
+    }
+
+    /// The header of the next datagram this link sends; takes the next link sequence.
+    fn next_header(&mut self, kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
+        let link_seq = self.send_sequence;
+        self.send_sequence += 1;
+        HeaderFields { flags, publisher, ..HeaderFields::new(kind, self.config.id, link_seq, part.0) }
+    }
+}
+
+/// The sending side of a relay apart from the links themselves: reused datagram buffers, the
+/// round-robin of links with queued datagrams, and which datagrams are being packed. Kept out
+/// of [`Relay`]'s other fields so a link (borrowed from the link table) and the outbox can be
+/// used together.
+struct Outbox {
+    datagram_length_max: usize,
+    /// Datagram buffers kept for reuse (at most [`BUFFER_POOL_MAX`]).
+    pool: Vec<Vec<u8>>,
+    /// Links with datagrams waiting in `outbound`, round-robin.
+    ready: VecDeque<u32>,
+    /// (link, stream part, flags) with a datagram being packed.
+    dirty: Vec<(u32, StreamPartKey, u16)>,
+}
+
+impl Outbox {
+    /// A datagram builder on a reused buffer.
+    fn builder(&mut self, capacity: usize) -> DatagramBuilder {
+        DatagramBuilder::from_buffer(self.pool.pop().unwrap_or_default(), capacity)
+    }
+
+    fn recycle(&mut self, bytes: Vec<u8>) {
+        if self.pool.len() < BUFFER_POOL_MAX {
+            self.pool.push(bytes);
+        }
+    }
+
+    /// Appends `record` to the datagram being packed for (`link`, `part`, `flags`), sealing it
+    /// first if the record does not fit; records larger than a datagram go as fragments.
+    fn append(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, record: &[u8]) {
+        let capacity = self.datagram_length_max;
+        if record.len() > capacity - HEADER_LENGTH {
+            // Seal what is packed for this link and part first, so the chain stays in order.
+            if let Some(builder) = link.packing.get_mut(&(part, flags)).filter(|b| !b.is_empty()) {
+                let packed = std::mem::replace(builder, self.builder(capacity));
+                self.seal(counters, link, part, flags, packed);
+            }
+            self.send_fragments(counters, link, part, flags, record);
+            return;
+        }
+        // Builders stay in the map between batches (empty, buffer kept), so the steady state
+        // neither allocates nor rehashes.
+        let builder = link.packing.entry((part, flags)).or_insert_with(|| self.builder(capacity));
+        if builder.is_empty() {
+            self.dirty.push((link.config.id, part, flags));
+        }
+        if builder.try_push(record) {
+            return;
+        }
+        // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
+        let mut full = std::mem::replace(builder, self.builder(capacity));
+        let pushed = builder.try_push(record);
+        debug_assert!(pushed, "a record that fits an empty datagram");
+        full.pad_to(capacity);
+        self.seal(counters, link, part, flags, full);
+    }
+
+    /// Finishes a Data datagram (header, link sequence, tag) and queues it on the link.
+    fn seal(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, mut builder: DatagramBuilder) {
+        let Some(destination) = link.destination(&part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        // The single-publisher flag lets the XDP filter check publish permission per
+        // datagram; it is set when every record is from one publisher.
+        let single = builder.single_publisher();
+        let flags = flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 };
+        builder.finish(link.next_header(Kind::Data, part, flags, single.unwrap_or([0; 20])), &link.config.key);
+        self.enqueue(counters, link, destination, builder.into_buffer());
+    }
+
+    fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>) {
+        if link.outbound.len() >= link.queue_datagrams_max {
+            counters.increment(Counter::DropsLinkQueueFull);
+            self.recycle(bytes);
+            return;
+        }
+        if link.outbound.is_empty() {
+            self.ready.push_back(link.config.id);
+        }
+        link.outbound.push_back(Outgoing { destination, bytes });
+    }
+
+    /// Sends a record too large for one datagram as Fragment datagrams.
+    fn send_fragments(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, record: &[u8]) {
+        let Some(destination) = link.destination(&part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let Ok(parsed) = Record::parse(record) else {
+            debug_assert!(false, "only validated records are forwarded");
+            return;
+        };
+        let slice_max = self.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
+        let header = FragmentHeader {
+            publisher: parsed.publisher(),
+            chain_id: parsed.chain_id(),
+            sequence: parsed.sequence(),
+            record_length: record.len() as u32,
+            offset: 0,
+            fragment_length: 0,
+            reserved: 0,
+        };
+        for (index, slice) in record.chunks(slice_max).enumerate() {
+            let mut builder = self.builder(self.datagram_length_max);
+            wire::encode_fragment(&FragmentHeader { offset: (index * slice_max) as u32, ..header }, slice, builder.body_mut());
+            builder.set_count(1);
+            builder.finish(link.next_header(Kind::Fragment, part, flags | FLAG_SINGLE_PUBLISHER, header.publisher), &link.config.key);
+            self.enqueue(counters, link, destination, builder.into_buffer());
+        }
+    }
+}
+
+type ChainId = ([u8; 20], u64);
+
+struct StreamPartState {
+    /// Interested neighbor links → interest expiry.
+    neighbors: FastMap<u32, Micros>,
+    /// Subscribed client links → interest expiry.
+    clients: FastMap<u32, Micros>,
+    chains: FastMap<ChainId, ChainState>,
+    repair: RepairArena,
+}
+
+/// A shard's relay state.
+pub struct Relay {
+    config: RelayConfig,
+    counters: Counters,
+    links: FastMap<u32, Link>,
+    /// Neighbor link ids, for Subscribe refreshes.
+    neighbor_links: Vec<u32>,
+    stream_parts: FastMap<StreamPartKey, StreamPartState>,
+    verifier: Verifier,
+    filter: Filter,
+    reassembler: Reassembler,
+    events: VecDeque<Event>,
+    outbox: Outbox,
+    /// Chains with an open gap.
+    gapped: FastSet<(StreamPartKey, ChainId)>,
+    /// Chains with a pending tail probe.
+    probing: FastSet<(StreamPartKey, ChainId)>,
+    next_housekeeping_us: Micros,
+    now_us: Micros,
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Self {
+        let filter = Filter::new(config.rate_limit_in_userspace);
+        let outbox =
+            Outbox { datagram_length_max: config.datagram_length_max, pool: Vec::new(), ready: VecDeque::new(), dirty: Vec::new() };
+        let reassembler = Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
+        Self {
+            config,
+            counters: Counters::default(),
+            links: FastMap::default(),
+            neighbor_links: Vec::new(),
+            stream_parts: FastMap::default(),
+            verifier: Verifier::default(),
+            filter,
+            reassembler,
+            events: VecDeque::new(),
+            outbox,
+            gapped: FastSet::default(),
+            probing: FastSet::default(),
+            next_housekeeping_us: 0,
+            now_us: 0,
+        }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Does this shard own `part`?
+    pub fn owns(&self, part: &StreamPartKey) -> bool {
+        shard_of(part, self.config.shards) == self.config.shard_index
+    }
+
+    /// Adds (or replaces) a link.
+    pub fn add_link(&mut self, link: &LinkConfig) {
+        let rate = RateLimit::new(link.rate_datagrams_per_s, link.burst_datagrams);
+        self.filter.set_link(link.id, link.key, link.role, rate);
+        if link.role == LinkRole::Neighbor && !self.neighbor_links.contains(&link.id) {
+            self.neighbor_links.push(link.id);
+        }
+        self.links.insert(
+            link.id,
+            Link {
+                config: link.clone(),
+                client_address: None,
+                proven_publishers: Vec::new(),
+                send_sequence: 0,
+                outbound: VecDeque::new(),
+                queue_datagrams_max: self.config.link_queue_datagrams_max,
+                packing: FastMap::default(),
+            },
+        );
+    }
+
+    /// Removes a link and every interest it held.
+    pub fn remove_link(&mut self, link_id: u32) {
+        self.links.remove(&link_id);
+        self.filter.remove_link(link_id);
+        self.neighbor_links.retain(|id| *id != link_id);
+        self.outbox.ready.retain(|id| *id != link_id);
+        self.outbox.dirty.retain(|(id, _, _)| *id != link_id);
+        for state in self.stream_parts.values_mut() {
+            state.neighbors.remove(&link_id);
+            state.clients.remove(&link_id);
+        }
+    }
+
+    /// Joins a stream part: this shard carries it and subscribes to it at its neighbors.
+    /// Returns false (counted) when the stream part bound is reached.
+    pub fn join(&mut self, now_us: Micros, part: StreamPartKey) -> bool {
+        self.now_us = self.now_us.max(now_us);
+        if self.stream_parts.contains_key(&part) {
+            return true;
+        }
+        if self.stream_parts.len() >= self.config.stream_parts_max {
+            self.counters.increment(Counter::DropsStreamPartsFull);
+            return false;
+        }
+        self.stream_parts.insert(
+            part,
+            StreamPartState {
+                neighbors: FastMap::default(),
+                clients: FastMap::default(),
+                chains: FastMap::default(),
+                repair: RepairArena::new(self.config.repair_ring_bytes_max, self.config.repair_age_max_us),
+            },
+        );
+        self.filter.join(part);
+        self.push_event(Event::Joined { part });
+        for link_id in self.neighbor_links.clone() {
+            self.send_control(link_id, part, Kind::Subscribe);
+        }
+        true
+    }
+
+    /// Applies a policy update (quarantine, permission) to this shard's filter.
+    pub fn apply_filter_update(&mut self, update: &FilterUpdate) {
+        if !self.filter.apply(update) {
+            self.counters.increment(Counter::FilterUpdatesRefused);
+        }
+    }
+
+    /// Forgets expired quarantines (the policy thread calls this now and then via a command).
+    pub fn expire_filter(&mut self, now_us: Micros) {
+        self.filter.expire(now_us.saturating_mul(1000));
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() < self.config.events_max {
+            self.events.push_back(event);
+        } else {
+            self.counters.increment(Counter::EventsDropped);
+        }
+    }
+
+    /// Stream parts this shard has joined.
+    pub fn joined(&self) -> impl Iterator<Item = &StreamPartKey> {
+        self.stream_parts.keys()
+    }
+
+    /// Feeds one receive buffer: one datagram, or several coalesced by GRO.
+    pub fn handle_receive(&mut self, now_us: Micros, from: SocketAddr, buffer: &[u8]) {
+        self.now_us = self.now_us.max(now_us);
+        for datagram in wire::split_datagrams(buffer) {
+            self.counters.increment(Counter::DatagramsReceived);
+            match datagram {
+                Ok(datagram) => self.handle_datagram(from, datagram),
+                Err(_) => self.counters.increment(Counter::DatagramsMalformed),
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, from: SocketAddr, datagram: Datagram<'_>) {
+        let verdict = self.filter.check(self.now_us.saturating_mul(1000), from, datagram.bytes);
+        match verdict {
+            Verdict::Pass => {}
+            Verdict::NotRunnel | Verdict::Malformed => self.counters.increment(Counter::DatagramsMalformed),
+            Verdict::UnknownLink => self.counters.increment(Counter::DatagramsUnknownLink),
+            Verdict::BadTag => self.counters.increment(Counter::DatagramsBadTag),
+            Verdict::QuarantinedLink => self.counters.increment(Counter::DatagramsQuarantinedLink),
+            Verdict::Replayed => self.counters.increment(Counter::DatagramsReplayed),
+            Verdict::QuarantinedPublisher => self.counters.increment(Counter::DatagramsQuarantinedPublisher),
+            Verdict::NotJoined => self.counters.increment(Counter::DatagramsNotJoined),
+            Verdict::NotPermitted => self.counters.increment(Counter::DatagramsNotPermitted),
+            Verdict::RateLimited => self.counters.increment(Counter::DatagramsRateLimited),
+        }
+        if verdict != Verdict::Pass {
+            return;
+        }
+        let link_id = datagram.link_id();
+        let Some(link) = self.links.get_mut(&link_id) else {
+            // The filter knows every link the relay does; this is a removed link racing.
+            self.counters.increment(Counter::DatagramsUnknownLink);
+            return;
+        };
+        let role = link.config.role;
+        if role == LinkRole::Client {
+            link.client_address = Some(from);
+        }
+        let part = datagram.stream_part_key();
+        match datagram.kind {
+            Kind::Subscribe => {
+                self.counters.increment(Counter::SubscribesReceived);
+                if !self.owns(&part) || !self.join(self.now_us, part) {
+                    self.counters.increment(Counter::DatagramsNotJoined);
+                    return;
+                }
+                let expiry = self.now_us + self.config.interest_timeout_us;
+                let state = self.stream_parts.get_mut(&part).expect("joined above");
+                let (map, max) = match role {
+                    LinkRole::Neighbor => (&mut state.neighbors, self.config.neighbors_per_stream_part_max),
+                    LinkRole::Client => (&mut state.clients, self.config.clients_per_stream_part_max),
+                };
+                if map.len() >= max && !map.contains_key(&link_id) {
+                    self.counters.increment(Counter::DropsNeighborsFull);
+                    return;
+                }
+                map.insert(link_id, expiry);
+            }
+            Kind::Unsubscribe => {
+                if let Some(state) = self.stream_parts.get_mut(&part) {
+                    state.neighbors.remove(&link_id);
+                    state.clients.remove(&link_id);
+                }
+            }
+            Kind::Data => {
+                if !self.accepts_data(&part, role) {
+                    self.counters.increment(Counter::DatagramsNotJoined);
+                    return;
+                }
+                let repair = datagram.flags() & FLAG_REPAIR != 0;
+                for record in datagram.records() {
+                    match record {
+                        Ok(record) => self.handle_record(link_id, part, &record, repair),
+                        Err(_) => {
+                            self.counters.increment(Counter::RecordsMalformed);
+                            break;
+                        }
+                    }
+                }
+            }
+            Kind::Fragment => {
+                if !self.accepts_data(&part, role) {
+                    self.counters.increment(Counter::DatagramsNotJoined);
+                    return;
+                }
+                self.counters.increment(Counter::FragmentsReceived);
+                let Ok((header, slice)) = datagram.fragment() else {
+                    self.counters.increment(Counter::FragmentsDropped);
+                    return;
+                };
+                let chain: ChainId = (header.publisher, header.chain_id.to_native());
+                let sequence = header.sequence.to_native();
+                let state = self.stream_parts.get(&part).expect("accepts_data joined it");
+                if state.chains.get(&chain).is_some_and(|c| c.is_duplicate(sequence)) {
+                    self.counters.increment(Counter::RecordsDuplicate);
+                    return;
+                }
+                let key = (part.0, chain.0, chain.1, sequence);
+                let outcome = self.reassembler.insert(self.now_us, key, header.record_length.to_native(), header.offset.to_native(), slice);
+                match outcome {
+                    FragmentOutcome::Incomplete => {}
+                    FragmentOutcome::Dropped => self.counters.increment(Counter::FragmentsDropped),
+                    FragmentOutcome::Complete(bytes) => {
+                        self.counters.increment(Counter::ReassembliesCompleted);
+                        match Record::parse(&bytes) {
+                            Ok(record)
+                                if record.bytes.len() == bytes.len()
+                                    && record.publisher() == chain.0
+                                    && record.chain_id() == chain.1
+                                    && record.sequence() == sequence =>
+                            {
+                                let repair = datagram.flags() & FLAG_REPAIR != 0;
+                                self.handle_record(link_id, part, &record, repair)
+                            }
+                            _ => self.counters.increment(Counter::RecordsMalformed),
+                        }
+                    }
+                }
+            }
+            Kind::Nak => {
+                self.counters.increment(Counter::NaksReceived);
+                let Ok(ranges) = datagram.nak_ranges() else {
+                    self.counters.increment(Counter::DatagramsMalformed);
+                    return;
+                };
+                let ranges: Vec<NakRange> = ranges
+                    .map(|r| NakRange {
+                        publisher: r.publisher,
+                        chain_id: r.chain_id.to_native(),
+                        first_sequence: r.first_sequence.to_native(),
+                        last_sequence: r.last_sequence.to_native(),
+                    })
+                    .collect();
+                self.answer_nak(link_id, part, &ranges);
+            }
+        }
+    }
+
+    /// Data for `part` is taken if this shard carries it; a client publishing joins it.
+    fn accepts_data(&mut self, part: &StreamPartKey, role: LinkRole) -> bool {
+        if self.stream_parts.contains_key(part) {
+            return true;
+        }
+        role == LinkRole::Client && self.owns(part) && self.join(self.now_us, *part)
+    }
+
+    fn handle_record(&mut self, source_link: u32, part: StreamPartKey, record: &Record<'_>, repair: bool) {
+        let now_us = self.now_us;
+        let chain_id: ChainId = (record.publisher(), record.chain_id());
+        let sequence = record.sequence();
+        let state = self.stream_parts.get_mut(&part).expect("caller checked the stream part is joined");
+        if state.chains.get(&chain_id).is_some_and(|c| c.is_duplicate(sequence)) {
+            self.counters.increment(Counter::RecordsDuplicate);
+            return;
+        }
+        // The filter checked a single-publisher header; this covers every record, whatever
+        // datagram it came in (forwarded datagrams mix publishers).
+        if !self.filter.may_publish(now_us.saturating_mul(1000), &part, &chain_id.0) {
+            self.counters.increment(Counter::RecordsNotPermitted);
+            return;
+        }
+        if self.config.verify == VerifyPolicy::All {
+            let verified = self.verifier.verify(&part, record);
+            let link = self.links.get_mut(&source_link);
+            let client = link.filter(|link| link.config.role == LinkRole::Client);
+            match verified {
+                Ok(cost) => {
+                    match cost {
+                        VerifyCost::Ecdsa => self.counters.increment(Counter::SignaturesEcdsa),
+                        VerifyCost::CachedRoot => self.counters.increment(Counter::SignaturesCachedRoot),
+                    }
+                    if let Some(link) = client {
+                        if !link.proven_publishers.contains(&chain_id.0) && link.proven_publishers.len() < PROVEN_PUBLISHERS_MAX {
+                            link.proven_publishers.push(chain_id.0);
+                        }
+                    }
+                }
+                Err(SignatureError::Malformed | SignatureError::WrongSigner) => {
+                    self.counters.increment(Counter::RecordsBadSignature);
+                    let publisher_proven = client.is_some_and(|link| link.proven_publishers.contains(&chain_id.0));
+                    self.push_event(Event::SignatureFailure { link_id: source_link, publisher: chain_id.0, publisher_proven });
+                    return;
+                }
+            }
+        }
+        self.counters.increment(Counter::RecordsAccepted);
+        if repair {
+            self.counters.increment(Counter::RecordsRepaired);
+        }
+        // The stream part state again (verify borrowed self).
+        let state = self.stream_parts.get_mut(&part).expect("joined");
+        if !state.chains.contains_key(&chain_id) && state.chains.len() >= self.config.chains_per_stream_part_max {
+            let idle = state.chains.iter().min_by_key(|(_, c)| c.last_activity_us).map(|(id, _)| *id).expect("full");
+            state.chains.remove(&idle);
+            self.gapped.remove(&(part, idle));
+            self.probing.remove(&(part, idle));
+            self.counters.increment(Counter::ChainsEvicted);
+        }
+
+        // Forward to every interested neighbor but the source: flooding never waits for order.
+        let mut forwarded = 0;
+        for (&link_id, &expiry) in &state.neighbors {
+            if link_id == source_link || expiry < now_us {
+                continue;
+            }
+            if let Some(link) = self.links.get_mut(&link_id) {
+                self.outbox.append(&mut self.counters, link, part, 0, record.bytes);
+                forwarded += 1;
+            }
+        }
+        self.counters.add(Counter::RecordsForwarded, forwarded);
+
+        // Release in chain order to subscribed clients.
+        let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
+        let start = if record.previous().is_some() { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
+        let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(start, now_us));
+        chain.last_activity_us = now_us;
+        if let Some(entry) = state.repair.store(now_us, sequence, record.bytes) {
+            chain.repair.insert(&state.repair, now_us, entry);
+        }
+        if chain.newest_sequence().is_none_or(|newest| sequence >= newest) {
+            chain.tail_probe_due_us = Some(now_us + self.config.tail_probe_us);
+            chain.tail_probes_sent = 0;
+            self.probing.insert((part, chain_id));
+        }
+        let clients = &state.clients;
+        let links = &mut self.links;
+        let (outbox, counters) = (&mut self.outbox, &mut self.counters);
+        let mut delivered_copies = 0u64;
+        let reorder_records_max = self.config.reorder_records_max;
+        let outcome = chain.accept(sequence, record.bytes, ordered, reorder_records_max, |bytes| {
+            for (&link_id, &expiry) in clients {
+                if link_id == source_link || expiry < now_us {
+                    continue;
+                }
+                if let Some(link) = links.get_mut(&link_id) {
+                    outbox.append(counters, link, part, 0, bytes);
+                    delivered_copies += 1;
+                }
+            }
+        });
+        self.counters.add(Counter::RecordsDelivered, delivered_copies);
+        self.counters.add(Counter::RecordsLost, outcome.lost);
+        self.counters.add(Counter::DropsReorderBufferFull, outcome.reorder_dropped);
+        if chain.has_gap() {
+            if chain.gap.is_none() {
+                let first_missing = chain.next_sequence();
+                chain.gap = Some(chain::Gap { first_missing, next_nak_us: now_us + self.config.nak_delay_us, naks_sent: 0, source_link });
+            }
+            self.gapped.insert((part, chain_id));
+        }
+    }
+
+    /// Sends a bodiless control datagram (Subscribe/Unsubscribe) for `part` on a link.
+    fn send_control(&mut self, link_id: u32, part: StreamPartKey, kind: Kind) {
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        let Some(destination) = link.destination(&part) else {
+            self.counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let mut builder = self.outbox.builder(HEADER_LENGTH + 1);
+        builder.finish(link.next_header(kind, part, 0, [0; 20]), &link.config.key);
+        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer());
+    }
+
+    fn answer_nak(&mut self, link_id: u32, part: StreamPartKey, ranges: &[NakRange]) {
+        let Some(state) = self.stream_parts.get(&part) else { return };
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        for range in ranges {
+            let last = range.last_sequence.min(range.first_sequence.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
+            let chain = state.chains.get(&(range.publisher, range.chain_id));
+            for sequence in range.first_sequence..=last {
+                let stored = chain.and_then(|c| c.repair.find(sequence)).and_then(|entry| state.repair.get(&entry, self.now_us));
+                match stored {
+                    Some(record) => {
+                        self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, record);
+                        self.counters.increment(Counter::RepairsSent);
+                    }
+                    None => self.counters.increment(Counter::RepairMisses),
+                }
+            }
+        }
+    }
+
+    /// Closes the datagrams being packed so they can be sent: call once per receive batch.
+    pub fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.outbox.dirty);
+        for (link_id, part, flags) in dirty.drain(..) {
+            let Some(link) = self.links.get_mut(&link_id) else { continue };
+            let Some(builder) = link.packing.get_mut(&(part, flags)) else { continue };
+            if builder.is_empty() {
+                continue;
+            }
+            let capacity = builder.capacity();
+            let full = std::mem::replace(builder, self.outbox.builder(capacity));
+            self.outbox.seal(&mut self.counters, link, part, flags, full);
+        }
+        self.outbox.dirty = dirty;
+    }
+
+    /// Writes the next send into `buffer` (cleared first): datagrams of one link to one
+    /// destination, equal-sized but for the last, at most [`GSO_SEGMENTS_MAX`].
+    pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
+        buffer.clear();
+        while let Some(link_id) = self.outbox.ready.pop_front() {
+            let Some(link) = self.links.get_mut(&link_id) else { continue };
+            let Some(first) = link.outbound.pop_front() else { continue };
+            let destination = first.destination;
+            let segment_size = first.bytes.len();
+            buffer.extend_from_slice(&first.bytes);
+            self.outbox.recycle(first.bytes);
+            let link = self.links.get_mut(&link_id).expect("present");
+            let mut segments = 1;
+            while segments < GSO_SEGMENTS_MAX {
+                let Some(next) = link.outbound.front() else { break };
+                if next.destination != destination || next.bytes.len() > segment_size || buffer.len() + next.bytes.len() > GSO_BYTES_MAX {
+                    break;
+                }
+                let last = next.bytes.len() < segment_size;
+                let next = link.outbound.pop_front().expect("front exists");
+                buffer.extend_from_slice(&next.bytes);
+                segments += 1;
+                self.outbox.recycle(next.bytes);
+                if last {
+                    break;
+                }
+            }
+            if !link.outbound.is_empty() {
+                self.outbox.ready.push_back(link_id);
+            }
+            self.counters.add(Counter::DatagramsSent, segments as u64);
+            return Some(Transmit { destination, segment_size, segments, length: buffer.len() });
+        }
+        None
+    }
+
+    /// When `handle_timeout` must next be called.
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        let mut next = self.next_housekeeping_us;
+        for (part, chain_id) in &self.gapped {
+            if let Some(gap) = self.stream_parts.get(part).and_then(|s| s.chains.get(chain_id)).and_then(|c| c.gap) {
+                next = next.min(gap.next_nak_us);
+            }
+        }
+        for (part, chain_id) in &self.probing {
+            if let Some(due) = self.stream_parts.get(part).and_then(|s| s.chains.get(chain_id)).and_then(|c| c.tail_probe_due_us) {
+                next = next.min(due);
+            }
+        }
+        if let Some(expiry) = self.reassembler.next_expiry_us() {
+            next = next.min(expiry);
+        }
+        Some(next)
+    }
+
+    pub fn handle_timeout(&mut self, now_us: Micros) {
+        self.now_us = self.now_us.max(now_us);
+        let now_us = self.now_us;
+        if now_us >= self.next_housekeeping_us {
+            self.next_housekeeping_us = now_us + self.config.subscribe_interval_us;
+            self.housekeeping(now_us);
+        }
+        self.counters.add(Counter::ReassembliesExpired, self.reassembler.expire(now_us) as u64);
+        self.service_gaps(now_us);
+        self.service_tail_probes(now_us);
+        self.flush();
+    }
+
+    fn service_tail_probes(&mut self, now_us: Micros) {
+        let due: Vec<(StreamPartKey, ChainId)> = self
+            .probing
+            .iter()
+            .filter(|(part, chain_id)| {
+                self.stream_parts
+                    .get(part)
+                    .and_then(|s| s.chains.get(chain_id))
+                    .and_then(|c| c.tail_probe_due_us)
+                    .is_none_or(|due| due <= now_us)
+            })
+            .copied()
+            .collect();
+        for (part, chain_id) in due {
+            let Some(state) = self.stream_parts.get_mut(&part) else {
+                self.probing.remove(&(part, chain_id));
+                continue;
+            };
+            let Some(chain) = state.chains.get_mut(&chain_id) else {
+                self.probing.remove(&(part, chain_id));
+                continue;
+            };
+            let newest = chain.newest_sequence();
+            chain.tail_probes_sent += 1;
+            if chain.tail_probes_sent >= self.config.tail_probes_max {
+                chain.tail_probe_due_us = None;
+                self.probing.remove(&(part, chain_id));
+            } else {
+                chain.tail_probe_due_us = Some(now_us + (self.config.tail_probe_us << chain.tail_probes_sent));
+            }
+            let stored = newest.and_then(|n| chain.repair.find(n));
+            let Some(record) = stored.and_then(|entry| state.repair.get(&entry, now_us)) else { continue };
+            for (&link_id, &expiry) in &state.neighbors {
+                if expiry < now_us {
+                    continue;
+                }
+                if let Some(link) = self.links.get_mut(&link_id) {
+                    self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, record);
+                    self.counters.increment(Counter::TailProbesSent);
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now_us: Micros) {
+        let parts: Vec<StreamPartKey> = self.stream_parts.keys().copied().collect();
+        for part in parts {
+            for link_id in self.neighbor_links.clone() {
+                self.send_control(link_id, part, Kind::Subscribe);
+            }
+            let state = self.stream_parts.get_mut(&part).expect("listed");
+            state.neighbors.retain(|_, expiry| *expiry >= now_us);
+            state.clients.retain(|_, expiry| *expiry >= now_us);
+        }
+    }
+
+    fn service_gaps(&mut self, now_us: Micros) {
+        let due: Vec<(StreamPartKey, ChainId)> = self
+            .gapped
+            .iter()
+            .filter(|(part, chain_id)| {
+                self.stream_parts
+                    .get(part)
+                    .and_then(|s| s.chains.get(chain_id))
+                    .and_then(|c| c.gap)
+                    .is_none_or(|gap| gap.next_nak_us <= now_us)
+            })
+            .copied()
+            .collect();
+        for (part, chain_id) in due {
+            let Some(state) = self.stream_parts.get_mut(&part) else {
+                self.gapped.remove(&(part, chain_id));
+                continue;
+            };
+            let Some(chain) = state.chains.get_mut(&chain_id) else {
+                self.gapped.remove(&(part, chain_id));
+                continue;
+            };
+            let Some(mut gap) = chain.gap.filter(|_| chain.has_gap()) else {
+                chain.gap = None;
+                self.gapped.remove(&(part, chain_id));
+                continue;
+            };
+            // Ask the neighbor the record beyond the gap came from, then the others in turn.
+            let mut askable: Vec<u32> = state.neighbors.keys().copied().collect();
+            askable.sort_unstable();
+            // A chain published by a client of ours can only be repaired by that client.
+            if !askable.contains(&gap.source_link) && self.links.get(&gap.source_link).is_some_and(|l| l.config.role == LinkRole::Client) {
+                askable.push(gap.source_link);
+            }
+            if let Some(position) = askable.iter().position(|id| *id == gap.source_link) {
+                askable.rotate_left(position);
+            }
+            let ranges = chain.missing_ranges(NAK_RANGES_MAX);
+            if let Some(&(first_missing, _)) = ranges.first() {
+                if first_missing != gap.first_missing {
+                    // The hole we were asking for is filled; a newer one gets its own retries.
+                    gap.first_missing = first_missing;
+                    gap.naks_sent = 0;
+                }
+            }
+            if gap.naks_sent < self.config.nak_retries_max && !askable.is_empty() {
+                let target = askable[gap.naks_sent as usize % askable.len()];
+                gap.naks_sent += 1;
+                // Back off (20, 40, 80, then 160 ms): a neighbor briefly starved of CPU is
+                // asked again rather than the hole given up after 160 ms.
+                gap.next_nak_us = now_us + (self.config.nak_interval_us << (gap.naks_sent - 1).min(3));
+                chain.gap = Some(gap);
+                self.send_nak(target, part, chain_id, &ranges);
+                continue;
+            }
+            // Given up: count the missing records lost and release what waits behind them.
+            let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
+            let clients = &state.clients;
+            let links = &mut self.links;
+            let (outbox, counters) = (&mut self.outbox, &mut self.counters);
+            let mut delivered = 0u64;
+            let outcome = chain.give_up_gap(ordered, &mut |bytes: &[u8]| {
+                for (&link_id, &expiry) in clients {
+                    if expiry < now_us {
+                        continue;
+                    }
+                    if let Some(link) = links.get_mut(&link_id) {
+                        outbox.append(counters, link, part, 0, bytes);
+                        delivered += 1;
+                    }
+                }
+            });
+            self.counters.add(Counter::RecordsDelivered, delivered);
+            self.counters.add(Counter::RecordsLost, outcome.lost);
+            if chain.has_gap() {
+                chain.gap = Some(chain::Gap {
+                    first_missing: chain.next_sequence(),
+                    next_nak_us: now_us + self.config.nak_delay_us,
+                    naks_sent: 0,
+                    source_link: gap.source_link,
+                });
+            } else {
+                chain.gap = None;
+                self.gapped.remove(&(part, chain_id));
+            }
+        }
+    }
+
+    fn send_nak(&mut self, link_id: u32, part: StreamPartKey, chain_id: ChainId, ranges: &[(u64, u64)]) {
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        let Some(destination) = link.destination(&part) else {
+            self.counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let capacity = HEADER_LENGTH + NAK_RANGE_LENGTH * ranges.len();
+        let mut builder = self.outbox.builder(capacity.max(HEADER_LENGTH + 1));
+        for &(first, last) in ranges {
+            wire::encode_nak_range(
+                &NakRange { publisher: chain_id.0, chain_id: chain_id.1, first_sequence: first, last_sequence: last },
+                builder.body_mut(),
+            );
+        }
+        builder.set_count(ranges.len() as u16);
+        builder.finish(link.next_header(Kind::Nak, part, 0, [0; 20]), &link.config.key);
+        self.counters.increment(Counter::NaksSent);
+        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer());
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The link's key, for runtimes that check tags before calling the relay (XDP mirror).
+    pub fn link_key(&self, link_id: u32) -> Option<&LinkKey> {
+        self.links.get(&link_id).map(|l| &l.config.key)
+    }
+}
