@@ -45,7 +45,8 @@ pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
 pub use xdp::{xdp, FloodRate, XdpOptions, XdpReport};
 
-use runnel_proto::wire::{DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH};
+use runnel_proto::frame::{trailer_length, FRAME_HEADER_LENGTH, MESSAGE_ENTRY_LENGTH, PROOF_DEPTH_MAX};
+use runnel_proto::wire::{DATAGRAM_LENGTH_DEFAULT, HEADER_LENGTH};
 
 /// A benchmark that could not run, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,10 +67,12 @@ impl std::fmt::Display for BenchError {
 impl std::error::Error for BenchError {}
 
 /// Messages of `payload_length` bytes that one 1472-byte datagram carries when packed the way
-/// the wire format packs them (88-byte datagram header; per message an 80-byte record header,
-/// the payload and a 65-byte signature), at least 1.
+/// protocol v2 packs a batch-signed stream: one frame (88-byte datagram header, 72-byte frame
+/// header, the deepest batch trailer of 65 + 6 × 20 bytes) and per message a 15-byte entry and
+/// the payload; at least 1.
 pub fn messages_per_datagram(payload_length: usize) -> usize {
-    ((DATAGRAM_LENGTH_DEFAULT - HEADER_LENGTH) / (MESSAGE_HEADER_LENGTH + payload_length + SIGNATURE_LENGTH)).max(1)
+    let room = DATAGRAM_LENGTH_DEFAULT - HEADER_LENGTH - FRAME_HEADER_LENGTH - trailer_length(PROOF_DEPTH_MAX);
+    (room / (MESSAGE_ENTRY_LENGTH + payload_length)).max(1)
 }
 
 /// Segments per UDP GSO send: 44 × 1472 bytes fit the 64 KiB limit of one send.
@@ -98,7 +101,7 @@ mod tests {
     // Goal: the packing rule matches the formula: (1472-88)/(80+size+65).
     #[test]
     fn packing() {
-        assert_eq!(super::messages_per_datagram(64), 6);
+        assert_eq!(super::messages_per_datagram(64), 14);
         assert_eq!(super::messages_per_datagram(1024), 1);
         assert_eq!(super::messages_per_datagram(4096), 1);
     }

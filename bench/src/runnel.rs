@@ -19,7 +19,7 @@ use crate::fanout::SignatureMode;
 use crate::process::{self, ChildGuard};
 use crate::workload::{Publisher, Subscriber, System};
 use crate::BenchError;
-use runnel_client::{unix_time_ms, ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, BATCH_SIZE_DEFAULT};
+use runnel_client::{unix_time_ms, ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, FRAMES_PER_ROOT_DEFAULT};
 use runnel_node::config::NodeConfig;
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
@@ -172,7 +172,7 @@ impl System for RunnelNodes {
     fn publisher(&mut self) -> Result<RunnelPublisher, BenchError> {
         let signing = match self.signatures {
             SignatureMode::Single => SigningMode::PerMessage,
-            SignatureMode::Batch => SigningMode::Batch { batch_size_max: BATCH_SIZE_DEFAULT },
+            SignatureMode::Batch => SigningMode::Batch { frames_per_root_max: FRAMES_PER_ROOT_DEFAULT },
         };
         let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), signing, verify: false, gso: true };
         let client = UdpClient::connect_with(&self.publisher_link, options).map_err(io_error("publisher client"))?;

@@ -329,6 +329,6 @@ mod tests {
         assert!(report.delivered_datagrams_per_s <= report.sent_datagrams_per_s * 1.05);
         let bytes_per_datagram = report.delivered_bytes_per_s / report.delivered_datagrams_per_s;
         assert!((bytes_per_datagram - 1472.0).abs() < 1.0, "{bytes_per_datagram} bytes per datagram");
-        assert_eq!(report.messages_per_s[0].1, report.delivered_datagrams_per_s * 6.0);
+        assert_eq!(report.messages_per_s[0].1, report.delivered_datagrams_per_s * crate::messages_per_datagram(64) as f64);
     }
 }

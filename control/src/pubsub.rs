@@ -1,6 +1,6 @@
 //! `runnel pub` and `runnel sub`: a client link to one node.
 
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, BATCH_SIZE_DEFAULT};
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, FRAMES_PER_ROOT_DEFAULT};
 use runnel_proto::crypto::{address_hex, PublisherKey};
 use runnel_proto::stream::StreamPart;
 use runnel_proto::wire::ContentType;
@@ -21,7 +21,7 @@ impl Signatures {
     pub fn mode(self) -> SigningMode {
         match self {
             Signatures::Single => SigningMode::PerMessage,
-            Signatures::Batch => SigningMode::Batch { batch_size_max: BATCH_SIZE_DEFAULT },
+            Signatures::Batch => SigningMode::Batch { frames_per_root_max: FRAMES_PER_ROOT_DEFAULT },
         }
     }
 }

@@ -1,12 +1,12 @@
 //! End-to-end tests of `runnel node` processes on loopback: real sockets, real io_uring
 //! shards, real signatures, one OS process per node.
 
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient};
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, Publisher, SigningMode, UdpClient};
 use runnel_node::config::shard_of;
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::{StreamPart, StreamPartKey};
-use runnel_proto::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
+use runnel_proto::wire::{self, DatagramBuilder, HeaderFields, Kind};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
@@ -70,12 +70,12 @@ impl Drop for NodeProcess {
 /// The counters that explain a loss, per node, for failure messages.
 fn loss_report(statuses: &[serde_json::Value]) -> String {
     let names = [
-        "records_lost",
+        "frames_lost",
         "naks_sent",
         "naks_received",
         "repairs_sent",
         "repair_misses",
-        "records_repaired",
+        "frames_repaired",
         "drops_link_queue_full",
         "datagrams_replayed",
     ];
@@ -193,7 +193,7 @@ fn spawn_subscriber(link: ClientLinkConfig, part: StreamPartKey, stop: Arc<Atomi
             client.recv(Duration::from_millis(50), |d| batch.push((d.chain_id, d.sequence, d.payload.to_vec()))).unwrap();
             sink.lock().unwrap().extend(batch);
         }
-        client.counters().records_bad_signature
+        client.counters().frames_bad_signature
     });
     (received, handle)
 }
@@ -267,23 +267,14 @@ fn assert_exactly_once_in_order(received: &[(u64, u64, Vec<u8>)], count: u64, co
     assert_eq!(received.len() as u64, count, "received {} of {count}; {context}", received.len());
 }
 
-/// A forged record: claims `publisher` but is signed by another key.
+/// A forged frame: claims `publisher` but is signed by another key.
 fn forged_datagram(link: &ClientLinkConfig, part: &StreamPartKey, publisher: [u8; 20], link_seq: u64) -> Vec<u8> {
-    let forger = PublisherKey::generate();
-    let message = MessageFields {
-        publisher: forger.address(),
-        chain_id: 0xf0f0,
-        timestamp_ms: 1,
-        sequence: 0,
-        previous: None,
-        content_type: ContentType::Json,
-        encryption: Encryption::None,
-        group_key_id: vec![],
-        payload: b"{\"forged\":true}".to_vec(),
-    };
-    let mut record = Vec::new();
-    forger.sign_into(part, &message, &mut record);
-    // Claim the real publisher's address: the signature no longer matches it.
+    let mut forger = Publisher::with_chain_id(PublisherKey::generate(), *part, SigningMode::PerMessage, 0xf0f0);
+    forger.publish(&Outgoing::json(1, b"{\"forged\":true}")).unwrap();
+    forger.flush();
+    let mut record = forger.frames().to_vec();
+    // Claim the real publisher's address (frame header bytes 4..24): the signature no
+    // longer matches it.
     record[4..24].copy_from_slice(&publisher);
     let mut builder = DatagramBuilder::new(wire::DATAGRAM_LENGTH_DEFAULT);
     assert!(builder.try_push(&record));
@@ -321,7 +312,7 @@ fn line_delivers_100k_in_order_and_drops_forgeries() {
     forger.send_to(&forged_datagram(&forger_link, &part, real, 1), node_address(&forger_link, &part)).unwrap();
 
     const COUNT: u64 = 100_000;
-    publish(&publisher_link, part, COUNT, 25_000, SigningMode::Batch { batch_size_max: 64 }, |_| {});
+    publish(&publisher_link, part, COUNT, 25_000, SigningMode::Batch { frames_per_root_max: 64 }, |_| {});
     // Seconds after the forgery: the quarantine is in force (10 s for a first offense).
     forger.send_to(&forged_datagram(&forger_link, &part, real, 2), node_address(&forger_link, &part)).unwrap();
     wait_for(&received, COUNT as usize, Duration::from_secs(20));
@@ -332,13 +323,15 @@ fn line_delivers_100k_in_order_and_drops_forgeries() {
     assert!(received.iter().all(|r| r.2 != b"{\"forged\":true}"), "the forged record was delivered");
     assert_exactly_once_in_order(&received, COUNT, &loss_report(&statuses));
     assert_eq!(client_bad_signatures, 0);
-    assert_eq!(counter(&statuses[1], "records_bad_signature"), 1, "B counts the forgery: {}", statuses[1]);
+    assert_eq!(counter(&statuses[1], "frames_bad_signature"), 1, "B counts the forgery: {}", statuses[1]);
     assert_eq!(counter(&statuses[1], "datagrams_quarantined_link"), 1, "B drops the quarantined link's next datagram: {}", statuses[1]);
     assert_eq!(statuses[1]["filter"]["quarantines"], 1, "{}", statuses[1]);
     // On loopback the filter runs in userspace, and says so.
     assert_eq!(statuses[1]["filter"]["mode"], "userspace", "{}", statuses[1]);
-    assert_eq!(counter(&statuses[2], "records_bad_signature"), 0);
-    assert!(counter(&statuses[2], "records_delivered") >= COUNT);
+    assert_eq!(counter(&statuses[2], "frames_bad_signature"), 0);
+    // Every message reached the subscriber (checked above, exactly once and in order) in
+    // frames C delivered.
+    assert!(counter(&statuses[2], "frames_delivered") > 0);
 }
 
 // Goal: triangle A–B–C with per-message signatures; B is killed mid-stream; C keeps
@@ -372,11 +365,11 @@ fn triangle_survives_killing_the_middle_node() {
     subscriber.join().unwrap();
     let statuses: Vec<_> = nodes.into_iter().map(NodeProcess::stop).collect();
     assert_exactly_once_in_order(&received.lock().unwrap(), COUNT, &loss_report(&statuses));
-    assert!(counter(&statuses[1], "records_duplicate") > 0, "C got copies over both routes before the kill");
+    assert!(counter(&statuses[1], "frames_duplicate") > 0, "C got copies over both routes before the kill");
 }
 
 // Goal: garbage at a node's ports — random bytes, every truncation of a valid datagram,
-// wrong versions, unknown links, bad tags, oversized and inconsistent fragments — is counted
+// wrong versions, unknown links, bad tags, an oversized frame — is counted
 // and dropped; the node keeps serving a real publisher and subscriber afterwards.
 #[test]
 fn garbage_is_counted_and_the_node_keeps_serving() {
@@ -416,20 +409,12 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
     let mut bad_tag = valid.clone();
     bad_tag[80] ^= 0xff;
     socket.send_to(&bad_tag, target).unwrap();
-    // A fragment claiming a record larger than the protocol allows, correctly tagged.
+    // A frame claiming to be larger than the protocol allows, correctly tagged.
     let mut builder = DatagramBuilder::new(wire::DATAGRAM_LENGTH_DEFAULT);
-    let header = wire::FragmentHeader {
-        publisher: [1; 20],
-        chain_id: 1,
-        sequence: 1,
-        record_length: u32::MAX,
-        offset: 0,
-        fragment_length: 0,
-        reserved: 0,
-    };
-    wire::encode_fragment(&header, &[0u8; 1000], builder.body_mut());
+    builder.body_mut().extend_from_slice(&u32::MAX.to_le_bytes());
+    builder.body_mut().extend_from_slice(&[0u8; 1000]);
     builder.set_count(1);
-    let fields = HeaderFields::new(Kind::Fragment, attacker_link.link_id, 5, part.0);
+    let fields = HeaderFields::new(Kind::Data, attacker_link.link_id, 5, part.0);
     socket.send_to(builder.finish(fields, &attacker_link.key), target).unwrap();
     sent += 4;
 
@@ -443,23 +428,16 @@ fn garbage_is_counted_and_the_node_keeps_serving() {
     subscriber.join().unwrap();
     let status = nodes.into_iter().next().unwrap().stop();
     assert_exactly_once_in_order(&received.lock().unwrap(), 1000, &loss_report(std::slice::from_ref(&status)));
-    let rejected: u64 = [
-        "datagrams_malformed",
-        "datagrams_unknown_link",
-        "datagrams_bad_tag",
-        "fragments_dropped",
-        "records_malformed",
-        "records_bad_signature",
-    ]
-    .iter()
-    .map(|name| counter(&status, name))
-    .sum();
+    let rejected: u64 = ["datagrams_malformed", "datagrams_unknown_link", "datagrams_bad_tag", "frames_malformed", "frames_bad_signature"]
+        .iter()
+        .map(|name| counter(&status, name))
+        .sum();
     // Random bytes can, very rarely, not be a datagram at all in a way we cannot count twice;
     // every garbage datagram must show up as exactly one rejection.
     assert!(rejected >= sent - 1, "rejected {rejected} of {sent} garbage datagrams: {status}");
     assert!(counter(&status, "datagrams_unknown_link") >= 1);
     assert!(counter(&status, "datagrams_bad_tag") >= 1);
-    assert!(counter(&status, "fragments_dropped") >= 1);
+    assert!(counter(&status, "frames_malformed") >= 1, "the oversized frame");
     let _ = HashMap::<u8, u8>::new();
     let _ = LinkKey([0; 32]);
 }

@@ -67,10 +67,11 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "runnel_filter reads l
 
 #define MAGIC_0 0x52 /* 'R' */
 #define MAGIC_1 0x4e /* 'N' */
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 
 #define KIND_DATA 1
-#define KIND_FRAGMENT 2
+/* 2 was v1's Fragment: a message larger than a frame now spans frames. */
+#define KIND_RETIRED 2
 #define KIND_NAK 3
 #define KIND_UNSUBSCRIBE 5
 
@@ -487,7 +488,7 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     if (header[OFFSET_VERSION] != PROTOCOL_VERSION)
         return VERDICT_MALFORMED;
     __u8 kind = header[OFFSET_KIND];
-    if (kind < KIND_DATA || kind > KIND_UNSUBSCRIBE)
+    if (kind < KIND_DATA || kind > KIND_UNSUBSCRIBE || kind == KIND_RETIRED)
         return VERDICT_MALFORMED;
     __u16 flags = load_le16(header + OFFSET_FLAGS);
     if (flags & ~FLAGS_KNOWN)
@@ -555,12 +556,11 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     if (!fresh)
         return VERDICT_REPLAYED;
 
-    /* Records and NAKs for a stream part the node is not in are work for nobody. A client
+    /* Frames and NAKs for a stream part the node is not in are work for nobody. A client
      * publishing to a new stream part is what makes the node join it, so only neighbors'
-     * Data and Fragments are held to this; NAKs from anyone are. */
+     * Data is held to this; NAKs from anyone are. */
     const __u8 *part = header + OFFSET_STREAM_PART_KEY;
-    int carries_records = kind == KIND_DATA || kind == KIND_FRAGMENT;
-    if ((carries_records && link->role == ROLE_NEIGHBOR) || kind == KIND_NAK) {
+    if ((kind == KIND_DATA && link->role == ROLE_NEIGHBOR) || kind == KIND_NAK) {
         if (!bpf_map_lookup_elem(&joined, part))
             return VERDICT_NOT_JOINED;
     }
@@ -568,7 +568,7 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     /* Publish permission for restricted stream parts, once per datagram when the header
      * names a single publisher (the common case). An expiry at or before now is no
      * permission. */
-    if (carries_records && single_publisher && bpf_map_lookup_elem(&restricted, part)) {
+    if (kind == KIND_DATA && single_publisher && bpf_map_lookup_elem(&restricted, part)) {
         struct permission_key permission_key;
         __builtin_memcpy(permission_key.part, part, sizeof(permission_key.part));
         __builtin_memcpy(permission_key.publisher, publisher, sizeof(permission_key.publisher));

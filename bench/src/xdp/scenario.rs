@@ -21,8 +21,8 @@ const SETTLE_QUIET: Duration = Duration::from_millis(500);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A counted flood that has not finished this long after the publisher did is stopped.
 const FLOOD_OVERRUN_MAX: Duration = Duration::from_secs(10);
-/// Merkle batch the legitimate publisher signs at most (it signs at every 1 ms flush).
-const LEGIT_BATCH_SIZE_MAX: usize = 256;
+/// Frames under one root the legitimate publisher signs at most (it signs at every flush).
+const LEGIT_FRAMES_PER_ROOT_MAX: usize = 64;
 
 /// Where the node's filter runs in a scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ fn publish_legit(link: &ClientLinkConfig, part: StreamPartKey, tag: u8, plan: Le
     precise_sleeps();
     let options = ClientOptions {
         publisher_key: Some(PublisherKey::generate()),
-        signing: SigningMode::Batch { batch_size_max: LEGIT_BATCH_SIZE_MAX },
+        signing: SigningMode::Batch { frames_per_root_max: LEGIT_FRAMES_PER_ROOT_MAX },
         verify: false,
         gso: true,
     };

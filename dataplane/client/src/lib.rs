@@ -7,9 +7,9 @@
 //!
 //! Layers, quinn-style:
 //! - [`Publisher`] (no I/O): assigns chain, sequence and previous ref, and signs messages
-//!   one by one or in Merkle batches, producing encoded records.
-//! - [`ClientCore`] (no I/O, time passed in): packs records into GSO-shaped runs of
-//!   datagrams ([`runnel_core::relay::Transmit`]), fragments large records, keeps subscriptions
+//!   one by one or under Merkle roots of frames, producing encoded frames.
+//! - [`ClientCore`] (no I/O, time passed in): packs frames into GSO-shaped runs of
+//!   datagrams ([`runnel_core::relay::Transmit`]), keeps subscriptions
 //!   alive, and turns received datagrams into [`Delivery`]s after link tag, replay,
 //!   signature and duplicate checks. It makes both client hops reliable like the node↔node
 //!   hops: as a publisher it keeps a repair ring of what it published, answers the node's
@@ -26,11 +26,11 @@ mod udp;
 pub use crate::udp::{unix_time_ms, ClientOptions, UdpClient, PUBLISHERS_MAX};
 pub use runnel_core::client::{
     ClientCore, ClientCounters, ClientError, CoreOptions, Delivery, OwnedDelivery, CHAINS_MAX, GSO_BYTES_MAX, GSO_SEGMENTS_MAX,
-    NAK_DELAY_US, NAK_INTERVAL_US, NAK_RANGES_ANSWERED_MAX, NAK_RANGE_SEQUENCES_MAX, NAK_RETRIES_MAX, REASSEMBLIES_MAX,
-    REASSEMBLY_TIMEOUT_US, REORDER_BYTES_MAX, REORDER_SEQUENCES_MAX, SEND_QUEUE_BYTES_MAX, SUBSCRIBE_REFRESH_US, SUBSCRIPTIONS_MAX,
-    TAIL_PROBES_MAX, TAIL_PROBE_US, TAIL_QUERIES_MAX, TAIL_QUERY_US,
+    NAK_DELAY_US, NAK_INTERVAL_US, NAK_RANGES_ANSWERED_MAX, NAK_RANGE_SEQUENCES_MAX, NAK_RETRIES_MAX, REASSEMBLIES_MAX, REORDER_BYTES_MAX,
+    REORDER_SEQUENCES_MAX, SEND_QUEUE_BYTES_MAX, SUBSCRIBE_REFRESH_US, SUBSCRIPTIONS_MAX, TAIL_PROBES_MAX, TAIL_PROBE_US, TAIL_QUERIES_MAX,
+    TAIL_QUERY_US,
 };
 pub use runnel_core::client::{ClientLinkConfig, DATAGRAM_LENGTH_MIN};
-pub use runnel_core::client::{Outgoing, PublishError, Publisher, SigningMode, BATCH_SIZE_DEFAULT, RECORDS_PENDING_BYTES_MAX};
+pub use runnel_core::client::{Outgoing, PublishError, Publisher, SigningMode, FRAMES_PENDING_BYTES_MAX, FRAMES_PER_ROOT_DEFAULT};
 pub use runnel_core::client::{SequenceWindow, WINDOW_LENGTH};
 pub use runnel_core::client::{REPAIR_AGE_MAX_US, REPAIR_RING_BYTES_MAX};

@@ -31,10 +31,11 @@
 
 use runnel_core::client::ClientLinkConfig;
 use runnel_core::client::{ClientCore, ClientCounters, CoreOptions, Delivery, OwnedDelivery, GSO_BYTES_MAX};
-use runnel_core::client::{Outgoing, PublishError, Publisher, SigningMode, BATCH_SIZE_DEFAULT};
+use runnel_core::client::{Outgoing, PublishError, Publisher, SigningMode, FRAMES_PER_ROOT_DEFAULT};
 use runnel_core::relay::Transmit;
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::stream::StreamPartKey;
+use runnel_proto::wire::HEADER_LENGTH;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -63,7 +64,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { publisher_key: None, signing: SigningMode::Batch { batch_size_max: BATCH_SIZE_DEFAULT }, verify: true, gso: true }
+        Self { publisher_key: None, signing: SigningMode::Batch { frames_per_root_max: FRAMES_PER_ROOT_DEFAULT }, verify: true, gso: true }
     }
 }
 
@@ -257,7 +258,9 @@ impl UdpClient {
                         format!("at most {PUBLISHERS_MAX} stream parts per client: use another client"),
                     ));
                 }
-                self.publishers.push(Publisher::new(publisher_key, *key, self.options.signing));
+                let mut publisher = Publisher::new(publisher_key, *key, self.options.signing);
+                publisher.set_frame_length_max(self.core.link().datagram_length_max - HEADER_LENGTH);
+                self.publishers.push(publisher);
                 self.publishers.len() - 1
             }
         };
@@ -268,7 +271,7 @@ impl UdpClient {
     pub fn publish(&mut self, key: &StreamPartKey, message: &Outgoing<'_>) -> io::Result<()> {
         let publisher = self.publisher(key)?;
         publisher.publish(message).map_err(invalid_input)?;
-        if publisher.record_count() > 0 {
+        if publisher.frame_count() > 0 {
             let index = self.publishers.iter().position(|p| p.stream_part_key() == *key).expect("created above");
             self.queue_publisher(index)?;
         }
@@ -281,8 +284,8 @@ impl UdpClient {
     fn queue_publisher(&mut self, index: usize) -> io::Result<()> {
         let now_us = self.now_us();
         let publisher = &mut self.publishers[index];
-        self.core.queue_records(now_us, &publisher.stream_part_key(), publisher.records()).map_err(invalid_input)?;
-        publisher.clear_records();
+        self.core.queue_frames(now_us, &publisher.stream_part_key(), publisher.frames()).map_err(invalid_input)?;
+        publisher.clear_frames();
         Ok(())
     }
 
@@ -291,7 +294,7 @@ impl UdpClient {
     pub fn flush(&mut self) -> io::Result<()> {
         for index in 0..self.publishers.len() {
             self.publishers[index].flush();
-            if self.publishers[index].record_count() > 0 {
+            if self.publishers[index].frame_count() > 0 {
                 self.queue_publisher(index)?;
             }
         }

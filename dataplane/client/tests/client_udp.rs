@@ -66,15 +66,15 @@ fn exchange(signing: SigningMode, gso: bool, count: u64, payload_length: usize, 
         count as f64 / elapsed.as_secs_f64()
     );
     assert_eq!(next, count, "all messages delivered");
-    assert_eq!(received.records_delivered, count);
-    assert_eq!(received.records_bad_signature + received.datagrams_bad_tag + received.datagrams_replayed, 0);
+    assert_eq!(received.messages_delivered, count);
+    assert_eq!(received.frames_bad_signature + received.datagrams_bad_tag + received.datagrams_replayed, 0);
     assert_eq!(sent.datagrams_send_failed, 0);
     // Tail probes (flagged repair) may leave after the receiver stopped reading.
     assert!(
         received.datagrams_received <= sent.datagrams_sent && received.datagrams_received >= sent.datagrams_sent - sent.datagrams_repair,
         "no datagram lost on loopback"
     );
-    assert_eq!(received.records_lost + received.records_held, 0, "no gap seen");
+    assert_eq!(received.frames_lost + received.frames_held, 0, "no gap seen");
     elapsed
 }
 
@@ -82,7 +82,7 @@ fn exchange(signing: SigningMode, gso: bool, count: u64, payload_length: usize, 
 // loopback UDP with GSO sends and GRO receives; all arrive in order with valid signatures.
 #[test]
 fn batch_signed_messages_over_loopback_with_gso() {
-    exchange(SigningMode::Batch { batch_size_max: 256 }, true, 50_000, 100, 1472);
+    exchange(SigningMode::Batch { frames_per_root_max: 64 }, true, 50_000, 100, 1472);
 }
 
 // Goal: the same with per-message signatures and GSO disabled (one send per datagram, the
@@ -90,7 +90,7 @@ fn batch_signed_messages_over_loopback_with_gso() {
 #[test]
 fn per_message_signatures_without_gso_and_fragments() {
     exchange(SigningMode::PerMessage, false, 2_000, 100, 1472);
-    exchange(SigningMode::Batch { batch_size_max: 16 }, true, 200, 200 * 1024, 1472);
+    exchange(SigningMode::Batch { frames_per_root_max: 16 }, true, 200, 200 * 1024, 1472);
 }
 
 fn loopback(address: SocketAddr) -> SocketAddr {
@@ -114,7 +114,7 @@ fn publisher_answers_naks_over_loopback() {
     node_socket.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
     let options = ClientOptions {
         publisher_key: Some(PublisherKey::generate()),
-        signing: SigningMode::Batch { batch_size_max: 64 },
+        signing: SigningMode::Batch { frames_per_root_max: 64 },
         verify: false,
         gso: true,
     };
@@ -170,7 +170,7 @@ fn publisher_answers_naks_over_loopback() {
     let (sent, got) = (publisher.counters(), node.counters());
     println!("dropped {dropped} of {received} (every {period} on average)\npublisher {sent:?}\nnode {got:?}");
     assert_eq!(delivered, (0..count).collect::<Vec<_>>(), "every message exactly once, in order (seed {seed})");
-    assert!(dropped > 0 && got.naks_sent > 0 && got.records_repaired > 0);
+    assert!(dropped > 0 && got.naks_sent > 0 && got.frames_repaired > 0);
     assert!(sent.naks_received > 0 && sent.repairs_sent > 0);
-    assert_eq!(got.records_lost + got.records_bad_signature + sent.datagrams_send_failed, 0);
+    assert_eq!(got.frames_lost + got.frames_bad_signature + sent.datagrams_send_failed, 0);
 }

@@ -1,15 +1,20 @@
-//! Measures the sans-I/O relay core alone: ns per record for a node that verifies each
-//! record and delivers it to one subscriber (and forwards it to one neighbor), no sockets.
+//! Measures the sans-I/O relay core alone: ns per message (and per frame) for a node that
+//! verifies each frame and delivers it to one subscriber (and forwards it to one neighbor),
+//! no sockets.
 //!
-//! `cargo run --release -p runnel-dataplane --example relay_core -- [batch|single] [payload bytes]`
+//! `cargo run --release -p runnel-core --example relay_core -- [batch|single] [payload bytes]`
+//! (env: `RUNNEL_MESSAGES` messages, `RUNNEL_FRAMES_PER_ROOT` for batch mode,
+//! `RUNNEL_VERIFY=none`).
 
+use runnel_core::client::{Outgoing, Publisher, SigningMode};
 use runnel_core::counters::Counter;
 use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
 use runnel_core::relay::{Relay, RelayConfig};
 use runnel_proto::crypto::PublisherKey;
+use runnel_proto::frame::split_frames;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPart;
-use runnel_proto::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
+use runnel_proto::wire::{self, DatagramBuilder, HeaderFields, Kind};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -17,8 +22,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let batch = args.get(1).is_none_or(|m| m == "batch");
     let payload_length: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
-    let batch_size: u64 = std::env::var("RUNNEL_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
-    let count: u64 = std::env::var("RUNNEL_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if batch { 400_000 } else { 20_000 });
+    let frames_per_root_max: usize = std::env::var("RUNNEL_FRAMES_PER_ROOT").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let count: u64 = std::env::var("RUNNEL_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(if batch { 1_000_000 } else { 20_000 });
     let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/bench#0").unwrap().key();
     let key = PublisherKey::generate();
     let (publisher_link, subscriber_link, neighbor_link) = (LinkKey([1; 32]), LinkKey([2; 32]), LinkKey([3; 32]));
@@ -64,49 +69,32 @@ fn main() {
     relay.handle_receive(0, neighbor, subscribe.finish(header(Kind::Subscribe, 3, 0), &neighbor_link));
 
     // Sign everything up front: the publisher's cost is not the relay's.
+    let mode = if batch { SigningMode::Batch { frames_per_root_max } } else { SigningMode::PerMessage };
+    let mut publisher = Publisher::with_chain_id(key, part, mode, 5);
+    let payload = vec![7u8; payload_length];
+    let mut frame_count = 0u64;
     let mut datagrams = Vec::new();
     let mut builder = DatagramBuilder::new(wire::DATAGRAM_LENGTH_DEFAULT);
     let mut link_seq = 1;
-    let payload = vec![7u8; payload_length];
-    let mut sequence = 0u64;
-    while sequence < count {
-        let messages: Vec<MessageFields> = (0..batch_size.min(count - sequence))
-            .map(|i| MessageFields {
-                publisher: key.address(),
-                chain_id: 5,
-                timestamp_ms: 1,
-                sequence: sequence + i,
-                previous: (sequence + i).checked_sub(1).map(|p| (1, p)),
-                content_type: ContentType::Binary,
-                encryption: Encryption::None,
-                group_key_id: vec![],
-                payload: payload.clone(),
-            })
-            .collect();
-        let mut records = Vec::new();
-        let lengths = if batch {
-            key.sign_batch_into(&part, &messages, &mut records)
-        } else {
-            messages
-                .iter()
-                .map(|m| {
-                    let before = records.len();
-                    key.sign_into(&part, m, &mut records);
-                    records.len() - before
-                })
-                .collect()
-        };
-        let mut at = 0;
-        for length in lengths {
-            if !builder.try_push(&records[at..at + length]) {
+    let mut published = 0;
+    while published < count {
+        let step = (count - published).min(10_000);
+        for _ in 0..step {
+            publisher.publish(&Outgoing::binary(1, &payload)).unwrap();
+        }
+        publisher.flush();
+        published += step;
+        frame_count += publisher.frame_count() as u64;
+        for frame in split_frames(publisher.frames()) {
+            let frame = frame.expect("the publisher writes valid frames").bytes;
+            if !builder.try_push(frame) {
                 datagrams.push(builder.finish(header(Kind::Data, 1, link_seq), &publisher_link).to_vec());
                 link_seq += 1;
                 builder.reset();
-                assert!(builder.try_push(&records[at..at + length]));
+                assert!(builder.try_push(frame));
             }
-            at += length;
         }
-        sequence += messages.len() as u64;
+        publisher.clear_frames();
     }
     datagrams.push(builder.finish(header(Kind::Data, 1, link_seq), &publisher_link).to_vec());
 
@@ -128,17 +116,18 @@ fn main() {
     }
     let elapsed = started.elapsed();
     let counters = relay.counters();
-    assert_eq!(counters.get(Counter::RecordsAccepted), count, "every record accepted");
+    assert_eq!(counters.get(Counter::FramesAccepted), frame_count, "every frame accepted");
     println!(
-        "{} signatures, {payload_length} B payload: {count} records in {:.3} s = {:.0} ns/record ({:.2} M records/s); {} datagrams in, {} ECDSA, {} delivered, {} forwarded, {} MB out",
+        "{} signatures, {payload_length} B payload: {count} messages in {frame_count} frames in {:.3} s = {:.0} ns/message, {:.0} ns/frame ({:.2} M messages/s); {} datagrams in, {} ECDSA, {} frames delivered, {} forwarded, {} MB out",
         if batch { "batch" } else { "single" },
         elapsed.as_secs_f64(),
         elapsed.as_nanos() as f64 / count as f64,
+        elapsed.as_nanos() as f64 / frame_count as f64,
         count as f64 / elapsed.as_secs_f64() / 1e6,
         datagrams.len(),
         counters.get(Counter::SignaturesEcdsa),
-        counters.get(Counter::RecordsDelivered),
-        counters.get(Counter::RecordsForwarded),
+        counters.get(Counter::FramesDelivered),
+        counters.get(Counter::FramesForwarded),
         sent_bytes / 1_000_000
     );
 }

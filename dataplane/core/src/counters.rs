@@ -1,165 +1,94 @@
 //! Dataplane counters: one closed enum with stable ids, a per-shard array, Prometheus text.
 //!
-//! Every counter is incremented somewhere (a test in `relay` checks that a scripted scenario
-//! moves each one). Ids are the enum discriminants and never change meaning; new counters
-//! get new ids at the end.
+//! Each counter is declared once, in the [`counters!`] table below, with its name and a doc
+//! line (which `# HELP` and status output reuse). Every counter is incremented somewhere
+//! (`runnel-node`'s `counters_used` test checks the sources). Ids are positions in the table
+//! and never change meaning within a protocol version; new counters go at the end.
 
-/// Every counter a shard keeps. The discriminant is the stable id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum Counter {
-    DatagramsReceived = 0,
-    DatagramsMalformed = 1,
-    DatagramsUnknownLink = 2,
-    DatagramsBadTag = 3,
-    DatagramsReplayed = 4,
-    DatagramsNotJoined = 5,
-    RecordsMalformed = 6,
-    RecordsAccepted = 7,
-    RecordsDuplicate = 8,
-    RecordsBadSignature = 9,
-    SignaturesEcdsa = 10,
-    SignaturesCachedRoot = 11,
-    RecordsForwarded = 12,
-    RecordsDelivered = 13,
-    RecordsLost = 14,
-    DatagramsSent = 15,
-    DropsLinkQueueFull = 16,
-    DropsReorderBufferFull = 17,
-    NaksSent = 18,
-    NaksReceived = 19,
-    RepairsSent = 20,
-    RepairMisses = 21,
-    FragmentsReceived = 22,
-    FragmentsDropped = 23,
-    ReassembliesCompleted = 24,
-    ReassembliesExpired = 25,
-    SubscribesReceived = 26,
-    DropsNeighborsFull = 27,
-    DropsStreamPartsFull = 28,
-    DatagramsSendFailed = 29,
-    EventsDropped = 30,
-    ChainsEvicted = 31,
-    DatagramsNoAddress = 32,
-    RecordsRepaired = 33,
-    TailProbesSent = 34,
-    /// Filter: the datagram's link is quarantined.
-    DatagramsQuarantinedLink = 35,
-    /// Filter: the datagram's single publisher is quarantined.
-    DatagramsQuarantinedPublisher = 36,
-    /// Filter: the single publisher lacks Publish permission for the restricted stream part.
-    DatagramsNotPermitted = 37,
-    /// Filter: the link is over its rate limit.
-    DatagramsRateLimited = 38,
-    /// A record (in a multi-publisher datagram) whose publisher lacks Publish permission.
-    RecordsNotPermitted = 39,
-    /// Policy updates (quarantine, permission) refused because a filter table was full.
-    FilterUpdatesRefused = 40,
-}
-
-impl Counter {
-    /// All counters in id order.
-    pub const ALL: [Counter; 41] = [
-        Counter::DatagramsReceived,
-        Counter::DatagramsMalformed,
-        Counter::DatagramsUnknownLink,
-        Counter::DatagramsBadTag,
-        Counter::DatagramsReplayed,
-        Counter::DatagramsNotJoined,
-        Counter::RecordsMalformed,
-        Counter::RecordsAccepted,
-        Counter::RecordsDuplicate,
-        Counter::RecordsBadSignature,
-        Counter::SignaturesEcdsa,
-        Counter::SignaturesCachedRoot,
-        Counter::RecordsForwarded,
-        Counter::RecordsDelivered,
-        Counter::RecordsLost,
-        Counter::DatagramsSent,
-        Counter::DropsLinkQueueFull,
-        Counter::DropsReorderBufferFull,
-        Counter::NaksSent,
-        Counter::NaksReceived,
-        Counter::RepairsSent,
-        Counter::RepairMisses,
-        Counter::FragmentsReceived,
-        Counter::FragmentsDropped,
-        Counter::ReassembliesCompleted,
-        Counter::ReassembliesExpired,
-        Counter::SubscribesReceived,
-        Counter::DropsNeighborsFull,
-        Counter::DropsStreamPartsFull,
-        Counter::DatagramsSendFailed,
-        Counter::EventsDropped,
-        Counter::ChainsEvicted,
-        Counter::DatagramsNoAddress,
-        Counter::RecordsRepaired,
-        Counter::TailProbesSent,
-        Counter::DatagramsQuarantinedLink,
-        Counter::DatagramsQuarantinedPublisher,
-        Counter::DatagramsNotPermitted,
-        Counter::DatagramsRateLimited,
-        Counter::RecordsNotPermitted,
-        Counter::FilterUpdatesRefused,
-    ];
-
-    /// The Prometheus metric name (without the `runnel_` prefix and `_total` suffix).
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::DatagramsReceived => "datagrams_received",
-            Counter::DatagramsMalformed => "datagrams_malformed",
-            Counter::DatagramsUnknownLink => "datagrams_unknown_link",
-            Counter::DatagramsBadTag => "datagrams_bad_tag",
-            Counter::DatagramsReplayed => "datagrams_replayed",
-            Counter::DatagramsNotJoined => "datagrams_not_joined",
-            Counter::RecordsMalformed => "records_malformed",
-            Counter::RecordsAccepted => "records_accepted",
-            Counter::RecordsDuplicate => "records_duplicate",
-            Counter::RecordsBadSignature => "records_bad_signature",
-            Counter::SignaturesEcdsa => "signatures_ecdsa",
-            Counter::SignaturesCachedRoot => "signatures_cached_root",
-            Counter::RecordsForwarded => "records_forwarded",
-            Counter::RecordsDelivered => "records_delivered",
-            Counter::RecordsLost => "records_lost",
-            Counter::DatagramsSent => "datagrams_sent",
-            Counter::DropsLinkQueueFull => "drops_link_queue_full",
-            Counter::DropsReorderBufferFull => "drops_reorder_buffer_full",
-            Counter::NaksSent => "naks_sent",
-            Counter::NaksReceived => "naks_received",
-            Counter::RepairsSent => "repairs_sent",
-            Counter::RepairMisses => "repair_misses",
-            Counter::FragmentsReceived => "fragments_received",
-            Counter::FragmentsDropped => "fragments_dropped",
-            Counter::ReassembliesCompleted => "reassemblies_completed",
-            Counter::ReassembliesExpired => "reassemblies_expired",
-            Counter::SubscribesReceived => "subscribes_received",
-            Counter::DropsNeighborsFull => "drops_neighbors_full",
-            Counter::DropsStreamPartsFull => "drops_stream_parts_full",
-            Counter::DatagramsSendFailed => "datagrams_send_failed",
-            Counter::EventsDropped => "events_dropped",
-            Counter::ChainsEvicted => "chains_evicted",
-            Counter::DatagramsNoAddress => "datagrams_no_address",
-            Counter::RecordsRepaired => "records_repaired",
-            Counter::TailProbesSent => "tail_probes_sent",
-            Counter::DatagramsQuarantinedLink => "datagrams_quarantined_link",
-            Counter::DatagramsQuarantinedPublisher => "datagrams_quarantined_publisher",
-            Counter::DatagramsNotPermitted => "datagrams_not_permitted",
-            Counter::DatagramsRateLimited => "datagrams_rate_limited",
-            Counter::RecordsNotPermitted => "records_not_permitted",
-            Counter::FilterUpdatesRefused => "filter_updates_refused",
+/// Declares every counter once: its id (the position), its Prometheus name and its doc line.
+macro_rules! counters {
+    ($($variant:ident = $name:literal : $doc:literal,)*) => {
+        /// Every counter a shard keeps. The discriminant is the stable id.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum Counter {
+            $(#[doc = $doc] $variant,)*
         }
-    }
+
+        impl Counter {
+            /// All counters in id order.
+            pub const ALL: [Counter; [$(Counter::$variant),*].len()] = [$(Counter::$variant,)*];
+
+            /// The Prometheus metric name (without the `runnel_` prefix and `_total` suffix).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            /// What the counter counts (its doc line), for `# HELP` lines and status output.
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $doc,)*
+                }
+            }
+        }
+    };
 }
+
+counters! {
+    DatagramsReceived = "datagrams_received": "Datagrams received (each datagram of a GRO-coalesced buffer counts once).",
+    DatagramsMalformed = "datagrams_malformed": "Datagrams whose header is not a valid v2 header (or a Nak body that is not).",
+    DatagramsUnknownLink = "datagrams_unknown_link": "Filter: the link id is not one of this node's links.",
+    DatagramsBadTag = "datagrams_bad_tag": "Filter: the link tag does not match the header under the link's key.",
+    DatagramsReplayed = "datagrams_replayed": "Filter: the link sequence was seen before or is behind the replay window.",
+    DatagramsNotJoined = "datagrams_not_joined": "Datagrams for a stream part this shard does not carry (or cannot join).",
+    FramesMalformed = "frames_malformed": "Frames that failed validation; the rest of their datagram is dropped.",
+    FramesAccepted = "frames_accepted": "Frames that passed dedup, permission and signature checks.",
+    FramesDuplicate = "frames_duplicate": "Frames dropped as duplicates, before any hashing or signature work.",
+    FramesBadSignature = "frames_bad_signature": "Frames whose publisher signature (or batch proof) failed; their link is quarantined.",
+    SignaturesEcdsa = "signatures_ecdsa": "ECDSA checks done: one per message of a single frame, one per batch root.",
+    SignaturesCachedRoot = "signatures_cached_root": "Batch frames verified against an already authenticated root (hashes only).",
+    FramesForwarded = "frames_forwarded": "Frame copies queued to neighbors.",
+    FramesDelivered = "frames_delivered": "Frame copies queued to subscribed clients, in chain order.",
+    FramesLost = "frames_lost": "Frame sequences given up: never repaired within the NAK retries, or skipped.",
+    DatagramsSent = "datagrams_sent": "Datagrams handed to the socket.",
+    DropsLinkQueueFull = "drops_link_queue_full": "Datagrams dropped because a link's outbound queue was full.",
+    DropsReorderBufferFull = "drops_reorder_buffer_full": "Frames not held for ordered delivery because a chain's reorder buffer was full.",
+    NaksSent = "naks_sent": "Nak datagrams sent for gaps.",
+    NaksReceived = "naks_received": "Nak datagrams received.",
+    RepairsSent = "repairs_sent": "Frames resent from the repair ring to answer Naks.",
+    RepairMisses = "repair_misses": "Nak'ed frame sequences no longer (or never) in the repair ring.",
+    SubscribesReceived = "subscribes_received": "Subscribe datagrams received.",
+    DropsNeighborsFull = "drops_neighbors_full": "Subscribes refused: the stream part's neighbor or client bound was reached.",
+    DropsStreamPartsFull = "drops_stream_parts_full": "Joins refused: the shard's stream part bound was reached.",
+    DatagramsSendFailed = "datagrams_send_failed": "Datagrams the kernel refused to send.",
+    EventsDropped = "events_dropped": "Events (signature failures, joins) dropped because the event queue was full.",
+    ChainsEvicted = "chains_evicted": "Chains forgotten to make room for a new one (the stream part's chain bound).",
+    DatagramsNoAddress = "datagrams_no_address": "Datagrams not sent: the link has no address yet (a client not heard from).",
+    FramesRepaired = "frames_repaired": "Accepted frames that arrived as repairs (flag FLAG_REPAIR).",
+    TailProbesSent = "tail_probes_sent": "Newest frames resent to neighbors because their chain went idle.",
+    DatagramsQuarantinedLink = "datagrams_quarantined_link": "Filter: the datagram's link is quarantined.",
+    DatagramsQuarantinedPublisher = "datagrams_quarantined_publisher": "Filter: the datagram's single publisher is quarantined.",
+    DatagramsNotPermitted = "datagrams_not_permitted": "Filter: the single publisher lacks Publish permission for the restricted stream part.",
+    DatagramsRateLimited = "datagrams_rate_limited": "Filter: the link is over its rate limit.",
+    FramesNotPermitted = "frames_not_permitted": "Frames (in multi-publisher datagrams) whose publisher lacks Publish permission.",
+    FilterUpdatesRefused = "filter_updates_refused": "Policy updates (quarantine, permission) refused because a filter table was full.",
+    FramesTooLarge = "frames_too_large": "Frames not forwarded because they do not fit this node's datagrams (a peer with a larger path MTU).",
+}
+
+/// Number of counters.
+const COUNTER_COUNT: usize = Counter::ALL.len();
 
 /// One shard's counter values, indexed by [`Counter`] id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counters {
-    values: [u64; Counter::ALL.len()],
+    values: [u64; COUNTER_COUNT],
 }
 
 impl Default for Counters {
     fn default() -> Self {
-        Self { values: [0; Counter::ALL.len()] }
+        Self { values: [0; COUNTER_COUNT] }
     }
 }
 

@@ -243,7 +243,7 @@ impl Filter {
         if !self.replay.entry(key).or_default().accept(header.link_seq) {
             return Verdict::Replayed;
         }
-        let carries_data = matches!(header.kind, Kind::Data | Kind::Fragment);
+        let carries_data = header.kind == Kind::Data;
         let needs_join = (carries_data && link.role == LinkRole::Neighbor) || header.kind == Kind::Nak;
         if needs_join && !self.joined.contains(&header.part) {
             return Verdict::NotJoined;

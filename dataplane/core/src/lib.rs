@@ -6,7 +6,7 @@
 //! (`tests/relay_simulation.rs`); the node's shards (`runnel-node`) and the client library
 //! (`runnel-client`) are thin glue around these types. Builds without clang.
 //!
-//! - [`relay`]: the relay one shard runs (dedup, ordered delivery, NAK repair, reassembly).
+//! - [`relay`]: the relay one shard runs (dedup, ordered delivery, NAK repair).
 //! - [`client`]: the client side of a client link (publisher, subscriber, repair).
 //! - [`filter`]: the early-rejection checks (the XDP program's rules, run in userspace).
 //! - [`counters`]: the closed set of dataplane counters.

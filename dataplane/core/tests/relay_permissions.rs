@@ -1,7 +1,8 @@
 //! Publish permission in the relay, where the datagram-level filter cannot decide it: a
 //! neighbor forwards datagrams that mix publishers (no single-publisher flag), so the relay
-//! checks each record's publisher against the stream part's permissions before verifying it.
+//! checks each frame's publisher against the stream part's permissions before verifying it.
 
+use runnel_core::client::{Outgoing, Publisher, SigningMode};
 use runnel_core::counters::Counter;
 use runnel_core::filter::FilterUpdate;
 use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
@@ -9,26 +10,22 @@ use runnel_core::relay::{Relay, RelayConfig};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::{StreamPart, StreamPartKey};
-use runnel_proto::wire::{ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields, DATAGRAM_LENGTH_DEFAULT};
+use runnel_proto::wire::{DatagramBuilder, HeaderFields, Kind, DATAGRAM_LENGTH_DEFAULT};
 use std::net::SocketAddr;
 
 const NEIGHBOR: u32 = 1;
 
+/// Frame `sequence` of `publisher`'s chain 1: one single-signed message.
 fn record(publisher: &PublisherKey, part: &StreamPartKey, sequence: u64) -> Vec<u8> {
-    let message = MessageFields {
-        publisher: publisher.address(),
-        chain_id: 1,
-        timestamp_ms: 1_000 + sequence,
-        sequence,
-        previous: None,
-        content_type: ContentType::Binary,
-        encryption: Encryption::None,
-        group_key_id: vec![],
-        payload: sequence.to_le_bytes().to_vec(),
-    };
-    let mut bytes = Vec::new();
-    publisher.sign_into(part, &message, &mut bytes);
-    bytes
+    let mut chain = Publisher::with_chain_id(publisher.clone(), *part, SigningMode::PerMessage, 1);
+    let mut frame = Vec::new();
+    for s in 0..=sequence {
+        chain.publish(&Outgoing::binary(1_000 + s, &s.to_le_bytes())).unwrap();
+        chain.flush();
+        frame = chain.frames().to_vec();
+        chain.clear_frames();
+    }
+    frame
 }
 
 fn link(id: u32, role: LinkRole, peer: Option<SocketAddr>) -> LinkConfig {
@@ -79,17 +76,17 @@ fn records_of_publishers_without_permission_are_dropped() {
     );
     let counters = relay.counters();
     assert_eq!(counters.get(Counter::DatagramsReceived), 1);
-    assert_eq!(counters.get(Counter::RecordsAccepted), 1, "only the permitted publisher's record");
-    assert_eq!(counters.get(Counter::RecordsNotPermitted), 2, "the stranger's and the expired one's");
+    assert_eq!(counters.get(Counter::FramesAccepted), 1, "only the permitted publisher's record");
+    assert_eq!(counters.get(Counter::FramesNotPermitted), 2, "the stranger's and the expired one's");
     assert_eq!(counters.get(Counter::SignaturesEcdsa), 1, "no signature work for refused records");
 
     send(&mut relay, public, &[record(&permitted, &public, 0), record(&stranger, &public, 0)]);
     let counters = relay.counters();
-    assert_eq!(counters.get(Counter::RecordsAccepted), 3, "a public stream part takes every publisher");
-    assert_eq!(counters.get(Counter::RecordsNotPermitted), 2);
+    assert_eq!(counters.get(Counter::FramesAccepted), 3, "a public stream part takes every publisher");
+    assert_eq!(counters.get(Counter::FramesNotPermitted), 2);
 
     // Revoking the permission refuses the permitted publisher's next record too.
     relay.apply_filter_update(&FilterUpdate::Revoke { part: restricted, publisher: permitted.address() });
     send(&mut relay, restricted, &[record(&permitted, &restricted, 1)]);
-    assert_eq!(relay.counters().get(Counter::RecordsNotPermitted), 3);
+    assert_eq!(relay.counters().get(Counter::FramesNotPermitted), 3);
 }

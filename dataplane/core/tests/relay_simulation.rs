@@ -4,15 +4,15 @@
 //! their transmits with loss, delay (hence reordering) and duplication chosen by a seeded
 //! RNG. Every run prints its seed; `RUNNEL_SEED=<n>` replays it exactly.
 
+use runnel_core::client::{Outgoing, Publisher, SigningMode};
 use runnel_core::counters::Counter;
 use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
-use runnel_core::relay::reassembly::{FragmentOutcome, Reassembler};
 use runnel_core::relay::{Relay, RelayConfig};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPart;
 use runnel_proto::testing::Rng;
-use runnel_proto::wire::{self, ContentType, DatagramBuilder, Encryption, HeaderFields, Kind, MessageFields};
+use runnel_proto::wire::{self, DatagramBuilder, HeaderFields, Kind};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
@@ -168,10 +168,10 @@ impl Network {
 }
 
 /// Builds a client datagram (what the client library sends) on a client link.
-fn client_datagram(kind: Kind, link_id: u32, key: &LinkKey, seq: u64, part: [u8; 32], records: &[&[u8]]) -> Vec<u8> {
+fn client_datagram(kind: Kind, link_id: u32, key: &LinkKey, seq: u64, part: [u8; 32], frames: &[u8]) -> Vec<u8> {
     let mut builder = DatagramBuilder::new(wire::DATAGRAM_LENGTH_MAX);
-    for record in records {
-        assert!(builder.try_push(record));
+    for frame in runnel_proto::frame::split_frames(frames) {
+        assert!(builder.try_push(frame.expect("the publisher writes valid frames").bytes));
     }
     let fields = HeaderFields::new(kind, link_id, seq, part);
     builder.finish(fields, key).to_vec()
@@ -185,7 +185,7 @@ struct Scenario {
     messages: u64,
     batch: bool,
     kill: Option<(usize, u64)>,
-    /// Every n-th message carries 5000 bytes, so relays forward it as fragments.
+    /// Every n-th message carries 5000 bytes, so it spans several frames.
     large_every: Option<u64>,
 }
 
@@ -194,7 +194,9 @@ struct Scenario {
 fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
     let mut network = Network::new(scenario.nodes, &scenario.edges, seed, scenario.loss, scenario.duplicate);
     let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/sim#0").unwrap().key();
-    let publisher = PublisherKey::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80").unwrap();
+    let publisher_key_pair = PublisherKey::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80").unwrap();
+    let mode = if scenario.batch { SigningMode::Batch { frames_per_root_max: 64 } } else { SigningMode::PerMessage };
+    let mut publisher = Publisher::with_chain_id(publisher_key_pair, part, mode, 9);
     let subscriber_key = LinkKey([0xbb; 32]);
     let publisher_key = LinkKey([0xaa; 32]);
     let last = scenario.nodes - 1;
@@ -203,7 +205,7 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
     let mut subscriber_seq = 0;
     let mut publisher_seq = 0;
     // Subscribe, and let the overlay form (neighbors exchange Subscribe every second).
-    let subscribe = client_datagram(Kind::Subscribe, SUBSCRIBER_LINK, &subscriber_key, subscriber_seq, part.0, &[]);
+    let subscribe = client_datagram(Kind::Subscribe, SUBSCRIBER_LINK, &subscriber_key, subscriber_seq, part.0, b"");
     subscriber_seq += 1;
     network.relays[last].handle_receive(0, subscriber_from, &subscribe);
     // The publisher's node joins on its first publish; join explicitly so the overlay forms.
@@ -211,56 +213,27 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
     network.step_until(2_500_000);
 
     let mut sequence = 0u64;
-    let mut previous = None;
     let per_step = 20u64;
     while sequence < scenario.messages {
-        let fields: Vec<MessageFields> = (0..per_step.min(scenario.messages - sequence))
-            .map(|i| {
-                let s = sequence + i;
-                let message = MessageFields {
-                    publisher: publisher.address(),
-                    chain_id: 9,
-                    timestamp_ms: 1_000 + s,
-                    sequence: s,
-                    previous,
-                    content_type: ContentType::Binary,
-                    encryption: Encryption::None,
-                    group_key_id: vec![],
-                    payload: match scenario.large_every {
-                        Some(n) if s % n == n - 1 => {
-                            let mut large = vec![0xab; 5000];
-                            large[..8].copy_from_slice(&s.to_le_bytes());
-                            large
-                        }
-                        _ => s.to_le_bytes().to_vec(),
-                    },
-                };
-                previous = Some((1_000 + s, s));
-                message
-            })
-            .collect();
-        let mut records = Vec::new();
-        let mut lengths = Vec::new();
-        if scenario.batch {
-            lengths = publisher.sign_batch_into(&part, &fields, &mut records);
-        } else {
-            for message in &fields {
-                let before = records.len();
-                publisher.sign_into(&part, message, &mut records);
-                lengths.push(records.len() - before);
-            }
+        let step = per_step.min(scenario.messages - sequence);
+        for s in sequence..sequence + step {
+            let payload = match scenario.large_every {
+                Some(n) if s % n == n - 1 => {
+                    let mut large = vec![0xab; 5000];
+                    large[..8].copy_from_slice(&s.to_le_bytes());
+                    large
+                }
+                _ => s.to_le_bytes().to_vec(),
+            };
+            publisher.publish(&Outgoing::binary(1_000 + s, &payload)).unwrap();
         }
-        let mut slices = Vec::new();
-        let mut at = 0;
-        for length in lengths {
-            slices.push(&records[at..at + length]);
-            at += length;
-        }
+        publisher.flush();
         // The publisher's link to its node is lossless (same host); the mesh is not.
-        let datagram = client_datagram(Kind::Data, PUBLISHER_LINK, &publisher_key, publisher_seq, part.0, &slices);
+        let datagram = client_datagram(Kind::Data, PUBLISHER_LINK, &publisher_key, publisher_seq, part.0, publisher.frames());
+        publisher.clear_frames();
         publisher_seq += 1;
         network.relays[0].handle_receive(network.now_us, publisher_from, &datagram);
-        sequence += fields.len() as u64;
+        sequence += step;
         let until = network.now_us + 1_000;
         network.step_until(until);
         if let Some((node, at_sequence)) = scenario.kill {
@@ -270,7 +243,7 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
         }
         if sequence.is_multiple_of(1000) {
             // Keep the subscription fresh, as the client library does every second.
-            let subscribe = client_datagram(Kind::Subscribe, SUBSCRIBER_LINK, &subscriber_key, subscriber_seq, part.0, &[]);
+            let subscribe = client_datagram(Kind::Subscribe, SUBSCRIBER_LINK, &subscriber_key, subscriber_seq, part.0, b"");
             subscriber_seq += 1;
             network.relays[last].handle_receive(network.now_us, subscriber_from, &subscribe);
         }
@@ -278,27 +251,18 @@ fn run(scenario: &Scenario, seed: u64) -> (Vec<u64>, Network) {
     let until = network.now_us + 2_000_000;
     network.step_until(until);
 
+    // Message sequences as the subscriber's frames carry them, a message spanning frames
+    // counted at its last piece.
     let mut received = Vec::new();
-    let mut reassembler = Reassembler::new(1 << 20, 16, u64::MAX / 2);
     for datagram in &network.subscriber_inbox {
         for datagram in wire::split_datagrams(datagram) {
             let datagram = datagram.expect("relays send valid datagrams");
             assert!(datagram.tag_matches(&subscriber_key));
-            match datagram.kind {
-                Kind::Data => {
-                    for record in datagram.records() {
-                        received.push(record.expect("valid record").sequence());
-                    }
+            if datagram.kind == Kind::Data {
+                for frame in datagram.frames() {
+                    let frame = frame.expect("valid frame");
+                    received.extend(frame.messages().filter(|m| !m.continues).map(|m| m.sequence));
                 }
-                Kind::Fragment => {
-                    let (header, slice) = datagram.fragment().expect("valid fragment");
-                    let key = (part.0, header.publisher, header.chain_id.to_native(), header.sequence.to_native());
-                    let length = header.record_length.to_native();
-                    if let FragmentOutcome::Complete(bytes) = reassembler.insert(0, key, length, header.offset.to_native(), slice) {
-                        received.push(wire::Record::parse(&bytes).expect("reassembled record").sequence());
-                    }
-                }
-                _ => {}
             }
         }
     }
@@ -311,12 +275,12 @@ fn assert_exactly_once_in_order(received: &[u64], count: u64, context: &str) {
     if let Some(index) = first_wrong {
         let from = index.saturating_sub(3);
         panic!(
-            "{context}: received {} records, first out of place at index {index}: ...{:?}...",
+            "{context}: received {} messages, first out of place at index {index}: ...{:?}...",
             received.len(),
             &received[from..(index + 4).min(received.len())]
         );
     }
-    assert_eq!(received.len() as u64, count, "{context}: received {} of {count} records", received.len());
+    assert_eq!(received.len() as u64, count, "{context}: received {} of {count} messages", received.len());
 }
 
 fn line(nodes: usize) -> Vec<(usize, usize)> {
@@ -335,10 +299,10 @@ fn line_lossless_delivers_each_once_in_order() {
         assert_exactly_once_in_order(&received, 2000, &format!("batch={batch} seed {seed}"));
         let ecdsa: u64 = network.relays.iter().map(|r| r.counters().get(Counter::SignaturesEcdsa)).sum();
         if batch {
-            // One ECDSA per 20-record batch per relay, plus rare re-verifications: the root
-            // cache is direct-mapped under a random key, so a new batch's root can evict the
-            // previous one while reordered records of that batch are still arriving (seen:
-            // 2 extra in 300). More than 10% extra would mean the cache is not working.
+            // One ECDSA per flush (20 messages, one root) per relay, plus rare re-verifications:
+            // the root cache is direct-mapped under a random key, so a new batch's root can
+            // evict the previous one while reordered frames of that batch are still arriving.
+            // More than 10% extra would mean the cache is not working.
             let batches = 3 * 2000 / 20;
             assert!((batches..=batches + batches / 10).contains(&ecdsa), "{ecdsa} ECDSA verifications for {batches} batches, seed {seed}");
         } else {
@@ -348,7 +312,7 @@ fn line_lossless_delivers_each_once_in_order() {
 }
 
 // Goal: with 5% loss, reordering and duplication on every mesh hop, NAK repair fills the
-// gaps — including in messages that travel as fragments — and the subscriber still gets every
+// gaps — including in messages that span several frames — and the subscriber still gets every
 // message exactly once and in order.
 #[test]
 fn lossy_line_is_repaired_in_order() {
@@ -358,7 +322,7 @@ fn lossy_line_is_repaired_in_order() {
     let (received, network) = run(&scenario, seed);
     assert_exactly_once_in_order(&received, 3000, &format!("seed {seed}"));
     let naks: u64 = network.relays.iter().map(|r| r.counters().get(Counter::NaksSent)).sum();
-    let repaired: u64 = network.relays.iter().map(|r| r.counters().get(Counter::RecordsRepaired)).sum();
+    let repaired: u64 = network.relays.iter().map(|r| r.counters().get(Counter::FramesRepaired)).sum();
     assert!(naks > 0 && repaired > 0, "loss must have caused repairs (naks {naks}, repaired {repaired}), seed {seed}");
 }
 
@@ -379,6 +343,6 @@ fn triangle_survives_relay_loss() {
     };
     let (received, network) = run(&scenario, seed);
     assert_exactly_once_in_order(&received, 3000, &format!("seed {seed}"));
-    let duplicates = network.relays[2].counters().get(Counter::RecordsDuplicate);
+    let duplicates = network.relays[2].counters().get(Counter::FramesDuplicate);
     assert!(duplicates > 0, "two routes should have delivered duplicates to the last relay, seed {seed}");
 }

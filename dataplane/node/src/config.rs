@@ -167,8 +167,7 @@ impl NodeConfig {
             )));
         }
         let datagram_length_max = raw.node.datagram_length_max.unwrap_or(runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT);
-        let minimum =
-            runnel_proto::wire::HEADER_LENGTH + runnel_proto::wire::MESSAGE_HEADER_LENGTH + runnel_proto::wire::SIGNATURE_LENGTH + 64;
+        let minimum = runnel_core::client::DATAGRAM_LENGTH_MIN;
         if !(minimum..=runnel_proto::wire::DATAGRAM_LENGTH_MAX).contains(&datagram_length_max) {
             return Err(ConfigError(format!(
                 "node.datagram_length_max = {datagram_length_max}: use {minimum}..={} (1472 for Ethernet, up to 65507 on loopback)",

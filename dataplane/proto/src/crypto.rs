@@ -1,35 +1,42 @@
-//! Publisher signatures: Ethereum-style per-message signatures and blake3 Merkle batches.
+//! Publisher signatures: Ethereum-style per-message signatures and Merkle batches of frames.
 //!
 //! **Per-message**: the message digest is `keccak256(canonical bytes)` (see
 //! [`write_canonical`]), and the signature is a recoverable secp256k1 signature over the
 //! EIP-191 hash of that 32-byte digest, i.e.
 //! `keccak256("\x19Ethereum Signed Message:\n32" ‖ digest)` — what `personal_sign` of the
-//! digest produces in any Ethereum wallet and what `ecrecover` checks on-chain.
+//! digest produces in any Ethereum wallet and what `ecrecover` checks on-chain. In a single
+//! frame every message carries one.
 //!
-//! **Batch** (Runnel extension): leaves are `blake3(0x00 ‖ canonical bytes)`, inner nodes
-//! `blake3(0x01 ‖ left ‖ right)`; the leaf count is padded to a power of two with all-zero
-//! leaves. The publisher signs (EIP-191, as above) `keccak256("runnel-batch-v1" ‖ root)`.
-//! Each record carries its leaf index, its sibling path and the root signature. A verifier
-//! recomputes the root from the record (a few blake3 calls), and only the first record of a
-//! batch pays for ECDSA: verified `(publisher, root)` pairs are kept in a bounded
-//! [`RootCache`].
+//! **Batch** (Runnel extension, the Solana "Merkle shred" idea): the leaves are frames,
+//! `SHA-256(0x00 ‖ stream part key ‖ frame without its trailer)`, inner nodes
+//! `SHA-256(0x01 ‖ left ‖ right)`, every node truncated to [`PROOF_ENTRY_LENGTH`] = 20 bytes;
+//! the leaf count is padded to a power of two with all-zero leaves. The publisher signs
+//! (EIP-191, as above) `keccak256("runnel-frames-v2" ‖ root)`. Each frame carries its leaf
+//! index, its proof and the root signature. A verifier recomputes the root from the frame
+//! (one SHA-256 over the frame, a few over 41 bytes), and only the first frame of a batch
+//! pays for ECDSA: verified `(publisher, root)` pairs are kept in a bounded [`RootCache`].
+//! docs/decisions-frames.md gives the measurements behind SHA-256 and 20-byte nodes, and the
+//! security argument.
 //!
 //! Verification with a known public key (`verify`) is cheaper than public-key recovery, so
 //! the [`Verifier`] recovers a publisher's key once and keeps it in a bounded cache.
 
+use crate::frame::{Frame, MessageView, SignatureKind, PROOF_ENTRY_LENGTH};
 use crate::stream::StreamPartKey;
-use crate::wire::{MessageFields, Record, SignatureKind, SIGNATURE_LENGTH};
+use crate::wire::SIGNATURE_LENGTH;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, PublicKey, SecretKey, SECP256K1};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use tiny_keccak::{Hasher, Keccak};
 
 /// Domain tag at the start of every canonical message byte string.
 pub const MESSAGE_DOMAIN: &[u8] = b"runnel-message-v1";
 /// Domain tag of a batch root before it is signed.
-pub const BATCH_DOMAIN: &[u8] = b"runnel-batch-v1";
+pub const FRAMES_DOMAIN: &[u8] = b"runnel-frames-v2";
+/// A batch Merkle node: a SHA-256 output truncated to 160 bits.
+pub type Node = [u8; PROOF_ENTRY_LENGTH];
 /// Most records one batch signature may cover.
-pub const BATCH_SIZE_MAX: usize = 1 << crate::wire::PROOF_DEPTH_MAX;
 
 pub fn keccak256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Keccak::v256();
@@ -69,33 +76,19 @@ pub struct SignedFields<'a> {
 }
 
 impl<'a> SignedFields<'a> {
-    pub fn from_fields(stream_part_key: &'a StreamPartKey, fields: &'a MessageFields) -> Self {
+    /// The signed fields of a message as it lies in a received (or just written) frame.
+    pub fn from_message(stream_part_key: &'a StreamPartKey, frame: &Frame<'a>, message: &MessageView<'a>) -> Self {
         Self {
             stream_part_key: &stream_part_key.0,
-            publisher: &fields.publisher,
-            chain_id: fields.chain_id,
-            timestamp_ms: fields.timestamp_ms,
-            sequence: fields.sequence,
-            previous: fields.previous,
-            content_type: fields.content_type as u8,
-            encryption: fields.encryption as u8,
-            group_key_id: &fields.group_key_id,
-            payload: &fields.payload,
-        }
-    }
-
-    pub fn from_record(stream_part_key: &'a StreamPartKey, record: &Record<'a>) -> Self {
-        Self {
-            stream_part_key: &stream_part_key.0,
-            publisher: &record.header.publisher,
-            chain_id: record.chain_id(),
-            timestamp_ms: record.timestamp_ms(),
-            sequence: record.sequence(),
-            previous: record.previous(),
-            content_type: record.header.content_type,
-            encryption: record.header.encryption,
-            group_key_id: record.group_key_id,
-            payload: record.payload,
+            publisher: &frame.header.publisher,
+            chain_id: frame.chain_id(),
+            timestamp_ms: message.timestamp_ms,
+            sequence: message.sequence,
+            previous: message.previous,
+            content_type: message.content_type as u8,
+            encryption: message.encryption as u8,
+            group_key_id: message.group_key_id,
+            payload: message.payload,
         }
     }
 }
@@ -152,39 +145,68 @@ pub fn message_digest(fields: &SignedFields<'_>) -> [u8; 32] {
     with_canonical(&[], fields, |bytes| keccak256(&[bytes]))
 }
 
-/// `blake3(0x00 ‖ canonical bytes)`: a record's leaf in a batch tree.
-pub fn batch_leaf(fields: &SignedFields<'_>) -> [u8; 32] {
-    with_canonical(&[0], fields, |bytes| *blake3::hash(bytes).as_bytes())
+fn truncated_sha256(parts: &[&[u8]]) -> Node {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize()[..PROOF_ENTRY_LENGTH].try_into().expect("20 of 32 bytes")
 }
 
-fn batch_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut bytes = [0u8; 65];
+/// A frame's leaf in a batch tree: `SHA-256(0x00 ‖ stream part key ‖ signed bytes)[..20]`,
+/// where the signed bytes are the frame without its trailer ([`Frame::signed_bytes`]).
+pub fn frame_leaf(stream_part_key: &StreamPartKey, signed_bytes: &[u8]) -> Node {
+    truncated_sha256(&[&[0], &stream_part_key.0, signed_bytes])
+}
+
+/// An inner node: `SHA-256(0x01 ‖ left ‖ right)[..20]`.
+pub fn frame_node(left: &Node, right: &Node) -> Node {
+    let mut bytes = [0u8; 1 + 2 * PROOF_ENTRY_LENGTH];
     bytes[0] = 1;
-    bytes[1..33].copy_from_slice(left);
-    bytes[33..].copy_from_slice(right);
-    *blake3::hash(&bytes).as_bytes()
+    bytes[1..1 + PROOF_ENTRY_LENGTH].copy_from_slice(left);
+    bytes[1 + PROOF_ENTRY_LENGTH..].copy_from_slice(right);
+    truncated_sha256(&[&bytes])
 }
 
 /// The 32 bytes a batch root signature signs (via EIP-191).
-pub fn batch_root_digest(root: &[u8; 32]) -> [u8; 32] {
-    keccak256(&[BATCH_DOMAIN, root])
+pub fn frame_root_digest(root: &Node) -> [u8; 32] {
+    keccak256(&[FRAMES_DOMAIN, root])
+}
+
+/// Recomputes a batch root from a leaf, its index and its proof (leaf level first).
+pub fn frame_root_from_proof(leaf: Node, leaf_index: usize, proof: &[u8]) -> Node {
+    let mut node = leaf;
+    let mut index = leaf_index;
+    for sibling in proof.chunks_exact(PROOF_ENTRY_LENGTH) {
+        let sibling: &Node = sibling.try_into().expect("chunks of 20");
+        node = if index & 1 == 0 { frame_node(&node, sibling) } else { frame_node(sibling, &node) };
+        index >>= 1;
+    }
+    node
+}
+
+/// Every level of the tree of depth `depth` over `leaves` (padded with zero leaves to
+/// `2^depth`), leaves first, root last.
+pub fn merkle_levels(leaves: &[Node], depth: usize) -> Vec<Vec<Node>> {
+    assert!(!leaves.is_empty() && leaves.len() <= 1 << depth, "{} leaves in a tree of depth {depth}", leaves.len());
+    let mut level = leaves.to_vec();
+    level.resize(1 << depth, [0; PROOF_ENTRY_LENGTH]);
+    let mut levels = vec![level];
+    while levels.last().expect("non-empty").len() > 1 {
+        let next = levels.last().expect("non-empty").chunks_exact(2).map(|pair| frame_node(&pair[0], &pair[1])).collect();
+        levels.push(next);
+    }
+    levels
+}
+
+/// The proof of leaf `index`: its sibling at every level below the root.
+pub fn merkle_proof(levels: &[Vec<Node>], index: usize) -> Vec<Node> {
+    (0..levels.len() - 1).map(|level| levels[level][(index >> level) ^ 1]).collect()
 }
 
 /// The EIP-191 `personal_sign` hash of a 32-byte digest.
 pub fn eip191_hash(digest: &[u8; 32]) -> [u8; 32] {
     keccak256(&[b"\x19Ethereum Signed Message:\n32", digest])
-}
-
-/// Recomputes a batch root from a leaf, its index and its sibling path (leaf level first).
-pub fn batch_root_from_path(leaf: [u8; 32], leaf_index: u32, path: &[u8]) -> [u8; 32] {
-    let mut node = leaf;
-    let mut index = leaf_index;
-    for sibling in path.chunks_exact(32) {
-        let sibling: &[u8; 32] = sibling.try_into().expect("chunks of 32");
-        node = if index & 1 == 0 { batch_node(&node, sibling) } else { batch_node(sibling, &node) };
-        index >>= 1;
-    }
-    node
 }
 
 /// A publisher's signing key.
@@ -253,58 +275,56 @@ impl PublisherKey {
         out
     }
 
-    /// Signs one message and appends its record to `out`.
-    pub fn sign_into(&self, stream_part_key: &StreamPartKey, fields: &MessageFields, out: &mut Vec<u8>) {
-        assert_eq!(fields.publisher, self.address, "a publisher signs only its own messages");
-        let signature = self.sign_digest(&message_digest(&SignedFields::from_fields(stream_part_key, fields)));
-        fields.encode(&signature, None, out);
+    /// The signature of one message (its canonical bytes, EIP-191).
+    pub fn sign_message(&self, fields: &SignedFields<'_>) -> [u8; SIGNATURE_LENGTH] {
+        assert_eq!(fields.publisher, &self.address, "a publisher signs only its own messages");
+        self.sign_digest(&message_digest(fields))
     }
 
-    /// Signs a batch with one signature over a blake3 Merkle root; appends each message's
-    /// record (with its path) to `out` and returns the record lengths in order.
-    pub fn sign_batch_into(&self, stream_part_key: &StreamPartKey, batch: &[MessageFields], out: &mut Vec<u8>) -> Vec<usize> {
-        assert!(!batch.is_empty() && batch.len() <= BATCH_SIZE_MAX, "batch size out of range");
-        let width = batch.len().next_power_of_two();
-        let depth = width.trailing_zeros() as usize;
-        let mut levels: Vec<Vec<[u8; 32]>> = Vec::with_capacity(depth + 1);
-        let mut leaves: Vec<[u8; 32]> = batch
+    /// Signs a batch of written batch frames (`frames[range]` each, in leaf order, their
+    /// trailers zeroed by [`crate::frame::FrameWriter::finish`]) under one root, and fills
+    /// every trailer with the root signature and the frame's proof. The tree's depth is the
+    /// frames' `proof_depth` (the same in all of them): fewer frames than leaves leave zero
+    /// leaves.
+    pub fn sign_frames(&self, stream_part_key: &StreamPartKey, buffer: &mut [u8], frames: &[std::ops::Range<usize>]) {
+        assert!(!frames.is_empty() && frames.len() <= crate::frame::BATCH_FRAMES_MAX, "batch of {} frames", frames.len());
+        let mut depth = None;
+        let leaves: Vec<Node> = frames
             .iter()
-            .map(|fields| {
-                assert_eq!(fields.publisher, self.address, "a publisher signs only its own messages");
-                batch_leaf(&SignedFields::from_fields(stream_part_key, fields))
+            .enumerate()
+            .map(|(index, range)| {
+                let frame = Frame::parse(&buffer[range.clone()]).expect("the publisher wrote a valid frame");
+                assert_eq!(frame.publisher(), self.address, "a publisher signs only its own frames");
+                assert_eq!(frame.leaf_index(), index, "frames in leaf order");
+                assert_eq!(*depth.get_or_insert(frame.header.proof_depth), frame.header.proof_depth, "one depth per batch");
+                frame_leaf(stream_part_key, frame.signed_bytes())
             })
             .collect();
-        leaves.resize(width, [0; 32]);
-        levels.push(leaves);
-        while levels.last().expect("non-empty").len() > 1 {
-            let next = levels.last().expect("non-empty").chunks_exact(2).map(|pair| batch_node(&pair[0], &pair[1])).collect();
-            levels.push(next);
+        let levels = merkle_levels(&leaves, depth.expect("at least one frame") as usize);
+        let signature = self.sign_digest(&frame_root_digest(&levels[levels.len() - 1][0]));
+        for (index, range) in frames.iter().enumerate() {
+            crate::frame::write_trailer(&mut buffer[range.clone()], &signature, &merkle_proof(&levels, index));
         }
-        let root = levels[depth][0];
-        let signature = self.sign_digest(&batch_root_digest(&root));
-        let mut lengths = Vec::with_capacity(batch.len());
-        for (index, fields) in batch.iter().enumerate() {
-            let path = (0..depth).map(|level| levels[level][(index >> level) ^ 1]).collect();
-            let proof = crate::wire::BatchProof { leaf_index: index as u32, path };
-            let before = out.len();
-            fields.encode(&signature, Some(&proof), out);
-            lengths.push(out.len() - before);
-        }
-        lengths
     }
 }
 
-/// Why a record's signature was rejected.
+/// Why a frame's signature was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
     /// Not a valid secp256k1 signature encoding (bad v, r or s out of range).
     Malformed,
-    /// The signature is well-formed but does not come from the record's publisher.
+    /// The signature is well-formed but does not come from the frame's publisher.
     WrongSigner,
 }
 
-/// Bounded cache of authenticated `(publisher, batch root)` pairs: roots whose signature was
-/// checked. Keyed by publisher so that one publisher's root never vouches for another's.
+/// An authenticated root: who signed it, and the signature bytes frames must carry with it.
+type CachedRoot = ([u8; 20], Node, [u8; SIGNATURE_LENGTH]);
+
+/// Bounded cache of authenticated `(publisher, batch root, signature)` entries: roots whose
+/// signature was checked. Keyed by publisher so that one publisher's root never vouches for
+/// another's, and holding the signature so that a frame with a valid proof but corrupted
+/// signature bytes is not passed on (the next node, without the root cached, would reject it
+/// and blame the innocent link it came from).
 ///
 /// Direct-mapped: a fixed array of slots indexed by a keyed hash of the node (random key per
 /// cache, so nobody can aim records at one slot), so lookups and inserts are one probe, with
@@ -312,7 +332,7 @@ pub enum SignatureError {
 /// only cost of a lost entry is one more ECDSA check.
 #[derive(Debug)]
 pub struct RootCache {
-    slots: Vec<Option<([u8; 20], [u8; 32])>>,
+    slots: Vec<Option<CachedRoot>>,
     index_key: u64,
     shift: u32,
     len: usize,
@@ -326,7 +346,7 @@ impl RootCache {
         Self { slots: vec![None; slots], index_key: rand::random::<u64>() | 1, shift: 64 - slots.trailing_zeros(), len: 0 }
     }
 
-    fn slot(&self, node: &[u8; 32]) -> usize {
+    fn slot(&self, node: &Node) -> usize {
         if self.shift == 64 {
             return 0;
         }
@@ -334,16 +354,16 @@ impl RootCache {
         ((word ^ self.index_key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
     }
 
-    pub fn contains(&self, publisher: &[u8; 20], node: &[u8; 32]) -> bool {
-        self.slots[self.slot(node)].as_ref().is_some_and(|(p, n)| p == publisher && n == node)
+    pub fn contains(&self, publisher: &[u8; 20], node: &Node, signature: &[u8; SIGNATURE_LENGTH]) -> bool {
+        self.slots[self.slot(node)].as_ref().is_some_and(|(p, n, s)| p == publisher && n == node && s == signature)
     }
 
-    pub fn insert(&mut self, publisher: [u8; 20], node: [u8; 32]) {
+    pub fn insert(&mut self, publisher: [u8; 20], node: Node, signature: [u8; SIGNATURE_LENGTH]) {
         let slot = self.slot(&node);
         if self.slots[slot].is_none() {
             self.len += 1;
         }
-        self.slots[slot] = Some((publisher, node));
+        self.slots[slot] = Some((publisher, node, signature));
     }
 
     /// Occupied slots.
@@ -356,16 +376,17 @@ impl RootCache {
     }
 }
 
-/// What verifying one record cost, for counters.
+/// What verifying one frame cost, for counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyCost {
-    /// A full ECDSA check (recovery or verify).
-    Ecdsa,
-    /// A batch record whose root was already verified: hashes only.
+    /// Full ECDSA checks (recovery or verify): one per message of a single frame, one for
+    /// the first frame of a batch.
+    Ecdsa { signatures: u16 },
+    /// A batch frame whose root was already verified: hashes only.
     CachedRoot,
 }
 
-/// Verifies record signatures with bounded caches of publisher keys and batch roots.
+/// Verifies frame signatures with bounded caches of publisher keys and batch roots.
 #[derive(Debug)]
 pub struct Verifier {
     public_keys: HashMap<[u8; 20], PublicKey, foldhash::fast::RandomState>,
@@ -425,27 +446,32 @@ impl Verifier {
         Ok(())
     }
 
-    /// Verifies a received record of `stream_part_key`.
-    pub fn verify(&mut self, stream_part_key: &StreamPartKey, record: &Record<'_>) -> Result<VerifyCost, SignatureError> {
-        let fields = SignedFields::from_record(stream_part_key, record);
-        match record.signature_kind() {
+    /// Verifies a received frame of `stream_part_key`: every message of a single frame, or
+    /// a batch frame's proof (and its root's signature once per root).
+    pub fn verify(&mut self, stream_part_key: &StreamPartKey, frame: &Frame<'_>) -> Result<VerifyCost, SignatureError> {
+        let publisher = frame.publisher();
+        match frame.signature_kind() {
             SignatureKind::Single => {
-                self.check_signed_digest(&record.header.publisher, &message_digest(&fields), record.signature)?;
-                Ok(VerifyCost::Ecdsa)
+                for message in frame.messages() {
+                    let digest = message_digest(&SignedFields::from_message(stream_part_key, frame, &message));
+                    let signature = message.signature.expect("single frames carry a signature per message");
+                    self.check_signed_digest(&publisher, &digest, signature)?;
+                }
+                Ok(VerifyCost::Ecdsa { signatures: frame.message_count() })
             }
             SignatureKind::Batch => {
-                // The whole path is always recomputed: accepting a record as soon as its path
-                // meets some authenticated inner node would let a record with a valid leaf but
+                // The whole proof is always recomputed: accepting a frame as soon as its path
+                // meets some authenticated inner node would let a frame with a valid leaf but
                 // a corrupted upper path through here, to be rejected by the next node — which
                 // would then blame (and quarantine) the innocent link it came from.
-                let publisher = record.header.publisher;
-                let root = batch_root_from_path(batch_leaf(&fields), record.header.leaf_index.to_native(), record.proof);
-                if self.roots.contains(&publisher, &root) {
+                let (signature, proof) = frame.trailer().expect("batch frames carry a trailer");
+                let root = frame_root_from_proof(frame_leaf(stream_part_key, frame.signed_bytes()), frame.leaf_index(), proof);
+                if self.roots.contains(&publisher, &root, signature) {
                     return Ok(VerifyCost::CachedRoot);
                 }
-                self.check_signed_digest(&publisher, &batch_root_digest(&root), record.signature)?;
-                self.roots.insert(publisher, root);
-                Ok(VerifyCost::Ecdsa)
+                self.check_signed_digest(&publisher, &frame_root_digest(&root), signature)?;
+                self.roots.insert(publisher, root, *signature);
+                Ok(VerifyCost::Ecdsa { signatures: 1 })
             }
         }
     }
@@ -454,23 +480,76 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame;
     use crate::wire::{ContentType, Encryption};
 
     /// Anvil/Hardhat account 0, a published test key.
     pub const ANVIL_KEY_0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-    fn fields(key: &PublisherKey, sequence: u64, payload: &[u8]) -> MessageFields {
-        MessageFields {
-            publisher: key.address(),
-            chain_id: 1,
-            timestamp_ms: 1_700_000_000_000 + sequence,
-            sequence,
-            previous: sequence.checked_sub(1).map(|s| (1_700_000_000_000 + s, s)),
+    use crate::frame::{EntryFields, FrameStart, FrameWriter};
+
+    fn entry(payload: &[u8]) -> EntryFields<'_> {
+        EntryFields {
+            timestamp_ms: 1_700_000_000_000,
             content_type: ContentType::Json,
             encryption: Encryption::None,
-            group_key_id: vec![],
-            payload: payload.to_vec(),
+            group_key_id: b"",
+            payload,
         }
+    }
+
+    fn start(key: &PublisherKey, sequence: u64, kind: SignatureKind, depth: u8) -> FrameStart {
+        FrameStart {
+            publisher: key.address(),
+            chain_id: 1,
+            sequence,
+            first_message_sequence: sequence * 2,
+            previous: None,
+            signature_kind: kind,
+            proof_depth: depth,
+            leaf_index: (sequence as u8) & ((1 << depth) - 1),
+            continuation: false,
+        }
+    }
+
+    /// A single frame of two messages, each signed.
+    fn single_frame(key: &PublisherKey, part: &StreamPartKey) -> Vec<u8> {
+        let mut out = Vec::new();
+        let fields = start(key, 0, SignatureKind::Single, 0);
+        let mut writer = FrameWriter::begin(&mut out, &fields, 1384);
+        for (sequence, payload) in [(0u64, &b"{\"a\":1}"[..]), (1, b"{\"a\":2}")] {
+            let previous = sequence.checked_sub(1).map(|s| (1_700_000_000_000, s));
+            let signed = SignedFields {
+                stream_part_key: &part.0,
+                publisher: &fields.publisher,
+                chain_id: 1,
+                timestamp_ms: 1_700_000_000_000,
+                sequence,
+                previous,
+                content_type: 0,
+                encryption: 0,
+                group_key_id: b"",
+                payload,
+            };
+            assert!(writer.push(&mut out, &entry(payload), Some(&key.sign_message(&signed))));
+        }
+        writer.finish(&mut out, false);
+        out
+    }
+
+    /// `count` batch frames under one root, back to back, and their ranges.
+    fn batch_frames(key: &PublisherKey, part: &StreamPartKey, count: usize) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
+        let depth = count.next_power_of_two().trailing_zeros() as u8;
+        let mut out = Vec::new();
+        let mut ranges = Vec::new();
+        for sequence in 0..count as u64 {
+            let mut writer = FrameWriter::begin(&mut out, &start(key, sequence, SignatureKind::Batch, depth), 1384);
+            assert!(writer.push(&mut out, &entry(&sequence.to_le_bytes()), None));
+            assert!(writer.push(&mut out, &entry(b"second"), None));
+            ranges.push(writer.finish(&mut out, false));
+        }
+        key.sign_frames(part, &mut out, &ranges);
+        (out, ranges)
     }
 
     // Goal: addresses match the published anvil account 0, and EIP-191 signing matches the
@@ -494,40 +573,52 @@ mod tests {
         assert_eq!(verifier.check_signed_digest(&key.address(), &digest, &bad_v), Err(SignatureError::Malformed));
     }
 
-    // Goal: per-message and batch records verify; any flipped payload bit, a foreign
-    // signer, or a wrong stream part fails; cached roots make later batch records cheap.
+    // Goal: single and batch frames verify; any flipped byte, a foreign signer, or a wrong
+    // stream part fails; the root's ECDSA is paid once per batch.
     #[test]
-    fn single_and_batch_records_verify_and_tampering_fails() {
+    fn single_and_batch_frames_verify_and_tampering_fails() {
         let key = PublisherKey::generate();
         let other = PublisherKey::generate();
         let part = StreamPartKey([3; 32]);
-        let mut out = Vec::new();
-        key.sign_into(&part, &fields(&key, 0, b"{\"a\":1}"), &mut out);
-        let record = Record::parse(&out).unwrap();
+        let out = single_frame(&key, &part);
+        let frame = Frame::parse(&out).unwrap();
         let mut verifier = Verifier::default();
-        assert_eq!(verifier.verify(&part, &record), Ok(VerifyCost::Ecdsa));
-        assert!(verifier.verify(&StreamPartKey([4; 32]), &record).is_err());
-        let mut tampered = out.clone();
-        let last_payload_byte = crate::wire::MESSAGE_HEADER_LENGTH + 6;
-        tampered[last_payload_byte] ^= 1;
-        assert!(Verifier::default().verify(&part, &Record::parse(&tampered).unwrap()).is_err());
-
-        for batch_size in [1usize, 2, 3, 7, 8, 33] {
-            let batch: Vec<_> = (0..batch_size as u64).map(|s| fields(&key, s, &s.to_le_bytes())).collect();
-            let mut out = Vec::new();
-            let lengths = key.sign_batch_into(&part, &batch, &mut out);
-            let mut verifier = Verifier::default();
-            let mut at = 0;
-            for (i, length) in lengths.iter().enumerate() {
-                let record = Record::parse(&out[at..at + length]).unwrap();
-                let expected = if i == 0 { VerifyCost::Ecdsa } else { VerifyCost::CachedRoot };
-                assert_eq!(verifier.verify(&part, &record), Ok(expected), "batch {batch_size} record {i}");
-                at += length;
+        assert_eq!(verifier.verify(&part, &frame), Ok(VerifyCost::Ecdsa { signatures: 2 }));
+        assert!(verifier.verify(&StreamPartKey([4; 32]), &frame).is_err());
+        for byte in [frame::FRAME_HEADER_LENGTH + 15, out.len() - 66, out.len() - 2] {
+            let mut tampered = out.clone();
+            tampered[byte] ^= 1;
+            if let Ok(frame) = Frame::parse(&tampered) {
+                assert!(Verifier::default().verify(&part, &frame).is_err(), "byte {byte}");
             }
-            // A record claiming another publisher fails even with a valid path.
-            let mut forged = out[..lengths[0]].to_vec();
+        }
+
+        for count in [1usize, 2, 3, 7, 8, 33, 64] {
+            let (out, ranges) = batch_frames(&key, &part, count);
+            let mut verifier = Verifier::default();
+            for (i, range) in ranges.iter().enumerate() {
+                let frame = Frame::parse(&out[range.clone()]).unwrap();
+                let expected = if i == 0 { VerifyCost::Ecdsa { signatures: 1 } } else { VerifyCost::CachedRoot };
+                assert_eq!(verifier.verify(&part, &frame), Ok(expected), "batch {count} frame {i}");
+            }
+            // A frame claiming another publisher fails even with a valid proof.
+            let mut forged = out[ranges[0].clone()].to_vec();
             forged[4..24].copy_from_slice(&other.address());
-            assert!(Verifier::default().verify(&part, &Record::parse(&forged).unwrap()).is_err());
+            assert!(Verifier::default().verify(&part, &Frame::parse(&forged).unwrap()).is_err());
+            // A payload byte, a proof entry, the root signature: each corruption is caught,
+            // even after the root is cached, and the other frames still verify.
+            let last = ranges[count - 1].clone();
+            let depth = count.next_power_of_two().trailing_zeros() as usize;
+            let payload_byte = last.start + frame::FRAME_HEADER_LENGTH + frame::MESSAGE_ENTRY_LENGTH;
+            let signature_byte = last.end - PROOF_ENTRY_LENGTH * depth - SIGNATURE_LENGTH + 10;
+            let proof_byte = last.end - 1;
+            for byte in [payload_byte, signature_byte, proof_byte] {
+                let mut tampered = out.clone();
+                tampered[byte] ^= 0x40;
+                let frame = Frame::parse(&tampered[last.clone()]).unwrap();
+                assert!(Verifier::default().verify(&part, &frame).is_err(), "batch {count}, byte {byte}, fresh verifier");
+                assert!(verifier.verify(&part, &frame).is_err(), "batch {count}, byte {byte}, root cached");
+            }
         }
     }
 
@@ -537,12 +628,12 @@ mod tests {
     fn root_cache_is_bounded() {
         let mut cache = RootCache::new(2);
         for i in 0..100u8 {
-            cache.insert([1; 20], [i; 32]);
+            cache.insert([1; 20], [i; 20], [i; 65]);
         }
         assert!(cache.len() <= 2);
-        assert!(cache.contains(&[1; 20], &[99; 32]));
-        assert!(!cache.contains(&[2; 20], &[99; 32]), "another publisher's node");
+        assert!(cache.contains(&[1; 20], &[99; 20], &[99; 65]));
+        assert!(!cache.contains(&[2; 20], &[99; 20], &[99; 65]), "another publisher's node");
         let single = RootCache::new(1);
-        assert!(!single.contains(&[1; 20], &[0; 32]));
+        assert!(!single.contains(&[1; 20], &[0; 20], &[0; 65]));
     }
 }

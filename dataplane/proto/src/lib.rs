@@ -17,6 +17,7 @@
 
 pub mod clock;
 pub mod crypto;
+pub mod frame;
 pub mod linktag;
 pub mod rate;
 pub mod stream;

@@ -1,11 +1,11 @@
-//! The wire format: datagrams and the message records packed inside them. No I/O here.
+//! The wire format: datagrams and what they carry. No I/O here.
 //!
 //! A datagram is one UDP payload on a link: an 88-byte [`DatagramHeader`] followed by a body
-//! whose meaning depends on the kind. Data datagrams carry message records of one stream part
-//! back to back; Fragment datagrams carry a slice of one record too large for a datagram;
-//! Nak datagrams carry sequence ranges to resend; Subscribe/Unsubscribe carry no body.
+//! whose meaning depends on the kind. Data datagrams carry frames ([`crate::frame`]) of one
+//! stream part back to back; Nak datagrams carry frame sequence ranges to resend;
+//! Subscribe/Unsubscribe carry no body.
 //!
-//! Fixed-size parts (datagram header, message record header, fragment header, NAK range) are
+//! Fixed-size parts (datagram header, frame header, message entry, NAK range) are
 //! `rkyv` archives read in place: [`rkyv::access`] validates them (bytecheck) and returns a
 //! reference into the receive buffer, so parsing copies nothing. We build with rkyv's
 //! `unaligned` + `little_endian` format, so the archived layout is the declared field order,
@@ -14,35 +14,28 @@
 //! because the hot path appends into a preallocated datagram buffer.
 //!
 //! `total_length` in the header is the length of the whole datagram including any padding
-//! after its last record, so a GRO-coalesced receive buffer splits into datagrams by walking
+//! after its last frame, so a GRO-coalesced receive buffer splits into datagrams by walking
 //! `total_length` alone ([`split_datagrams`]), without the `UDP_GRO` cmsg. The full byte layout
 //! is specified in `docs/protocol.md`.
 
+pub use crate::frame::{Frame, SignatureKind};
 use rkyv::{rancor::Failure, Archive};
 use std::fmt;
 
 /// First two bytes of every Runnel datagram: ASCII "RN".
 pub const MAGIC: u16 = u16::from_le_bytes(*b"RN");
 /// The only protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of the datagram header, tag included.
 pub const HEADER_LENGTH: usize = 88;
 /// Bytes of the header covered by the link tag (ten 64-bit words).
 pub const TAGGED_HEADER_LENGTH: usize = 80;
-/// Bytes of the fixed part of a message record.
-pub const MESSAGE_HEADER_LENGTH: usize = 80;
 /// Bytes of a recoverable secp256k1 signature: r ‖ s ‖ v (v = 27 or 28).
 pub const SIGNATURE_LENGTH: usize = 65;
-/// Bytes of a fragment header.
-pub const FRAGMENT_HEADER_LENGTH: usize = 48;
 /// Bytes of one NAK range.
 pub const NAK_RANGE_LENGTH: usize = 44;
 /// Largest payload a message may carry (DESIGN.md §1).
 pub const PAYLOAD_LENGTH_MAX: usize = 1 << 20;
-/// Deepest batch Merkle path: 2^16 messages per batch signature.
-pub const PROOF_DEPTH_MAX: usize = 16;
-/// Largest encoded message record.
-pub const RECORD_LENGTH_MAX: usize = MESSAGE_HEADER_LENGTH + 255 + PAYLOAD_LENGTH_MAX + SIGNATURE_LENGTH + 32 * PROOF_DEPTH_MAX;
 /// Default datagram size: the UDP payload that fits a 1500-byte Ethernet MTU.
 pub const DATAGRAM_LENGTH_DEFAULT: usize = 1472;
 /// Largest UDP payload over IPv4.
@@ -52,11 +45,10 @@ pub const DATAGRAM_LENGTH_MAX: usize = 65507;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
-    /// Message records of one stream part.
+    /// Frames of one stream part.
     Data = 1,
-    /// One slice of a message record too large for a datagram.
-    Fragment = 2,
-    /// "Please resend these sequence ranges" to a neighbor.
+    // 2 was v1's Fragment: a message larger than a frame now spans frames.
+    /// "Please resend these frame sequence ranges" to a neighbor.
     Nak = 3,
     /// "Send me this stream part" (client) / "I am in this stream part's overlay" (neighbor).
     /// Refreshed every second; interest expires without refresh.
@@ -69,7 +61,6 @@ impl Kind {
     pub fn from_u8(value: u8) -> Option<Kind> {
         Some(match value {
             1 => Kind::Data,
-            2 => Kind::Fragment,
             3 => Kind::Nak,
             4 => Kind::Subscribe,
             5 => Kind::Unsubscribe,
@@ -78,15 +69,12 @@ impl Kind {
     }
 }
 
-/// Header flag: every record in this datagram is from the publisher named in the header.
+/// Header flag: every frame in this datagram is from the publisher named in the header.
 pub const FLAG_SINGLE_PUBLISHER: u16 = 1 << 0;
-/// Header flag: the records answer a NAK (they are resent, not new).
+/// Header flag: the frames answer a NAK (they are resent, not new).
 pub const FLAG_REPAIR: u16 = 1 << 1;
 /// All header flags this version defines; others must be zero.
 pub const FLAGS_KNOWN: u16 = FLAG_SINGLE_PUBLISHER | FLAG_REPAIR;
-
-/// Message flag: the record carries a previous reference.
-pub const MESSAGE_FLAG_HAS_PREVIOUS: u8 = 1 << 0;
 
 /// The datagram header as rkyv archives it (the archived form is what we read in place).
 #[derive(Archive, rkyv::Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,41 +92,6 @@ pub struct DatagramHeader {
     pub reserved: [u8; 6],
     pub publisher: [u8; 20],
     pub link_tag: u64,
-}
-
-/// The fixed part of a message record.
-#[derive(Archive, rkyv::Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug))]
-pub struct MessageHeader {
-    pub record_length: u32,
-    pub publisher: [u8; 20],
-    pub chain_id: u64,
-    pub timestamp_ms: u64,
-    pub sequence: u64,
-    pub previous_timestamp_ms: u64,
-    pub previous_sequence: u64,
-    pub content_type: u8,
-    pub encryption: u8,
-    pub signature_kind: u8,
-    pub flags: u8,
-    pub group_key_id_length: u8,
-    pub proof_depth: u8,
-    pub reserved: u16,
-    pub leaf_index: u32,
-    pub payload_length: u32,
-}
-
-/// Header of a Fragment datagram's body; the slice of the record follows it.
-#[derive(Archive, rkyv::Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[rkyv(derive(Debug))]
-pub struct FragmentHeader {
-    pub publisher: [u8; 20],
-    pub chain_id: u64,
-    pub sequence: u64,
-    pub record_length: u32,
-    pub offset: u32,
-    pub fragment_length: u16,
-    pub reserved: u16,
 }
 
 /// One inclusive sequence range a NAK asks to resend.
@@ -168,16 +121,6 @@ pub enum Encryption {
     Aes256Gcm = 1,
 }
 
-/// How a record's signature is to be checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SignatureKind {
-    /// The record carries a signature over its own digest.
-    Single = 0,
-    /// The record carries a Merkle path to a batch root and the root's signature.
-    Batch = 1,
-}
-
 /// Everything that can be wrong with bytes from the network. Never a panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireError {
@@ -188,13 +131,12 @@ pub enum WireError {
     UnknownFlags(u16),
     NonZeroReserved,
     BadTotalLength(u16),
-    BadRecordLength { declared: u32, computed: usize },
+    BadFrameLength { declared: u32, computed: usize },
     BadContentType(u8),
     BadEncryption(u8),
     BadSignatureKind(u8),
     ProofTooDeep(u8),
     PayloadTooLarge(u32),
-    BadFragment,
     MessageCountMismatch { declared: u16, found: usize },
     Invalid,
 }
@@ -209,16 +151,15 @@ impl fmt::Display for WireError {
             WireError::UnknownFlags(x) => write!(f, "unknown header flags {x:#06x}"),
             WireError::NonZeroReserved => f.write_str("reserved bytes are not zero"),
             WireError::BadTotalLength(n) => write!(f, "bad total length {n}"),
-            WireError::BadRecordLength { declared, computed } => {
-                write!(f, "record length {declared} does not match its fields ({computed})")
+            WireError::BadFrameLength { declared, computed } => {
+                write!(f, "frame length {declared} does not match its fields ({computed})")
             }
             WireError::BadContentType(x) => write!(f, "unknown content type {x}"),
             WireError::BadEncryption(x) => write!(f, "unknown encryption type {x}"),
             WireError::BadSignatureKind(x) => write!(f, "unknown signature kind {x}"),
-            WireError::ProofTooDeep(d) => write!(f, "batch proof depth {d} exceeds {PROOF_DEPTH_MAX}"),
+            WireError::ProofTooDeep(d) => write!(f, "batch proof depth {d} exceeds {}", crate::frame::PROOF_DEPTH_MAX),
             WireError::PayloadTooLarge(n) => write!(f, "payload of {n} bytes exceeds {PAYLOAD_LENGTH_MAX}"),
-            WireError::BadFragment => f.write_str("fragment offset/length outside its record"),
-            WireError::MessageCountMismatch { declared, found } => write!(f, "header declares {declared} records, body holds {found}"),
+            WireError::MessageCountMismatch { declared, found } => write!(f, "header declares {declared} frames, body holds {found}"),
             WireError::Invalid => f.write_str("archived fields failed validation"),
         }
     }
@@ -306,25 +247,10 @@ impl<'a> Datagram<'a> {
         crate::linktag::link_tag(key, &self.header_bytes[..TAGGED_HEADER_LENGTH]) == self.header.link_tag.to_native()
     }
 
-    /// Iterates the message records of a Data datagram. Each item is validated; iteration
-    /// stops at the first error, and after `message_count` records (the rest is padding).
-    pub fn records(&self) -> Records<'a> {
-        Records { rest: self.body, remaining: self.message_count() }
-    }
-
-    /// The fragment of a Fragment datagram.
-    pub fn fragment(&self) -> Result<(&'a ArchivedFragmentHeader, &'a [u8]), WireError> {
-        need(self.body, FRAGMENT_HEADER_LENGTH)?;
-        let header =
-            rkyv::access::<ArchivedFragmentHeader, Failure>(&self.body[..FRAGMENT_HEADER_LENGTH]).map_err(|_| WireError::Invalid)?;
-        let length = header.fragment_length.to_native() as usize;
-        let record_length = header.record_length.to_native() as usize;
-        let offset = header.offset.to_native() as usize;
-        need(&self.body[FRAGMENT_HEADER_LENGTH..], length)?;
-        if length == 0 || record_length > RECORD_LENGTH_MAX || offset + length > record_length || header.reserved != 0 {
-            return Err(WireError::BadFragment);
-        }
-        Ok((header, &self.body[FRAGMENT_HEADER_LENGTH..FRAGMENT_HEADER_LENGTH + length]))
+    /// Iterates the frames of a Data datagram. Each item is validated; iteration stops at
+    /// the first error, and after `message_count` frames (the rest is padding).
+    pub fn frames(&self) -> Frames<'a> {
+        Frames { rest: self.body, remaining: self.message_count() }
     }
 
     /// The ranges of a Nak datagram.
@@ -376,184 +302,28 @@ impl<'a> Iterator for SplitDatagrams<'a> {
     }
 }
 
-/// A validated message record, borrowed from the receive buffer.
-#[derive(Clone, Copy)]
-pub struct Record<'a> {
-    pub header: &'a ArchivedMessageHeader,
-    /// The whole record, header included (what is forwarded and stored, unchanged).
-    pub bytes: &'a [u8],
-    pub group_key_id: &'a [u8],
-    pub payload: &'a [u8],
-    pub signature: &'a [u8; SIGNATURE_LENGTH],
-    /// Batch Merkle path, `proof_depth` × 32 bytes (empty for single signatures).
-    pub proof: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    /// Validates the record at the start of `bytes` (which may hold more after it).
-    pub fn parse(bytes: &'a [u8]) -> Result<Record<'a>, WireError> {
-        need(bytes, MESSAGE_HEADER_LENGTH)?;
-        let header = rkyv::access::<ArchivedMessageHeader, Failure>(&bytes[..MESSAGE_HEADER_LENGTH]).map_err(|_| WireError::Invalid)?;
-        if header.content_type > ContentType::Binary as u8 {
-            return Err(WireError::BadContentType(header.content_type));
-        }
-        if header.encryption > Encryption::Aes256Gcm as u8 {
-            return Err(WireError::BadEncryption(header.encryption));
-        }
-        let batch = match header.signature_kind {
-            0 => false,
-            1 => true,
-            other => return Err(WireError::BadSignatureKind(other)),
-        };
-        if header.flags & !MESSAGE_FLAG_HAS_PREVIOUS != 0 || header.reserved.to_native() != 0 {
-            return Err(WireError::NonZeroReserved);
-        }
-        let depth = header.proof_depth as usize;
-        if depth > PROOF_DEPTH_MAX || (!batch && depth != 0) {
-            return Err(WireError::ProofTooDeep(header.proof_depth));
-        }
-        if batch && (header.leaf_index.to_native() as u64) >= (1u64 << depth) {
-            return Err(WireError::Invalid);
-        }
-        let payload_length = header.payload_length.to_native();
-        if payload_length as usize > PAYLOAD_LENGTH_MAX {
-            return Err(WireError::PayloadTooLarge(payload_length));
-        }
-        let group_key_id_length = header.group_key_id_length as usize;
-        let computed = MESSAGE_HEADER_LENGTH + group_key_id_length + payload_length as usize + SIGNATURE_LENGTH + 32 * depth;
-        let declared = header.record_length.to_native();
-        if declared as usize != computed {
-            return Err(WireError::BadRecordLength { declared, computed });
-        }
-        need(bytes, computed)?;
-        let mut at = MESSAGE_HEADER_LENGTH;
-        let group_key_id = &bytes[at..at + group_key_id_length];
-        at += group_key_id_length;
-        let payload = &bytes[at..at + payload_length as usize];
-        at += payload_length as usize;
-        let signature: &[u8; SIGNATURE_LENGTH] = bytes[at..at + SIGNATURE_LENGTH].try_into().expect("length checked");
-        at += SIGNATURE_LENGTH;
-        let proof = &bytes[at..at + 32 * depth];
-        Ok(Record { header, bytes: &bytes[..computed], group_key_id, payload, signature, proof })
-    }
-
-    pub fn publisher(&self) -> [u8; 20] {
-        self.header.publisher
-    }
-
-    pub fn chain_id(&self) -> u64 {
-        self.header.chain_id.to_native()
-    }
-
-    pub fn sequence(&self) -> u64 {
-        self.header.sequence.to_native()
-    }
-
-    pub fn timestamp_ms(&self) -> u64 {
-        self.header.timestamp_ms.to_native()
-    }
-
-    pub fn signature_kind(&self) -> SignatureKind {
-        if self.header.signature_kind == 1 {
-            SignatureKind::Batch
-        } else {
-            SignatureKind::Single
-        }
-    }
-
-    pub fn previous(&self) -> Option<(u64, u64)> {
-        (self.header.flags & MESSAGE_FLAG_HAS_PREVIOUS != 0)
-            .then(|| (self.header.previous_timestamp_ms.to_native(), self.header.previous_sequence.to_native()))
-    }
-}
-
-/// Iterator over the records of a Data datagram.
-pub struct Records<'a> {
+/// Iterator over the frames of a Data datagram.
+pub struct Frames<'a> {
     rest: &'a [u8],
     remaining: u16,
 }
 
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<Record<'a>, WireError>;
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, WireError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
             return None;
         }
-        match Record::parse(self.rest) {
-            Ok(record) => {
+        match Frame::parse(self.rest) {
+            Ok(frame) => {
                 self.remaining -= 1;
-                self.rest = &self.rest[record.bytes.len()..];
-                Some(Ok(record))
+                self.rest = &self.rest[frame.bytes.len()..];
+                Some(Ok(frame))
             }
             Err(error) => {
                 self.remaining = 0;
                 Some(Err(error))
-            }
-        }
-    }
-}
-
-/// The fields of a message to encode. Signing fills `signature` (and `proof` for batches).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MessageFields {
-    pub publisher: [u8; 20],
-    pub chain_id: u64,
-    pub timestamp_ms: u64,
-    pub sequence: u64,
-    pub previous: Option<(u64, u64)>,
-    pub content_type: ContentType,
-    pub encryption: Encryption,
-    pub group_key_id: Vec<u8>,
-    pub payload: Vec<u8>,
-}
-
-/// The batch part of a record: where the message sits in its batch and the path to the root.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct BatchProof {
-    pub leaf_index: u32,
-    /// Sibling hashes from the leaf level up, `depth` entries.
-    pub path: Vec<[u8; 32]>,
-}
-
-impl MessageFields {
-    /// The record length this message encodes to with a proof of `proof_depth`.
-    pub fn record_length(&self, proof_depth: usize) -> usize {
-        MESSAGE_HEADER_LENGTH + self.group_key_id.len() + self.payload.len() + SIGNATURE_LENGTH + 32 * proof_depth
-    }
-
-    /// Appends the encoded record to `out`. Panics on fields the protocol cannot carry: the
-    /// caller (the publisher) validates user input first, so reaching this is a bug.
-    pub fn encode(&self, signature: &[u8; SIGNATURE_LENGTH], proof: Option<&BatchProof>, out: &mut Vec<u8>) {
-        assert!(self.payload.len() <= PAYLOAD_LENGTH_MAX, "payload over the protocol maximum");
-        assert!(self.group_key_id.len() <= 255, "group key id over 255 bytes");
-        let depth = proof.map_or(0, |p| p.path.len());
-        assert!(depth <= PROOF_DEPTH_MAX);
-        let length = self.record_length(depth);
-        out.reserve(length);
-        out.extend_from_slice(&(length as u32).to_le_bytes());
-        out.extend_from_slice(&self.publisher);
-        out.extend_from_slice(&self.chain_id.to_le_bytes());
-        out.extend_from_slice(&self.timestamp_ms.to_le_bytes());
-        out.extend_from_slice(&self.sequence.to_le_bytes());
-        let (previous_timestamp_ms, previous_sequence) = self.previous.unwrap_or((0, 0));
-        out.extend_from_slice(&previous_timestamp_ms.to_le_bytes());
-        out.extend_from_slice(&previous_sequence.to_le_bytes());
-        out.push(self.content_type as u8);
-        out.push(self.encryption as u8);
-        out.push(if proof.is_some() { SignatureKind::Batch } else { SignatureKind::Single } as u8);
-        out.push(if self.previous.is_some() { MESSAGE_FLAG_HAS_PREVIOUS } else { 0 });
-        out.push(self.group_key_id.len() as u8);
-        out.push(depth as u8);
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&proof.map_or(0, |p| p.leaf_index).to_le_bytes());
-        out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.group_key_id);
-        out.extend_from_slice(&self.payload);
-        out.extend_from_slice(signature);
-        if let Some(proof) = proof {
-            for node in &proof.path {
-                out.extend_from_slice(node);
             }
         }
     }
@@ -574,7 +344,7 @@ pub struct HeaderFields {
 
 impl HeaderFields {
     /// A header of `kind` on a link for a stream part: no flags, no publisher; the builder
-    /// fills in the record count and total length when it seals the datagram.
+    /// fills in the frame count and total length when it seals the datagram.
     pub fn new(kind: Kind, link_id: u32, link_seq: u64, stream_part_key: [u8; 32]) -> Self {
         Self { kind, link_id, link_seq, stream_part_key, flags: 0, message_count: 0, total_length: 0, publisher: [0; 20] }
     }
@@ -596,18 +366,6 @@ pub fn write_header(fields: &HeaderFields, key: &crate::linktag::LinkKey, out: &
     out[60..80].copy_from_slice(&fields.publisher);
     let tag = crate::linktag::link_tag(key, &out[..TAGGED_HEADER_LENGTH]);
     out[80..88].copy_from_slice(&tag.to_le_bytes());
-}
-
-/// Appends a fragment header and slice to a datagram body under construction.
-pub fn encode_fragment(header: &FragmentHeader, slice: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&header.publisher);
-    out.extend_from_slice(&header.chain_id.to_le_bytes());
-    out.extend_from_slice(&header.sequence.to_le_bytes());
-    out.extend_from_slice(&header.record_length.to_le_bytes());
-    out.extend_from_slice(&header.offset.to_le_bytes());
-    out.extend_from_slice(&(slice.len() as u16).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(slice);
 }
 
 /// Appends one NAK range to a datagram body under construction.
@@ -677,17 +435,17 @@ impl DatagramBuilder {
         self.capacity - self.buffer.len()
     }
 
-    /// Appends a whole record if it fits; returns false (and appends nothing) if not.
-    pub fn try_push(&mut self, record: &[u8]) -> bool {
-        if record.len() > self.remaining() || self.count == u16::MAX {
+    /// Appends a whole frame if it fits; returns false (and appends nothing) if not.
+    pub fn try_push(&mut self, frame: &[u8]) -> bool {
+        if frame.len() > self.remaining() || self.count == u16::MAX {
             return false;
         }
-        self.buffer.extend_from_slice(record);
+        self.buffer.extend_from_slice(frame);
         self.count += 1;
         true
     }
 
-    /// Body access for NAK/fragment bodies; the caller keeps within `capacity` and sets count.
+    /// Body access for NAK bodies; the caller keeps within `capacity` and sets count.
     pub fn body_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buffer
     }
@@ -696,7 +454,8 @@ impl DatagramBuilder {
         self.count = count;
     }
 
-    /// The publisher of every record packed so far, if they share one (records only).
+    /// The publisher of every frame packed so far, if they share one (frames only: a frame's
+    /// length is its first u32 and its publisher the 20 bytes after it).
     pub fn single_publisher(&self) -> Option<[u8; 20]> {
         let mut at = HEADER_LENGTH;
         let mut publisher: Option<[u8; 20]> = None;
@@ -754,10 +513,8 @@ mod tests {
     #[test]
     fn archived_sizes_match_the_spec() {
         assert_eq!(std::mem::size_of::<ArchivedDatagramHeader>(), HEADER_LENGTH);
-        assert_eq!(std::mem::size_of::<ArchivedMessageHeader>(), MESSAGE_HEADER_LENGTH);
-        assert_eq!(std::mem::size_of::<ArchivedFragmentHeader>(), FRAGMENT_HEADER_LENGTH);
         assert_eq!(std::mem::size_of::<ArchivedNakRange>(), NAK_RANGE_LENGTH);
-        assert_eq!(std::mem::align_of::<ArchivedMessageHeader>(), 1);
+        assert_eq!(std::mem::align_of::<crate::frame::ArchivedFrameHeader>(), 1);
     }
 
     // Goal: the hand-written header encoding equals rkyv's own serialization of the same
@@ -786,48 +543,41 @@ mod tests {
         assert_eq!(&out[..], &expected[..]);
     }
 
-    fn sample_message(payload_length: usize) -> MessageFields {
-        MessageFields {
+    /// A valid single-signature frame of one message with `payload_length` bytes.
+    fn sample_frame(payload_length: usize) -> Vec<u8> {
+        use crate::frame::{EntryFields, FrameStart, FrameWriter};
+        let start = FrameStart {
             publisher: [0xab; 20],
             chain_id: 42,
-            timestamp_ms: 1_700_000_000_000,
             sequence: 17,
+            first_message_sequence: 17,
             previous: Some((1_699_999_999_999, 16)),
+            signature_kind: SignatureKind::Single,
+            proof_depth: 0,
+            leaf_index: 0,
+            continuation: false,
+        };
+        let payload = vec![0x5a; payload_length];
+        let entry = EntryFields {
+            timestamp_ms: 1_700_000_000_000,
             content_type: ContentType::Json,
             encryption: Encryption::None,
-            group_key_id: vec![],
-            payload: vec![0x5a; payload_length],
-        }
-    }
-
-    // Goal: records round-trip through the encoder and the in-place reader, for single and
-    // batch signatures, and the reader's field values equal rkyv's serialization layout.
-    #[test]
-    fn record_round_trip() {
-        let message = sample_message(100);
+            group_key_id: b"",
+            payload: &payload,
+        };
         let mut out = Vec::new();
-        message.encode(&[1; SIGNATURE_LENGTH], None, &mut out);
-        let proof = BatchProof { leaf_index: 2, path: vec![[3; 32], [4; 32]] };
-        message.encode(&[2; SIGNATURE_LENGTH], Some(&proof), &mut out);
-        let first = Record::parse(&out).unwrap();
-        assert_eq!(first.bytes.len(), message.record_length(0));
-        assert_eq!(first.payload, &message.payload[..]);
-        assert_eq!(first.previous(), message.previous);
-        assert_eq!(first.signature_kind(), SignatureKind::Single);
-        let second = Record::parse(&out[first.bytes.len()..]).unwrap();
-        assert_eq!(second.signature_kind(), SignatureKind::Batch);
-        assert_eq!(second.header.leaf_index.to_native(), 2);
-        assert_eq!(second.proof.len(), 64);
-        assert_eq!(second.signature, &[2; SIGNATURE_LENGTH]);
+        let mut writer = FrameWriter::begin(&mut out, &start, crate::frame::FRAME_LENGTH_MAX);
+        assert!(writer.push(&mut out, &entry, Some(&[1; SIGNATURE_LENGTH])));
+        writer.finish(&mut out, false);
+        out
     }
 
-    // Goal: a datagram packed by the builder parses back with every record, padding is
+    // Goal: a datagram packed by the builder parses back with every frame, padding is
     // skipped, and a GRO-style concatenation splits at total_length.
     #[test]
     fn builder_packs_and_splitter_walks() {
         let key = LinkKey([1; 32]);
-        let mut record = Vec::new();
-        sample_message(64).encode(&[1; SIGNATURE_LENGTH], None, &mut record);
+        let record = sample_frame(64);
         let mut builder = DatagramBuilder::new(DATAGRAM_LENGTH_DEFAULT);
         let mut packed = 0;
         while builder.try_push(&record) {
@@ -844,8 +594,8 @@ mod tests {
         assert_eq!(datagrams.len(), 2);
         assert!(datagrams.iter().all(|d| d.tag_matches(&key)));
         assert!(!datagrams[0].tag_matches(&LinkKey([2; 32])));
-        assert_eq!(datagrams[0].records().count(), packed);
-        assert_eq!(datagrams[1].records().count(), 1);
+        assert_eq!(datagrams[0].frames().count(), packed);
+        assert_eq!(datagrams[1].frames().count(), 1);
         assert_eq!(datagrams[1].link_seq(), 2);
     }
 
@@ -854,14 +604,13 @@ mod tests {
     #[test]
     fn truncations_and_bad_fields_are_errors() {
         let key = LinkKey([1; 32]);
-        let mut record = Vec::new();
-        sample_message(10).encode(&[1; SIGNATURE_LENGTH], None, &mut record);
+        let record = sample_frame(10);
         let mut builder = DatagramBuilder::new(512);
         builder.try_push(&record);
         let fields = HeaderFields::new(Kind::Data, 1, 1, [0; 32]);
         let bytes = builder.finish(fields, &key).to_vec();
         for cut in 0..bytes.len() {
-            let outcome = Datagram::parse(&bytes[..cut]).map(|d| d.records().collect::<Result<Vec<_>, _>>());
+            let outcome = Datagram::parse(&bytes[..cut]).map(|d| d.frames().collect::<Result<Vec<_>, _>>());
             assert!(!matches!(outcome, Ok(Ok(_))), "cut at {cut} parsed");
         }
         let mut wrong_version = bytes.clone();

@@ -1,18 +1,18 @@
-//! The sans-I/O client core: packs records into datagrams for a node and unpacks what the
+//! The sans-I/O client core: packs frames into datagrams for a node and unpacks what the
 //! node sends back. Time is an argument (`now_us`); the caller owns the socket.
 //!
-//! **Sending.** [`ClientCore::queue_records`] packs records of one stream part back to back
+//! **Sending.** [`ClientCore::queue_frames`] packs frames of one stream part back to back
 //! into a Data datagram of at most `datagram_length_max` bytes. A datagram that is full (the
-//! next record does not fit, or fewer bytes than the smallest record are left) is padded to
+//! next frame does not fit, or fewer bytes than the smallest frame are left) is padded to
 //! `datagram_length_max` and closed; [`ClientCore::flush`] closes the last one unpadded. So a
 //! run of datagrams to one node shard is N equal segments plus one shorter last one — one UDP
-//! GSO send, described by a [`Transmit`] ([`ClientCore::poll_transmit`]). Records larger than
-//! a datagram body are cut into Fragment datagrams. Every datagram carries the link id, a
-//! link sequence that increases per destination shard (the node keeps a replay window per
-//! link per shard), `FLAG_SINGLE_PUBLISHER` with the publisher when all its records are from
-//! one publisher, and the link tag. Link sequences start at the caller's `link_seq_start`
-//! (the UDP client uses Unix time in nanoseconds so that a restarted client is ahead of its
-//! previous run in the node's replay window).
+//! GSO send, described by a [`Transmit`] ([`ClientCore::poll_transmit`]). The publisher sizes
+//! frames to the link's datagrams, so a frame is never cut. Every datagram carries the link
+//! id, a link sequence that increases per destination shard (the node keeps a replay window
+//! per link per shard), `FLAG_SINGLE_PUBLISHER` with the publisher when all its frames are
+//! from one publisher, and the link tag. Link sequences start at the caller's
+//! `link_seq_start` (the UDP client uses Unix time in nanoseconds so that a restarted client
+//! is ahead of its previous run in the node's replay window).
 //!
 //! **Subscribing.** [`ClientCore::subscribe`] sends a Subscribe datagram to the owning shard
 //! now and every [`SUBSCRIBE_REFRESH_US`] ([`ClientCore::poll_timeout`] /
@@ -20,36 +20,39 @@
 //!
 //! **Receiving.** [`ClientCore::handle_receive`] splits a (possibly GRO-coalesced) buffer by
 //! `total_length`, drops datagrams of another link, with a wrong tag or a replayed link
-//! sequence (window per node shard, the shard being `shard_of(stream part key)`), reassembles
-//! fragments, optionally verifies publisher signatures, drops duplicate
-//! (stream part, publisher, chain, sequence) and calls back with each [`Delivery`], borrowed
-//! from the buffer: no allocation per message. Everything is counted in [`ClientCounters`].
+//! sequence (window per node shard, the shard being `shard_of(stream part key)`), drops
+//! duplicate frames (stream part, publisher, chain, frame sequence) before any hashing,
+//! optionally verifies publisher signatures, orders frames per chain, and calls back with
+//! each message as a [`Delivery`], borrowed from the buffer: no allocation per message. The
+//! pieces of a message that spans frames are joined after ordered delivery (bounded by
+//! [`REASSEMBLIES_MAX`]). Everything is counted in [`ClientCounters`].
 //!
-//! **Repair, publisher side.** Every queued record also goes into a repair ring
+//! **Repair, publisher side.** Every queued frame also goes into a repair ring
 //! ([`REPAIR_RING_BYTES_MAX`], [`REPAIR_AGE_MAX_US`]). A Nak datagram from the node (tag- and
-//! replay-checked like everything else) is answered with the records still in the ring, at
+//! replay-checked like everything else) is answered with the frames still in the ring, at
 //! most [`NAK_RANGE_SEQUENCES_MAX`] per range and [`NAK_RANGES_ANSWERED_MAX`] ranges, packed
-//! into Data (or Fragment) datagrams flagged `FLAG_REPAIR` to the stream part's shard. A chain
-//! idle for [`TAIL_PROBE_US`] after a publish has its newest record resent (flagged repair;
+//! into Data datagrams flagged `FLAG_REPAIR` to the stream part's shard. A chain idle for
+//! [`TAIL_PROBE_US`] after a publish has its newest frame resent (flagged repair;
 //! [`TAIL_PROBES_MAX`] times at doubling intervals), so that a lost tail shows up at the node
 //! as a gap (or is a harmless duplicate).
 //!
-//! **Repair, subscriber side.** The node delivers each chain in order, so a sequence jump
-//! means loss on the node→client hop. Records ahead of the gap are held (verified) in a
-//! bounded reorder buffer; after [`NAK_DELAY_US`] a Nak for the missing ranges goes to the
-//! owning shard, retried every [`NAK_INTERVAL_US`] up to [`NAK_RETRIES_MAX`] times per hole,
-//! then the hole is given up (counted in `records_lost`) and what follows is delivered
-//! ([`ClientCore::deliver_released`]). A chain idle for [`TAIL_QUERY_US`] NAKs its next
-//! sequence (up to [`TAIL_QUERIES_MAX`] times, at doubling intervals), which the node answers
-//! from its repair ring if the tail of a burst was lost (the node tail-probes neighbors, not
-//! clients); an answer is followed at once by a query for the sequence after it. A query asks
-//! for one sequence only: the node's ring may also hold records it is still holding back
-//! behind a gap of its own, and fetching those would open a hole here that only the node's
-//! repair can fill, possibly after this client gave it up.
+//! **Repair, subscriber side.** The node delivers each chain's frames in order, so a frame
+//! sequence jump means loss on the node→client hop. Frames ahead of the gap are held
+//! (verified) in a bounded reorder buffer; after [`NAK_DELAY_US`] a Nak for the missing ranges
+//! goes to the owning shard, retried at backing-off intervals from [`NAK_INTERVAL_US`] up to
+//! [`NAK_RETRIES_MAX`] times per hole, then the hole is given up (counted in `frames_lost`)
+//! and what follows is delivered ([`ClientCore::deliver_released`]). A chain idle for
+//! [`TAIL_QUERY_US`] NAKs its next frame sequence (up to [`TAIL_QUERIES_MAX`] times, at
+//! doubling intervals), which the node answers from its repair ring if the tail of a burst was
+//! lost (the node tail-probes neighbors, not clients); an answer is followed at once by a
+//! query for the frame after it. A query asks for one frame only: the node's ring may also
+//! hold frames it is still holding back behind a gap of its own, and fetching those would
+//! open a hole here that only the node's repair can fill, possibly after this client gave it
+//! up.
 //!
 //! Limits: one datagram is open at a time, so interleaving stream parts closes datagrams
-//! early; a chain starts at the first record seen (a lost first datagram is not repaired);
-//! records given up and arriving later are dropped as duplicates; bounds are
+//! early; a chain starts at the first frame seen (a lost first datagram is not repaired);
+//! frames given up and arriving later are dropped as duplicates; bounds are
 //! [`SEND_QUEUE_BYTES_MAX`], [`SUBSCRIPTIONS_MAX`], [`CHAINS_MAX`], [`REASSEMBLIES_MAX`],
 //! [`REORDER_BYTES_MAX`], [`REORDER_SEQUENCES_MAX`], [`REPAIR_RING_BYTES_MAX`].
 
@@ -60,15 +63,14 @@ use super::window::SequenceWindow;
 use crate::link::shard_of;
 use crate::relay::Transmit;
 use runnel_proto::crypto::Verifier;
+use runnel_proto::frame::{Frame, MessageView, FRAME_HEADER_LENGTH, MESSAGE_ENTRY_LENGTH};
 use runnel_proto::stream::StreamPartKey;
 use runnel_proto::wire::{
-    encode_fragment, encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, FragmentHeader, HeaderFields,
-    Kind, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, MESSAGE_HEADER_LENGTH,
-    NAK_RANGE_LENGTH, SIGNATURE_LENGTH,
+    encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, HeaderFields, Kind, NakRange, FLAG_REPAIR,
+    FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, NAK_RANGE_LENGTH, PAYLOAD_LENGTH_MAX,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::ops::Range;
 
 /// How often a subscription is refreshed at the node.
 pub const SUBSCRIBE_REFRESH_US: u64 = 1_000_000;
@@ -107,23 +109,20 @@ pub const REORDER_BYTES_MAX: usize = 16 << 20;
 /// Farthest a held record may be ahead of its chain's next sequence; beyond, the oldest
 /// sequences are given up.
 pub const REORDER_SEQUENCES_MAX: u64 = 65_536;
-/// Most records reassembled at once; a new one evicts the oldest.
+/// Most messages spanning frames joined at once (one per chain at most); a new one evicts
+/// another, counted in `messages_incomplete`.
 pub const REASSEMBLIES_MAX: usize = 16;
-/// A reassembly that has not completed after this long is dropped.
-pub const REASSEMBLY_TIMEOUT_US: u64 = 2_000_000;
-/// Most disjoint byte ranges one reassembly tracks (fragments arrive mostly in order).
-const REASSEMBLY_RANGES_MAX: usize = 256;
 /// Largest UDP payload one GSO send may carry (IPv4: 65535 − 20 − 8).
 pub const GSO_BYTES_MAX: usize = 65_507;
 /// Most segments one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
 pub const GSO_SEGMENTS_MAX: usize = 64;
-/// Smallest possible record: fewer free bytes than this close a datagram as full.
-const RECORD_LENGTH_MIN: usize = MESSAGE_HEADER_LENGTH + SIGNATURE_LENGTH;
+/// Smallest possible frame: fewer free bytes than this close a datagram as full.
+const FRAME_LENGTH_MIN: usize = FRAME_HEADER_LENGTH + MESSAGE_ENTRY_LENGTH;
 
 /// What the client did, for status output and tests. Every field is incremented somewhere.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientCounters {
-    pub records_queued: u64,
+    pub frames_queued: u64,
     pub datagrams_sent: u64,
     /// Datagrams the socket refused (the UDP wrapper counts these).
     pub datagrams_send_failed: u64,
@@ -137,17 +136,20 @@ pub struct ClientCounters {
     pub datagrams_replayed: u64,
     /// Well-formed datagrams of a kind a client does not act on (Subscribe, Unsubscribe).
     pub datagrams_ignored: u64,
-    pub records_delivered: u64,
-    pub records_malformed: u64,
-    pub records_bad_signature: u64,
-    /// Records at or below a chain's delivery point (delivered or given up) or already held.
-    pub records_duplicate: u64,
-    /// New records that came in a datagram flagged repair (a NAK answer or tail probe).
-    pub records_repaired: u64,
-    /// Records that arrived ahead of a gap and waited in the reorder buffer.
-    pub records_held: u64,
-    /// Sequences given up after NAK retries ran out or a reorder bound was hit.
-    pub records_lost: u64,
+    /// Messages handed to the application (a message spanning frames counts once).
+    pub messages_delivered: u64,
+    /// Messages dropped incomplete: a piece was given up, or [`REASSEMBLIES_MAX`] was hit.
+    pub messages_incomplete: u64,
+    pub frames_malformed: u64,
+    pub frames_bad_signature: u64,
+    /// Frames at or below a chain's delivery point (delivered or given up) or already held.
+    pub frames_duplicate: u64,
+    /// New frames that came in a datagram flagged repair (a NAK answer or tail probe).
+    pub frames_repaired: u64,
+    /// Frames that arrived ahead of a gap and waited in the reorder buffer.
+    pub frames_held: u64,
+    /// Frame sequences given up after NAK retries ran out or a reorder bound was hit.
+    pub frames_lost: u64,
     /// Times a reorder bound ([`REORDER_BYTES_MAX`], [`REORDER_SEQUENCES_MAX`]) gave a gap up early.
     pub reorder_overflows: u64,
     /// Chains evicted because [`CHAINS_MAX`] were tracked.
@@ -157,23 +159,20 @@ pub struct ClientCounters {
     pub tail_queries_sent: u64,
     /// Publisher side: NAKs received from the node.
     pub naks_received: u64,
-    /// Records resent to answer NAKs.
+    /// Frames resent to answer NAKs.
     pub repairs_sent: u64,
     /// Sequences NAKed that the repair ring no longer (or never) held.
     pub repair_misses: u64,
     /// Sequences NAKed but not resent because the send queue was full.
     pub repairs_dropped: u64,
-    /// Records resent because their chain went idle (tail-loss probes).
+    /// Frames resent because their chain went idle (tail-loss probes).
     pub tail_probes_sent: u64,
     /// Datagrams flagged repair queued (NAK answers and tail probes; in `datagrams_sent`).
     pub datagrams_repair: u64,
-    /// Records pushed out of the repair ring by its byte or age bound.
+    /// Frames pushed out of the repair ring by its byte or age bound.
     pub repair_ring_evictions: u64,
-    pub fragments_received: u64,
-    pub fragments_dropped: u64,
-    pub reassemblies_completed: u64,
-    /// Reassemblies dropped incomplete: timed out or evicted by a newer one.
-    pub reassemblies_expired: u64,
+    /// Frames larger than this link's datagrams (not sent; the publisher sizes frames).
+    pub frames_too_large: u64,
 }
 
 /// One received message, borrowed from the receive buffer.
@@ -189,8 +188,9 @@ pub struct Delivery<'a> {
     pub encryption: Encryption,
     pub group_key_id: &'a [u8],
     pub payload: &'a [u8],
-    /// The whole signed record, as the publisher encoded it.
-    pub record: &'a [u8],
+    /// The frame that carried the message (its last piece, for a message spanning frames),
+    /// byte for byte as the publisher signed it.
+    pub frame: &'a [u8],
 }
 
 /// A [`Delivery`] that owns its bytes (one allocation: the record).
@@ -204,20 +204,18 @@ pub struct OwnedDelivery {
     pub previous: Option<(u64, u64)>,
     pub content_type: ContentType,
     pub encryption: Encryption,
-    pub record: Vec<u8>,
-    /// Where the payload sits in `record`.
-    pub payload_range: Range<usize>,
+    pub group_key_id: Vec<u8>,
+    pub payload: Vec<u8>,
 }
 
 impl OwnedDelivery {
     pub fn payload(&self) -> &[u8] {
-        &self.record[self.payload_range.clone()]
+        &self.payload
     }
 }
 
 impl Delivery<'_> {
     pub fn to_owned(&self) -> OwnedDelivery {
-        let start = self.payload.as_ptr() as usize - self.record.as_ptr() as usize;
         OwnedDelivery {
             stream_part_key: self.stream_part_key,
             publisher: self.publisher,
@@ -227,8 +225,8 @@ impl Delivery<'_> {
             previous: self.previous,
             content_type: self.content_type,
             encryption: self.encryption,
-            record: self.record.to_vec(),
-            payload_range: start..start + self.payload.len(),
+            group_key_id: self.group_key_id.to_vec(),
+            payload: self.payload.to_vec(),
         }
     }
 }
@@ -236,8 +234,9 @@ impl Delivery<'_> {
 /// Why records or a subscription were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientError {
-    /// The bytes given to `queue_records` are not a sequence of valid records.
-    MalformedRecords,
+    /// The bytes given to `queue_frames` are not a sequence of valid frames (each at most a
+    /// datagram body).
+    MalformedFrames,
     /// More than [`SEND_QUEUE_BYTES_MAX`] bytes wait for `poll_transmit`: send them first.
     SendQueueFull,
     /// Already subscribed to [`SUBSCRIPTIONS_MAX`] stream parts.
@@ -247,7 +246,7 @@ pub enum ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::MalformedRecords => f.write_str("not a sequence of valid message records"),
+            ClientError::MalformedFrames => f.write_str("not a sequence of valid frames that fit this link's datagrams"),
             ClientError::SendQueueFull => write!(f, "{SEND_QUEUE_BYTES_MAX} bytes wait to be sent: drain poll_transmit first"),
             ClientError::TooManySubscriptions => write!(f, "at most {SUBSCRIPTIONS_MAX} subscriptions per client"),
         }
@@ -317,34 +316,47 @@ struct Subscription {
     next_refresh_us: u64,
 }
 
-#[derive(Debug)]
-struct Reassembly {
-    stream_part_key: StreamPartKey,
-    publisher: [u8; 20],
-    chain_id: u64,
-    sequence: u64,
-    started_us: u64,
-    record: Vec<u8>,
-    /// Received byte ranges, sorted, merged, disjoint.
-    ranges: Vec<(usize, usize)>,
+/// The pieces of messages that span frames, joined after ordered delivery (so they arrive
+/// in order and nothing is held out of order here). Bounded by [`REASSEMBLIES_MAX`] messages
+/// of at most [`PAYLOAD_LENGTH_MAX`] bytes.
+#[derive(Debug, Default)]
+struct Joiner {
+    partials: Vec<(ChainKey, u64, Vec<u8>)>,
 }
 
-impl Reassembly {
-    /// Adds a range; returns false if the reassembly tracks too many ranges.
-    fn add(&mut self, start: usize, end: usize) -> bool {
-        let at = self.ranges.partition_point(|&(_, e)| e < start);
-        let mut merged = (start, end);
-        let mut until = at;
-        while until < self.ranges.len() && self.ranges[until].0 <= merged.1 {
-            merged = (merged.0.min(self.ranges[until].0), merged.1.max(self.ranges[until].1));
-            until += 1;
+impl Joiner {
+    /// Adds one piece; returns the whole payload when `message` is its last piece.
+    fn add(&mut self, counters: &mut ClientCounters, key: &ChainKey, message: &MessageView<'_>) -> Option<Vec<u8>> {
+        let found = self.partials.iter().position(|(k, _, _)| k == key);
+        if !message.continuation {
+            if let Some(index) = found {
+                // A new message began before the last one ended: its tail was given up.
+                self.partials.swap_remove(index);
+                counters.messages_incomplete += 1;
+            }
+            if self.partials.len() >= REASSEMBLIES_MAX {
+                self.partials.remove(0);
+                counters.messages_incomplete += 1;
+            }
+            self.partials.push((*key, message.sequence, message.payload.to_vec()));
+            return None;
         }
-        self.ranges.splice(at..until, [merged]);
-        self.ranges.len() <= REASSEMBLY_RANGES_MAX
-    }
-
-    fn is_complete(&self) -> bool {
-        self.ranges.len() == 1 && self.ranges[0] == (0, self.record.len())
+        let Some(index) = found.filter(|&i| self.partials[i].1 == message.sequence) else {
+            // A later piece whose start was given up (or never seen).
+            counters.messages_incomplete += 1;
+            return None;
+        };
+        let payload = &mut self.partials[index].2;
+        if payload.len() + message.payload.len() > PAYLOAD_LENGTH_MAX {
+            self.partials.swap_remove(index);
+            counters.messages_incomplete += 1;
+            return None;
+        }
+        payload.extend_from_slice(message.payload);
+        if message.continues {
+            return None;
+        }
+        Some(self.partials.swap_remove(index).2)
     }
 }
 
@@ -388,29 +400,13 @@ pub struct ClientCore {
     released: Vec<ChainKey>,
     /// Bytes of records held in all chains.
     held_bytes: usize,
-    reassemblies: Vec<Reassembly>,
+    joiner: Joiner,
     repair_ring: RepairRing,
     /// Reused buffers: a record copied out of the ring, due probes, NAK ranges.
     repair_scratch: Vec<u8>,
     probe_scratch: Vec<ChainKey>,
     range_scratch: Vec<(u64, u64)>,
     counters: ClientCounters,
-}
-
-fn content_type_of(value: u8) -> ContentType {
-    if value == ContentType::Binary as u8 {
-        ContentType::Binary
-    } else {
-        ContentType::Json
-    }
-}
-
-fn encryption_of(value: u8) -> Encryption {
-    if value == Encryption::Aes256Gcm as u8 {
-        Encryption::Aes256Gcm
-    } else {
-        Encryption::None
-    }
 }
 
 impl ClientCore {
@@ -435,7 +431,7 @@ impl ClientCore {
             timers: Vec::new(),
             released: Vec::new(),
             held_bytes: 0,
-            reassemblies: Vec::new(),
+            joiner: Joiner::default(),
             repair_ring: RepairRing::new(REPAIR_RING_BYTES_MAX, REPAIR_AGE_MAX_US, TAIL_PROBE_US, TAIL_PROBES_MAX),
             repair_scratch: Vec::new(),
             probe_scratch: Vec::new(),
@@ -488,35 +484,40 @@ impl ClientCore {
         self.builder.reset();
     }
 
-    /// Queues encoded records (back to back, e.g. [`super::Publisher::records`]) of one
+    /// Queues encoded frames (back to back, e.g. [`super::Publisher::frames`]) of one
     /// stream part, published at `now_us`; they are kept in the repair ring too. Nothing is
-    /// queued if the bytes are not all valid records.
-    pub fn queue_records(&mut self, now_us: u64, stream_part_key: &StreamPartKey, records: &[u8]) -> Result<usize, ClientError> {
+    /// queued if the bytes are not all valid frames that fit this link's datagrams.
+    pub fn queue_frames(&mut self, now_us: u64, stream_part_key: &StreamPartKey, frames: &[u8]) -> Result<usize, ClientError> {
         if self.send_queue.pending_bytes() > SEND_QUEUE_BYTES_MAX {
             return Err(ClientError::SendQueueFull);
         }
+        let body_max = self.link.datagram_length_max - HEADER_LENGTH;
         let mut at = 0;
-        while at < records.len() {
-            let record = Record::parse(&records[at..]).map_err(|_| ClientError::MalformedRecords)?;
-            at += record.bytes.len();
+        while at < frames.len() {
+            let frame = Frame::parse(&frames[at..]).map_err(|_| ClientError::MalformedFrames)?;
+            if frame.bytes.len() > body_max {
+                self.counters.frames_too_large += 1;
+                return Err(ClientError::MalformedFrames);
+            }
+            at += frame.bytes.len();
         }
         let mut count = 0;
-        let mut rest = records;
+        let mut rest = frames;
         while !rest.is_empty() {
-            let record = Record::parse(rest).expect("validated above");
-            rest = &rest[record.bytes.len()..];
-            let chain = (stream_part_key.0, record.publisher(), record.chain_id());
-            self.repair_ring.insert(now_us, chain, record.sequence(), record.bytes, &mut self.counters.repair_ring_evictions);
-            self.push_record(stream_part_key, &record, 0);
+            let frame = Frame::parse(rest).expect("validated above");
+            rest = &rest[frame.bytes.len()..];
+            let chain = (stream_part_key.0, frame.publisher(), frame.chain_id());
+            self.repair_ring.insert(now_us, chain, frame.sequence(), frame.bytes, &mut self.counters.repair_ring_evictions);
+            self.push_frame(stream_part_key, &frame, 0);
             count += 1;
         }
-        self.counters.records_queued += count as u64;
+        self.counters.frames_queued += count as u64;
         Ok(count)
     }
 
-    /// Appends a record to the open datagram of (`stream_part_key`, `flags`), opening one.
-    fn push_record(&mut self, stream_part_key: &StreamPartKey, record: &Record<'_>, flags: u16) {
-        let publisher = record.publisher();
+    /// Appends a frame to the open datagram of (`stream_part_key`, `flags`), opening one.
+    fn push_frame(&mut self, stream_part_key: &StreamPartKey, frame: &Frame<'_>, flags: u16) {
+        let publisher = frame.publisher();
         if let Some(open) = self.open {
             if open.stream_part_key != *stream_part_key || open.flags != flags {
                 let same_destination =
@@ -524,61 +525,20 @@ impl ClientCore {
                 self.close_open(same_destination);
             }
         }
-        if record.bytes.len() > self.link.datagram_length_max - HEADER_LENGTH {
-            self.close_open(true);
-            self.push_fragments(stream_part_key, record, flags);
-            return;
-        }
-        if self.open.is_some() && !self.builder.try_push(record.bytes) {
+        if self.open.is_some() && !self.builder.try_push(frame.bytes) {
             self.close_open(true);
         }
         match &mut self.open {
             Some(open) => open.single_publisher &= open.publisher == publisher,
             None => {
-                let pushed = self.builder.try_push(record.bytes);
-                assert!(pushed, "a record that fits a datagram body fits an empty datagram");
+                let pushed = self.builder.try_push(frame.bytes);
+                assert!(pushed, "a frame that fits a datagram body fits an empty datagram");
                 self.open = Some(OpenDatagram { stream_part_key: *stream_part_key, publisher, single_publisher: true, flags });
             }
         }
-        if self.builder.remaining() < RECORD_LENGTH_MIN {
+        if self.builder.remaining() < FRAME_LENGTH_MIN {
             self.close_open(true);
         }
-    }
-
-    fn push_fragments(&mut self, stream_part_key: &StreamPartKey, record: &Record<'_>, flags: u16) {
-        let capacity = self.link.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
-        let publisher = record.publisher();
-        let destination = self.link.destination_of(stream_part_key);
-        for (index, slice) in record.bytes.chunks(capacity).enumerate() {
-            let header = FragmentHeader {
-                publisher,
-                chain_id: record.chain_id(),
-                sequence: record.sequence(),
-                record_length: record.bytes.len() as u32,
-                offset: (index * capacity) as u32,
-                fragment_length: slice.len() as u16,
-                reserved: 0,
-            };
-            self.builder.reset();
-            encode_fragment(&header, slice, self.builder.body_mut());
-            self.builder.set_count(1);
-            let (_, link_seq) = self.next_link_seq(stream_part_key);
-            let fields = HeaderFields {
-                kind: Kind::Fragment,
-                link_id: self.link.link_id,
-                link_seq,
-                stream_part_key: stream_part_key.0,
-                flags: flags | FLAG_SINGLE_PUBLISHER,
-                message_count: 0,
-                total_length: 0,
-                publisher,
-            };
-            if flags & FLAG_REPAIR != 0 {
-                self.counters.datagrams_repair += 1;
-            }
-            self.send_queue.push(destination, self.builder.finish(fields, &self.link.key));
-        }
-        self.builder.reset();
     }
 
     /// Closes the open datagram (unpadded: it is the last of its run) so it can be sent.
@@ -647,12 +607,11 @@ impl ClientCore {
     /// When [`ClientCore::handle_timeout`] must next be called (possibly a little early).
     pub fn poll_timeout(&self) -> Option<u64> {
         let refresh = self.subscriptions.iter().map(|s| s.next_refresh_us);
-        let expiry = self.reassemblies.iter().map(|r| r.started_us + REASSEMBLY_TIMEOUT_US);
         let chains = self.timers.iter().filter_map(|key| self.chains.get(key).and_then(InboundChain::next_timer_us));
-        refresh.chain(expiry).chain(chains).chain(self.repair_ring.next_probe_due_us()).min()
+        refresh.chain(chains).chain(self.repair_ring.next_probe_due_us()).min()
     }
 
-    /// Refreshes due subscriptions, drops timed-out reassemblies, sends due tail probes,
+    /// Refreshes due subscriptions, sends due tail probes,
     /// NAKs and tail queries, and gives up holes whose retries ran out (what they released
     /// is handed out by [`ClientCore::deliver_released`]).
     pub fn handle_timeout(&mut self, now_us: u64) {
@@ -663,21 +622,18 @@ impl ClientCore {
                 self.send_control(Kind::Subscribe, &subscription.stream_part_key);
             }
         }
-        let before = self.reassemblies.len();
-        self.reassemblies.retain(|r| r.started_us + REASSEMBLY_TIMEOUT_US > now_us);
-        self.counters.reassemblies_expired += (before - self.reassemblies.len()) as u64;
         self.send_tail_probes(now_us);
         self.service_chains(now_us);
     }
 
-    /// Resends the newest record of each published chain that went idle.
+    /// Resends the newest frame of each published chain that went idle.
     fn send_tail_probes(&mut self, now_us: u64) {
         self.repair_ring.evict_older(now_us, &mut self.counters.repair_ring_evictions);
         let mut due = std::mem::take(&mut self.probe_scratch);
         due.clear();
         self.repair_ring.take_due_probes(now_us, &mut due);
         for chain in &due {
-            if let Some(sequence) = self.repair_ring.newest(chain).and_then(|r| Record::parse(r).ok()).map(|r| r.sequence()) {
+            if let Some(sequence) = self.repair_ring.newest(chain).and_then(|r| Frame::parse(r).ok()).map(|r| r.sequence()) {
                 if self.resend_stored(chain, sequence) {
                     self.counters.tail_probes_sent += 1;
                 }
@@ -689,17 +645,17 @@ impl ClientCore {
         self.probe_scratch = due;
     }
 
-    /// Queues the ring's record of `chain` at `sequence` again, flagged repair; false if the
+    /// Queues the ring's frame of `chain` at `sequence` again, flagged repair; false if the
     /// ring does not hold it.
     fn resend_stored(&mut self, chain: &ChainKey, sequence: u64) -> bool {
         let Some(stored) = self.repair_ring.get(chain, sequence) else { return false };
         let mut scratch = std::mem::take(&mut self.repair_scratch);
         scratch.clear();
         scratch.extend_from_slice(stored);
-        // The ring holds only records validated by queue_records.
-        let resent = match Record::parse(&scratch) {
-            Ok(record) => {
-                self.push_record(&StreamPartKey(chain.0), &record, FLAG_REPAIR);
+        // The ring holds only frames validated by queue_frames.
+        let resent = match Frame::parse(&scratch) {
+            Ok(frame) => {
+                self.push_frame(&StreamPartKey(chain.0), &frame, FLAG_REPAIR);
                 true
             }
             Err(_) => false,
@@ -773,7 +729,7 @@ impl ClientCore {
                         chain.missing_ranges(self.nak_ranges_max, &mut self.range_scratch);
                         nak = true;
                     } else {
-                        self.counters.records_lost += chain.skip_hole(u64::MAX);
+                        self.counters.frames_lost += chain.skip_hole(u64::MAX);
                         // What follows the hole is released; a further hole gets fresh retries.
                         gap = Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us + NAK_DELAY_US };
                         if !chain.release_listed {
@@ -856,7 +812,6 @@ impl ClientCore {
             }
             match datagram.kind {
                 Kind::Data => self.receive_data(now_us, &datagram, on_delivery),
-                Kind::Fragment => self.receive_fragment(now_us, &datagram, on_delivery),
                 Kind::Nak => self.answer_nak(now_us, &datagram),
                 Kind::Subscribe | Kind::Unsubscribe => self.counters.datagrams_ignored += 1,
             }
@@ -867,120 +822,51 @@ impl ClientCore {
         let stream_part_key = datagram.stream_part_key();
         let single_publisher = (datagram.flags() & FLAG_SINGLE_PUBLISHER != 0).then_some(datagram.header.publisher);
         let repair = datagram.flags() & FLAG_REPAIR != 0;
-        for item in datagram.records() {
+        for item in datagram.frames() {
             match item {
-                Ok(record) if single_publisher.is_none_or(|p| p == record.header.publisher) => {
-                    self.deliver(now_us, &stream_part_key, &record, repair, on_delivery)
+                Ok(frame) if single_publisher.is_none_or(|p| p == frame.header.publisher) => {
+                    self.deliver(now_us, &stream_part_key, &frame, repair, on_delivery)
                 }
                 _ => {
-                    // A record that contradicts its header or does not parse ends the
-                    // datagram: without a valid length there is no next record.
-                    self.counters.records_malformed += 1;
+                    // A frame that contradicts its header or does not parse ends the
+                    // datagram: without a valid length there is no next frame.
+                    self.counters.frames_malformed += 1;
                     return;
                 }
             }
         }
     }
 
-    fn receive_fragment(&mut self, now_us: u64, datagram: &Datagram<'_>, on_delivery: &mut impl FnMut(Delivery<'_>)) {
-        self.counters.fragments_received += 1;
-        let Ok((header, slice)) = datagram.fragment() else {
-            self.counters.fragments_dropped += 1;
-            return;
-        };
-        let stream_part_key = datagram.stream_part_key();
-        let (chain_id, sequence) = (header.chain_id.to_native(), header.sequence.to_native());
-        let record_length = header.record_length.to_native() as usize;
-        let offset = header.offset.to_native() as usize;
-        let chain_key = (stream_part_key.0, header.publisher, chain_id);
-        if self.chains.get(&chain_key).is_some_and(|c| c.is_duplicate(sequence)) {
-            self.counters.fragments_dropped += 1;
-            return;
-        }
-        let found = self.reassemblies.iter().position(|r| {
-            r.stream_part_key == stream_part_key && r.publisher == header.publisher && r.chain_id == chain_id && r.sequence == sequence
-        });
-        let index = match found {
-            Some(index) if self.reassemblies[index].record.len() == record_length => index,
-            Some(_) => {
-                self.counters.fragments_dropped += 1;
-                return;
-            }
-            None => {
-                // `Datagram::fragment` bounds record_length by RECORD_LENGTH_MAX, so the
-                // reassemblies hold at most REASSEMBLIES_MAX × RECORD_LENGTH_MAX bytes.
-                if self.reassemblies.len() >= REASSEMBLIES_MAX {
-                    self.reassemblies.remove(0);
-                    self.counters.reassemblies_expired += 1;
-                }
-                self.reassemblies.push(Reassembly {
-                    stream_part_key,
-                    publisher: header.publisher,
-                    chain_id,
-                    sequence,
-                    started_us: now_us,
-                    record: vec![0; record_length],
-                    ranges: Vec::new(),
-                });
-                self.reassemblies.len() - 1
-            }
-        };
-        let reassembly = &mut self.reassemblies[index];
-        reassembly.record[offset..offset + slice.len()].copy_from_slice(slice);
-        if !reassembly.add(offset, offset + slice.len()) {
-            self.reassemblies.remove(index);
-            self.counters.fragments_dropped += 1;
-            return;
-        }
-        if !reassembly.is_complete() {
-            return;
-        }
-        let reassembly = self.reassemblies.remove(index);
-        self.counters.reassemblies_completed += 1;
-        let repair = datagram.flags() & FLAG_REPAIR != 0;
-        match Record::parse(&reassembly.record) {
-            Ok(record)
-                if record.bytes.len() == record_length
-                    && record.header.publisher == reassembly.publisher
-                    && record.chain_id() == chain_id
-                    && record.sequence() == sequence =>
-            {
-                self.deliver(now_us, &stream_part_key, &record, repair, on_delivery)
-            }
-            _ => self.counters.records_malformed += 1,
-        }
-    }
-
-    /// Takes a new record of a chain: delivers it if it is the next one (the fast path: no
-    /// allocation), or holds it behind the gap it reveals.
+    /// Takes a new frame of a chain: delivers its messages if it is the next one (the fast
+    /// path: no allocation), or holds it behind the gap it reveals.
     fn deliver(
         &mut self,
         now_us: u64,
         stream_part_key: &StreamPartKey,
-        record: &Record<'_>,
+        frame: &Frame<'_>,
         repair: bool,
         on_delivery: &mut impl FnMut(Delivery<'_>),
     ) {
-        let key = (stream_part_key.0, record.header.publisher, record.chain_id());
-        let sequence = record.sequence();
-        // Check before verifying, record after: a forged record must not mark its sequence.
+        let key = (stream_part_key.0, frame.header.publisher, frame.chain_id());
+        let sequence = frame.sequence();
+        // Check before verifying, record after: a forged frame must not mark its sequence.
         if self.chains.get(&key).is_some_and(|c| c.is_duplicate(sequence)) {
-            self.counters.records_duplicate += 1;
+            self.counters.frames_duplicate += 1;
             return;
         }
-        if self.options.verify && self.verifier.verify(stream_part_key, record).is_err() {
-            self.counters.records_bad_signature += 1;
+        if self.options.verify && self.verifier.verify(stream_part_key, frame).is_err() {
+            self.counters.frames_bad_signature += 1;
             return;
         }
         if repair {
-            self.counters.records_repaired += 1;
+            self.counters.frames_repaired += 1;
         }
         if !self.chains.contains_key(&key) {
             if self.chains.len() >= CHAINS_MAX {
                 self.evict_idlest_chain(on_delivery);
             }
             let mut chain = InboundChain::new(sequence, now_us);
-            if record.previous().is_some() {
+            if frame.previous().is_some() || frame.sequence() > 0 {
                 // Joined mid-chain: let reordered predecessors arrive before fixing the start.
                 chain.settling_until_us = Some(now_us + NAK_DELAY_US);
             }
@@ -997,10 +883,10 @@ impl ClientCore {
             self.timers.push(key);
         }
         if chain.settling_until_us.is_some() {
-            if self.held_bytes + record.bytes.len() <= REORDER_BYTES_MAX {
-                chain.hold_settling(sequence, record.bytes);
-                self.held_bytes += record.bytes.len();
-                self.counters.records_held += 1;
+            if self.held_bytes + frame.bytes.len() <= REORDER_BYTES_MAX {
+                chain.hold_settling(sequence, frame.bytes);
+                self.held_bytes += frame.bytes.len();
+                self.counters.frames_held += 1;
                 return;
             }
             // No room to wait: start at what is held (or at this record).
@@ -1010,7 +896,7 @@ impl ClientCore {
         let chain = self.chains.get_mut(&key).expect("present");
         if chain.is_duplicate(sequence) {
             // Below the start the chain just settled on.
-            self.counters.records_duplicate += 1;
+            self.counters.frames_duplicate += 1;
             return;
         }
         let next = chain.next_sequence();
@@ -1020,7 +906,7 @@ impl ClientCore {
                 self.counters.reorder_overflows += 1;
                 self.give_up_until(&key, sequence - REORDER_SEQUENCES_MAX, on_delivery);
             }
-            if self.held_bytes + record.bytes.len() > REORDER_BYTES_MAX {
+            if self.held_bytes + frame.bytes.len() > REORDER_BYTES_MAX {
                 self.counters.reorder_overflows += 1;
                 self.give_up_until(&key, sequence, on_delivery);
             }
@@ -1029,15 +915,15 @@ impl ClientCore {
         if sequence == chain.next_sequence() {
             chain.advance();
             let release = chain.has_held();
-            emit(&mut self.counters, stream_part_key, record, on_delivery);
+            emit(&mut self.counters, &mut self.joiner, stream_part_key, frame, on_delivery);
             if release {
                 self.release(&key, on_delivery);
             }
             return;
         }
-        chain.hold(sequence, record.bytes);
-        self.held_bytes += record.bytes.len();
-        self.counters.records_held += 1;
+        chain.hold(sequence, frame.bytes);
+        self.held_bytes += frame.bytes.len();
+        self.counters.frames_held += 1;
         if chain.gap.is_none() {
             chain.gap = Some(Gap { first_missing: chain.next_sequence(), naks_sent: 0, next_nak_us: now_us + NAK_DELAY_US });
         }
@@ -1057,9 +943,9 @@ impl ClientCore {
         let stream_part_key = StreamPartKey(key.0);
         while let Some(bytes) = self.chains.get_mut(key).and_then(InboundChain::take_next) {
             self.held_bytes -= bytes.len();
-            match Record::parse(&bytes) {
-                Ok(record) => emit(&mut self.counters, &stream_part_key, &record, on_delivery),
-                Err(_) => self.counters.records_malformed += 1,
+            match Frame::parse(&bytes) {
+                Ok(frame) => emit(&mut self.counters, &mut self.joiner, &stream_part_key, &frame, on_delivery),
+                Err(_) => self.counters.frames_malformed += 1,
             }
         }
         if let Some(chain) = self.chains.get_mut(key) {
@@ -1078,7 +964,7 @@ impl ClientCore {
             if chain.next_sequence() >= target {
                 return;
             }
-            self.counters.records_lost += chain.skip_hole(target);
+            self.counters.frames_lost += chain.skip_hole(target);
         }
     }
 
@@ -1098,20 +984,42 @@ impl ClientCore {
     }
 }
 
-/// Hands one record to the application, borrowed from wherever it lies.
-fn emit(counters: &mut ClientCounters, stream_part_key: &StreamPartKey, record: &Record<'_>, on_delivery: &mut impl FnMut(Delivery<'_>)) {
-    counters.records_delivered += 1;
-    on_delivery(Delivery {
-        stream_part_key: *stream_part_key,
-        publisher: record.header.publisher,
-        chain_id: record.chain_id(),
-        sequence: record.sequence(),
-        timestamp_ms: record.timestamp_ms(),
-        previous: record.previous(),
-        content_type: content_type_of(record.header.content_type),
-        encryption: encryption_of(record.header.encryption),
-        group_key_id: record.group_key_id,
-        payload: record.payload,
-        record: record.bytes,
-    });
+/// Hands a frame's messages to the application in order, borrowed from wherever the frame
+/// lies; the pieces of a message spanning frames are joined first.
+fn emit(
+    counters: &mut ClientCounters,
+    joiner: &mut Joiner,
+    stream_part_key: &StreamPartKey,
+    frame: &Frame<'_>,
+    on_delivery: &mut impl FnMut(Delivery<'_>),
+) {
+    let key = (stream_part_key.0, frame.publisher(), frame.chain_id());
+    for message in frame.messages() {
+        let joined;
+        let payload = if message.continues || message.continuation {
+            match joiner.add(counters, &key, &message) {
+                Some(whole) => {
+                    joined = whole;
+                    &joined[..]
+                }
+                None => continue,
+            }
+        } else {
+            message.payload
+        };
+        counters.messages_delivered += 1;
+        on_delivery(Delivery {
+            stream_part_key: *stream_part_key,
+            publisher: frame.publisher(),
+            chain_id: frame.chain_id(),
+            sequence: message.sequence,
+            timestamp_ms: message.timestamp_ms,
+            previous: message.previous,
+            content_type: message.content_type,
+            encryption: message.encryption,
+            group_key_id: message.group_key_id,
+            payload,
+            frame: frame.bytes,
+        });
+    }
 }

@@ -14,15 +14,17 @@
 //! ```
 
 use crate::link::{parse_link_key, shard_of, ConfigError, SHARDS_MAX};
+use runnel_proto::frame::FRAME_LENGTH_MIN;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPartKey;
-use runnel_proto::wire::{DATAGRAM_LENGTH_DEFAULT, DATAGRAM_LENGTH_MAX, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH};
+use runnel_proto::wire::{DATAGRAM_LENGTH_DEFAULT, DATAGRAM_LENGTH_MAX, HEADER_LENGTH};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Smallest datagram that still carries a small message (the node enforces the same floor).
-pub const DATAGRAM_LENGTH_MIN: usize = HEADER_LENGTH + MESSAGE_HEADER_LENGTH + SIGNATURE_LENGTH + 64;
+/// Smallest datagram a publisher can fill with frames (one message entry with the longest
+/// group key id, its signature and the deepest batch trailer); the node enforces the same floor.
+pub const DATAGRAM_LENGTH_MIN: usize = HEADER_LENGTH + FRAME_LENGTH_MIN;
 
 /// A validated client link.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,19 +7,20 @@
 //! clock), so a seeded simulation drives many relays deterministically and the shard runtime
 //! drives one per core.
 //!
-//! One record's path: the datagram's link, tag and link sequence are checked; each record is
-//! validated in place; a duplicate (per publisher and chain) is dropped before any crypto;
-//! the signature is verified once (policy [`VerifyPolicy`]); the record goes to the repair
-//! ring, is appended to a datagram being packed for every interested neighbor except the
-//! one it came from, and is released in chain order to local subscribers (clients). A gap in a
-//! chain is NAKed to a neighbor after `nak_delay_us` and given up after `nak_retries_max`.
+//! One frame's path: the datagram's link, tag and link sequence are checked; each frame is
+//! validated in place; a duplicate (per publisher and chain, by frame sequence) is dropped
+//! before any hashing; the signature is verified once (policy [`VerifyPolicy`]); the frame goes
+//! to the repair ring, is appended byte for byte to a datagram being packed for every
+//! interested neighbor except the one it came from, and is released in chain order to local
+//! subscribers (clients). A gap in a chain is NAKed to a neighbor after `nak_delay_us` and
+//! given up after `nak_retries_max`. A message larger than a frame spans several frames,
+//! each authenticated on its own: the relay never reassembles anything.
 //!
 //! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
 //! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
-//! reassembly bytes/entries/time, events. Whatever a bound refuses is counted.
+//! events. Whatever a bound refuses is counted.
 
 pub mod chain;
-pub mod reassembly;
 pub mod repair;
 pub mod replay;
 
@@ -27,14 +28,13 @@ use crate::counters::{Counter, Counters};
 use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
 use crate::link::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
 use chain::ChainState;
-use reassembly::{FragmentOutcome, Reassembler};
 use repair::RepairArena;
 use runnel_proto::crypto::{SignatureError, Verifier, VerifyCost};
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPartKey;
 use runnel_proto::wire::{
-    self, Datagram, DatagramBuilder, FragmentHeader, HeaderFields, Kind, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER,
-    FRAGMENT_HEADER_LENGTH, HEADER_LENGTH, NAK_RANGE_LENGTH,
+    self, Datagram, DatagramBuilder, Frame, HeaderFields, Kind, NakRange, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, HEADER_LENGTH,
+    NAK_RANGE_LENGTH,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -75,9 +75,6 @@ pub struct RelayConfig {
     pub interest_timeout_us: Micros,
     /// How often Subscribe is refreshed to neighbors, and housekeeping runs.
     pub subscribe_interval_us: Micros,
-    pub reassembly_bytes_max: usize,
-    pub reassembly_entries_max: usize,
-    pub reassembly_timeout_us: Micros,
     /// Events waiting for the runtime; beyond this they are dropped and counted.
     pub events_max: usize,
     /// A chain idle this long has its newest record resent to neighbors (flagged repair),
@@ -112,9 +109,6 @@ impl RelayConfig {
             clients_per_stream_part_max: 4096,
             interest_timeout_us: 5_000_000,
             subscribe_interval_us: 1_000_000,
-            reassembly_bytes_max: 64 << 20,
-            reassembly_entries_max: 256,
-            reassembly_timeout_us: 3_000_000,
             events_max: 1024,
             tail_probe_us: 30_000,
             tail_probes_max: 2,
@@ -221,17 +215,14 @@ impl Outbox {
         }
     }
 
-    /// Appends `record` to the datagram being packed for (`link`, `part`, `flags`), sealing it
-    /// first if the record does not fit; records larger than a datagram go as fragments.
-    fn append(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, record: &[u8]) {
+    /// Appends `frame` (its bytes unchanged) to the datagram being packed for (`link`,
+    /// `part`, `flags`), sealing that datagram first if the frame does not fit.
+    fn append(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, frame: &[u8]) {
         let capacity = self.datagram_length_max;
-        if record.len() > capacity - HEADER_LENGTH {
-            // Seal what is packed for this link and part first, so the chain stays in order.
-            if let Some(builder) = link.packing.get_mut(&(part, flags)).filter(|b| !b.is_empty()) {
-                let packed = std::mem::replace(builder, self.builder(capacity));
-                self.seal(counters, link, part, flags, packed);
-            }
-            self.send_fragments(counters, link, part, flags, record);
+        if frame.len() > capacity - HEADER_LENGTH {
+            // Sized for a larger path MTU than this node's: it cannot be sent whole, and a
+            // frame is never cut (its authentication covers it whole).
+            counters.increment(Counter::FramesTooLarge);
             return;
         }
         // Builders stay in the map between batches (empty, buffer kept), so the steady state
@@ -240,13 +231,13 @@ impl Outbox {
         if builder.is_empty() {
             self.dirty.push((link.config.id, part, flags));
         }
-        if builder.try_push(record) {
+        if builder.try_push(frame) {
             return;
         }
         // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
         let mut full = std::mem::replace(builder, self.builder(capacity));
-        let pushed = builder.try_push(record);
-        debug_assert!(pushed, "a record that fits an empty datagram");
+        let pushed = builder.try_push(frame);
+        debug_assert!(pushed, "a frame that fits an empty datagram");
         full.pad_to(capacity);
         self.seal(counters, link, part, flags, full);
     }
@@ -258,7 +249,7 @@ impl Outbox {
             return;
         };
         // The single-publisher flag lets the XDP filter check publish permission per
-        // datagram; it is set when every record is from one publisher.
+        // datagram; it is set when every frame is from one publisher.
         let single = builder.single_publisher();
         let flags = flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 };
         builder.finish(link.next_header(Kind::Data, part, flags, single.unwrap_or([0; 20])), &link.config.key);
@@ -275,35 +266,6 @@ impl Outbox {
             self.ready.push_back(link.config.id);
         }
         link.outbound.push_back(Outgoing { destination, bytes });
-    }
-
-    /// Sends a record too large for one datagram as Fragment datagrams.
-    fn send_fragments(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, record: &[u8]) {
-        let Some(destination) = link.destination(&part) else {
-            counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
-        let Ok(parsed) = Record::parse(record) else {
-            debug_assert!(false, "only validated records are forwarded");
-            return;
-        };
-        let slice_max = self.datagram_length_max - HEADER_LENGTH - FRAGMENT_HEADER_LENGTH;
-        let header = FragmentHeader {
-            publisher: parsed.publisher(),
-            chain_id: parsed.chain_id(),
-            sequence: parsed.sequence(),
-            record_length: record.len() as u32,
-            offset: 0,
-            fragment_length: 0,
-            reserved: 0,
-        };
-        for (index, slice) in record.chunks(slice_max).enumerate() {
-            let mut builder = self.builder(self.datagram_length_max);
-            wire::encode_fragment(&FragmentHeader { offset: (index * slice_max) as u32, ..header }, slice, builder.body_mut());
-            builder.set_count(1);
-            builder.finish(link.next_header(Kind::Fragment, part, flags | FLAG_SINGLE_PUBLISHER, header.publisher), &link.config.key);
-            self.enqueue(counters, link, destination, builder.into_buffer());
-        }
     }
 }
 
@@ -328,7 +290,6 @@ pub struct Relay {
     stream_parts: FastMap<StreamPartKey, StreamPartState>,
     verifier: Verifier,
     filter: Filter,
-    reassembler: Reassembler,
     events: VecDeque<Event>,
     outbox: Outbox,
     /// Chains with an open gap.
@@ -344,7 +305,6 @@ impl Relay {
         let filter = Filter::new(config.rate_limit_in_userspace);
         let outbox =
             Outbox { datagram_length_max: config.datagram_length_max, pool: Vec::new(), ready: VecDeque::new(), dirty: Vec::new() };
-        let reassembler = Reassembler::new(config.reassembly_bytes_max, config.reassembly_entries_max, config.reassembly_timeout_us);
         Self {
             config,
             counters: Counters::default(),
@@ -353,7 +313,6 @@ impl Relay {
             stream_parts: FastMap::default(),
             verifier: Verifier::default(),
             filter,
-            reassembler,
             events: VecDeque::new(),
             outbox,
             gapped: FastSet::default(),
@@ -530,51 +489,12 @@ impl Relay {
                     return;
                 }
                 let repair = datagram.flags() & FLAG_REPAIR != 0;
-                for record in datagram.records() {
-                    match record {
-                        Ok(record) => self.handle_record(link_id, part, &record, repair),
+                for frame in datagram.frames() {
+                    match frame {
+                        Ok(frame) => self.handle_frame(link_id, part, &frame, repair),
                         Err(_) => {
-                            self.counters.increment(Counter::RecordsMalformed);
+                            self.counters.increment(Counter::FramesMalformed);
                             break;
-                        }
-                    }
-                }
-            }
-            Kind::Fragment => {
-                if !self.accepts_data(&part, role) {
-                    self.counters.increment(Counter::DatagramsNotJoined);
-                    return;
-                }
-                self.counters.increment(Counter::FragmentsReceived);
-                let Ok((header, slice)) = datagram.fragment() else {
-                    self.counters.increment(Counter::FragmentsDropped);
-                    return;
-                };
-                let chain: ChainId = (header.publisher, header.chain_id.to_native());
-                let sequence = header.sequence.to_native();
-                let state = self.stream_parts.get(&part).expect("accepts_data joined it");
-                if state.chains.get(&chain).is_some_and(|c| c.is_duplicate(sequence)) {
-                    self.counters.increment(Counter::RecordsDuplicate);
-                    return;
-                }
-                let key = (part.0, chain.0, chain.1, sequence);
-                let outcome = self.reassembler.insert(self.now_us, key, header.record_length.to_native(), header.offset.to_native(), slice);
-                match outcome {
-                    FragmentOutcome::Incomplete => {}
-                    FragmentOutcome::Dropped => self.counters.increment(Counter::FragmentsDropped),
-                    FragmentOutcome::Complete(bytes) => {
-                        self.counters.increment(Counter::ReassembliesCompleted);
-                        match Record::parse(&bytes) {
-                            Ok(record)
-                                if record.bytes.len() == bytes.len()
-                                    && record.publisher() == chain.0
-                                    && record.chain_id() == chain.1
-                                    && record.sequence() == sequence =>
-                            {
-                                let repair = datagram.flags() & FLAG_REPAIR != 0;
-                                self.handle_record(link_id, part, &record, repair)
-                            }
-                            _ => self.counters.increment(Counter::RecordsMalformed),
                         }
                     }
                 }
@@ -606,29 +526,29 @@ impl Relay {
         role == LinkRole::Client && self.owns(part) && self.join(self.now_us, *part)
     }
 
-    fn handle_record(&mut self, source_link: u32, part: StreamPartKey, record: &Record<'_>, repair: bool) {
+    fn handle_frame(&mut self, source_link: u32, part: StreamPartKey, frame: &Frame<'_>, repair: bool) {
         let now_us = self.now_us;
-        let chain_id: ChainId = (record.publisher(), record.chain_id());
-        let sequence = record.sequence();
+        let chain_id: ChainId = (frame.publisher(), frame.chain_id());
+        let sequence = frame.sequence();
         let state = self.stream_parts.get_mut(&part).expect("caller checked the stream part is joined");
         if state.chains.get(&chain_id).is_some_and(|c| c.is_duplicate(sequence)) {
-            self.counters.increment(Counter::RecordsDuplicate);
+            self.counters.increment(Counter::FramesDuplicate);
             return;
         }
-        // The filter checked a single-publisher header; this covers every record, whatever
+        // The filter checked a single-publisher header; this covers every frame, whatever
         // datagram it came in (forwarded datagrams mix publishers).
         if !self.filter.may_publish(now_us.saturating_mul(1000), &part, &chain_id.0) {
-            self.counters.increment(Counter::RecordsNotPermitted);
+            self.counters.increment(Counter::FramesNotPermitted);
             return;
         }
         if self.config.verify == VerifyPolicy::All {
-            let verified = self.verifier.verify(&part, record);
+            let verified = self.verifier.verify(&part, frame);
             let link = self.links.get_mut(&source_link);
             let client = link.filter(|link| link.config.role == LinkRole::Client);
             match verified {
                 Ok(cost) => {
                     match cost {
-                        VerifyCost::Ecdsa => self.counters.increment(Counter::SignaturesEcdsa),
+                        VerifyCost::Ecdsa { signatures } => self.counters.add(Counter::SignaturesEcdsa, signatures.into()),
                         VerifyCost::CachedRoot => self.counters.increment(Counter::SignaturesCachedRoot),
                     }
                     if let Some(link) = client {
@@ -638,16 +558,16 @@ impl Relay {
                     }
                 }
                 Err(SignatureError::Malformed | SignatureError::WrongSigner) => {
-                    self.counters.increment(Counter::RecordsBadSignature);
+                    self.counters.increment(Counter::FramesBadSignature);
                     let publisher_proven = client.is_some_and(|link| link.proven_publishers.contains(&chain_id.0));
                     self.push_event(Event::SignatureFailure { link_id: source_link, publisher: chain_id.0, publisher_proven });
                     return;
                 }
             }
         }
-        self.counters.increment(Counter::RecordsAccepted);
+        self.counters.increment(Counter::FramesAccepted);
         if repair {
-            self.counters.increment(Counter::RecordsRepaired);
+            self.counters.increment(Counter::FramesRepaired);
         }
         // The stream part state again (verify borrowed self).
         let state = self.stream_parts.get_mut(&part).expect("joined");
@@ -666,18 +586,18 @@ impl Relay {
                 continue;
             }
             if let Some(link) = self.links.get_mut(&link_id) {
-                self.outbox.append(&mut self.counters, link, part, 0, record.bytes);
+                self.outbox.append(&mut self.counters, link, part, 0, frame.bytes);
                 forwarded += 1;
             }
         }
-        self.counters.add(Counter::RecordsForwarded, forwarded);
+        self.counters.add(Counter::FramesForwarded, forwarded);
 
         // Release in chain order to subscribed clients.
         let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
-        let start = if record.previous().is_some() { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
+        let start = if frame.previous().is_some() { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
         let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(start, now_us));
         chain.last_activity_us = now_us;
-        if let Some(entry) = state.repair.store(now_us, sequence, record.bytes) {
+        if let Some(entry) = state.repair.store(now_us, sequence, frame.bytes) {
             chain.repair.insert(&state.repair, now_us, entry);
         }
         if chain.newest_sequence().is_none_or(|newest| sequence >= newest) {
@@ -690,7 +610,7 @@ impl Relay {
         let (outbox, counters) = (&mut self.outbox, &mut self.counters);
         let mut delivered_copies = 0u64;
         let reorder_records_max = self.config.reorder_records_max;
-        let outcome = chain.accept(sequence, record.bytes, ordered, reorder_records_max, |bytes| {
+        let outcome = chain.accept(sequence, frame.bytes, ordered, reorder_records_max, |bytes| {
             for (&link_id, &expiry) in clients {
                 if link_id == source_link || expiry < now_us {
                     continue;
@@ -701,8 +621,8 @@ impl Relay {
                 }
             }
         });
-        self.counters.add(Counter::RecordsDelivered, delivered_copies);
-        self.counters.add(Counter::RecordsLost, outcome.lost);
+        self.counters.add(Counter::FramesDelivered, delivered_copies);
+        self.counters.add(Counter::FramesLost, outcome.lost);
         self.counters.add(Counter::DropsReorderBufferFull, outcome.reorder_dropped);
         if chain.has_gap() {
             if chain.gap.is_none() {
@@ -734,8 +654,8 @@ impl Relay {
             for sequence in range.first_sequence..=last {
                 let stored = chain.and_then(|c| c.repair.find(sequence)).and_then(|entry| state.repair.get(&entry, self.now_us));
                 match stored {
-                    Some(record) => {
-                        self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, record);
+                    Some(frame) => {
+                        self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, frame);
                         self.counters.increment(Counter::RepairsSent);
                     }
                     None => self.counters.increment(Counter::RepairMisses),
@@ -809,9 +729,6 @@ impl Relay {
                 next = next.min(due);
             }
         }
-        if let Some(expiry) = self.reassembler.next_expiry_us() {
-            next = next.min(expiry);
-        }
         Some(next)
     }
 
@@ -822,7 +739,6 @@ impl Relay {
             self.next_housekeeping_us = now_us + self.config.subscribe_interval_us;
             self.housekeeping(now_us);
         }
-        self.counters.add(Counter::ReassembliesExpired, self.reassembler.expire(now_us) as u64);
         self.service_gaps(now_us);
         self.service_tail_probes(now_us);
         self.flush();
@@ -956,8 +872,8 @@ impl Relay {
                     }
                 }
             });
-            self.counters.add(Counter::RecordsDelivered, delivered);
-            self.counters.add(Counter::RecordsLost, outcome.lost);
+            self.counters.add(Counter::FramesDelivered, delivered);
+            self.counters.add(Counter::FramesLost, outcome.lost);
             if chain.has_gap() {
                 chain.gap = Some(chain::Gap {
                     first_missing: chain.next_sequence(),
