@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a flag sets a subcommand's options `O`.
-pub enum Takes<O> {
+enum Takes<O> {
     /// `--flag VALUE`: the value's name in help, and what parses and stores it.
     Value(&'static str, fn(&mut O, &str) -> Result<(), BenchError>),
     /// `--flag` alone.
@@ -20,24 +20,24 @@ pub enum Takes<O> {
 }
 
 /// One flag of a subcommand.
-pub struct Flag<O> {
-    pub name: &'static str,
-    pub takes: Takes<O>,
+struct Flag<O> {
+    name: &'static str,
+    takes: Takes<O>,
     /// What it does, one line.
-    pub help: &'static str,
+    help: &'static str,
     /// Its default, rendered from the subcommand's default options.
-    pub default: fn(&O) -> String,
+    default: fn(&O) -> String,
 }
 
 /// A benchmark subcommand: its flags and the benchmark it runs.
-pub struct Subcommand<O: 'static> {
-    pub name: &'static str,
-    pub summary: &'static str,
+struct Subcommand<O: 'static> {
+    name: &'static str,
+    summary: &'static str,
     /// The options when no flag is given.
-    pub defaults: fn() -> O,
-    pub flags: &'static [Flag<O>],
+    defaults: fn() -> O,
+    flags: &'static [Flag<O>],
     /// Runs the benchmark; returns its report as JSON and as a table.
-    pub run: fn(O) -> Result<(Value, String), BenchError>,
+    run: fn(O) -> Result<(Value, String), BenchError>,
 }
 
 /// What every subcommand offers, whatever its options type.
@@ -195,10 +195,10 @@ fn show_switch(on: bool) -> String {
 
 // Help lines that mean the same for several subcommands.
 const SIZE_HELP: &str = "payload length in bytes, at least 16";
-const SEARCH_DURATION_HELP: &str = "time budget of the throughput search: an unpaced probe and up to 6 paced steps, duration/7 each";
+const SEARCH_DURATION_HELP: &str = "time budget of the throughput search (an unpaced probe, then paced steps bisecting the rate)";
 const SIGNATURES_HELP: &str = "how the Runnel publisher signs: one signature per message, or one per Merkle batch";
 const LATENCY_DURATION_HELP: &str = "length of the paced latency phase after the search";
-const LATENCY_RATE_HELP: &str = "publish rate of the latency phase (publishers flush at most every 1 ms)";
+const LATENCY_RATE_HELP: &str = "publish rate of the latency phase (both publishers flush on the same schedule)";
 const RUNNEL_BINARY_HELP: &str = "runnel binary to start nodes with, as `runnel node --config FILE`";
 const NATS_SERVER_HELP: &str = "nats-server binary to start";
 const THIS_EXECUTABLE: &str = "this executable";
@@ -215,7 +215,7 @@ static FANOUT: Subcommand<FanoutOptions> = Subcommand {
         Flag {
             name: "--subscribers",
             takes: Takes::Value("N", |o, v| number(v).map(|n| o.subscribers = n)),
-            help: "subscribers on the server, 1..=1000",
+            help: "subscribers on the server",
             default: |o| o.subscribers.to_string(),
         },
         Flag {
@@ -344,7 +344,7 @@ static LATENCY: Subcommand<LatencyOptions> = Subcommand {
         Flag {
             name: "--duration",
             takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.duration = d)),
-            help: "length of the measured phase, after a 0.5 s warm-up that is not sampled",
+            help: "length of the measured phase, after a short warm-up that is not sampled",
             default: |o| show_seconds(o.duration),
         },
         Flag {
