@@ -242,9 +242,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
                     .publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload))
                     .map_err(|e| format!("publish: {e}"))?;
                 published.fetch_add(1, Ordering::Relaxed);
-                if pacer.after_one() {
-                    client.flush().map_err(|e| format!("send: {e}"))?;
-                }
+                pacer.after_one(|| client.flush()).map_err(|e| format!("send: {e}"))?;
             }
             client.flush().map_err(|e| format!("send: {e}"))?;
             // Answer NAKs and probe the tail before leaving (the node may still be repairing).
