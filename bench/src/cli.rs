@@ -1,134 +1,461 @@
-//! `runnel bench …`: argument parsing for the benchmark programs.
+//! `runnel bench …`: the benchmark subcommands, their flags, and `--help`.
 //!
-//! ```text
-//! runnel bench fanout --subscribers N --size BYTES --duration SECS [--against nats]
-//!              [--signatures single|batch] [--only-nats] [--latency-duration SECS]
-//!              [--latency-rate MSGS_PER_S] [--runnel-binary PATH] [--nats-server PATH] [--json]
-//! runnel bench relay-chain [--size BYTES] [--duration SECS] [--signatures single|batch]
-//!              [--latency-duration SECS] [--latency-rate MSGS_PER_S] [--runnel-binary PATH] [--json]
-//! runnel bench udp-ceiling [--duration SECS] [--json]
-//! runnel bench xdp [--duration SECS] [--flood-rate DATAGRAMS_PER_S|max] [--legit-rate MSGS_PER_S]
-//!              [--repeat N] [--json]
-//! ```
+//! Every subcommand declares its flags once, in a table of [`Flag`]s: the flag, the value it
+//! takes, what it does, how to show its default, and how it sets the option. Parsing, the
+//! error for a flag it does not know and `--help` all read that table, so the help cannot
+//! drift from what is accepted. Defaults shown are rendered from the subcommand's own default
+//! options, not written down a second time. `--json` and `-h`/`--help` are common to all.
 
-/// What `runnel bench` accepts.
-pub const USAGE: &str = "usage: runnel bench fanout|relay-chain|udp-ceiling|xdp [flags] (see bench/README.md)";
-
-use crate::{BenchError, FanoutOptions, FloodRate, RelayChainOptions, UdpCeilingOptions, XdpOptions};
+use crate::{BenchError, FanoutOptions, FloodRate, LatencyOptions, RelayChainOptions, UdpCeilingOptions, XdpOptions};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn value<'a>(args: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a String, BenchError> {
-    args.next().ok_or_else(|| BenchError::new(format!("{flag} needs a value")))
+/// How a flag sets a subcommand's options `O`.
+enum Takes<O> {
+    /// `--flag VALUE`: the value's name in help, and what parses and stores it.
+    Value(&'static str, fn(&mut O, &str) -> Result<(), BenchError>),
+    /// `--flag` alone.
+    Switch(fn(&mut O)),
 }
 
-fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, BenchError> {
-    text.parse().map_err(|_| BenchError::new(format!("{flag} {text:?}: not a number")))
+/// One flag of a subcommand.
+struct Flag<O> {
+    name: &'static str,
+    takes: Takes<O>,
+    /// What it does, one line.
+    help: &'static str,
+    /// Its default, rendered from the subcommand's default options.
+    default: fn(&O) -> String,
 }
 
-fn seconds(text: &str, flag: &str) -> Result<Duration, BenchError> {
-    let seconds: f64 = number(text, flag)?;
+/// A benchmark subcommand: its flags and the benchmark it runs.
+struct Subcommand<O: 'static> {
+    name: &'static str,
+    summary: &'static str,
+    /// The options when no flag is given.
+    defaults: fn() -> O,
+    flags: &'static [Flag<O>],
+    /// Runs the benchmark; returns its report as JSON and as a table.
+    run: fn(O) -> Result<(Value, String), BenchError>,
+}
+
+/// What every subcommand offers, whatever its options type.
+pub trait Command: Sync {
+    fn name(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    /// Every flag it accepts, the common ones included.
+    fn flag_names(&self) -> Vec<&'static str>;
+    /// `runnel bench NAME --help`: one line per flag with what it does and its default.
+    fn help(&self) -> String;
+    /// Parses `args` (after the subcommand's name) and runs, or prints help.
+    fn run(&self, args: &[String]) -> Result<(), BenchError>;
+}
+
+/// `--json`: the only flag every subcommand shares besides help.
+const JSON_FLAG: &str = "--json";
+const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
+
+impl<O> Command for Subcommand<O> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn summary(&self) -> &'static str {
+        self.summary
+    }
+
+    fn flag_names(&self) -> Vec<&'static str> {
+        self.flags.iter().map(|flag| flag.name).chain([JSON_FLAG]).chain(HELP_FLAGS).collect()
+    }
+
+    fn help(&self) -> String {
+        let defaults = (self.defaults)();
+        let mut out = format!("runnel bench {}: {}\n\nusage: runnel bench {} [flags]\n\nflags:\n", self.name, self.summary, self.name);
+        for flag in self.flags {
+            let usage = match flag.takes {
+                Takes::Value(value_name, _) => format!("{} {value_name}", flag.name),
+                Takes::Switch(_) => flag.name.to_string(),
+            };
+            out += &format!("  {usage:<34}{} (default: {})\n", flag.help, (flag.default)(&defaults));
+        }
+        out += &format!("  {JSON_FLAG:<34}print one JSON object on stdout instead of the table (default: table)\n");
+        out += &format!("  {:<34}print this help\n", HELP_FLAGS.join(", "));
+        out
+    }
+
+    fn run(&self, args: &[String]) -> Result<(), BenchError> {
+        if args.iter().any(|arg| HELP_FLAGS.contains(&arg.as_str())) {
+            print!("{}", self.help());
+            return Ok(());
+        }
+        let (options, json) = self.parse(args)?;
+        let (report_json, table) = (self.run)(options)?;
+        if json {
+            println!("{report_json}");
+        } else {
+            print!("{table}");
+        }
+        Ok(())
+    }
+}
+
+impl<O> Subcommand<O> {
+    /// The options `args` ask for, and whether they ask for JSON.
+    fn parse(&self, args: &[String]) -> Result<(O, bool), BenchError> {
+        let mut options = (self.defaults)();
+        let mut json = false;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            if arg == JSON_FLAG {
+                json = true;
+                continue;
+            }
+            let flag = self.flags.iter().find(|flag| flag.name == arg).ok_or_else(|| {
+                BenchError::new(format!("unknown flag {arg} for runnel bench {0}; `runnel bench {0} --help` lists its flags", self.name))
+            })?;
+            match flag.takes {
+                Takes::Switch(set) => set(&mut options),
+                Takes::Value(value_name, set) => {
+                    let value = args.next().ok_or_else(|| BenchError::new(format!("{arg} needs a value: {arg} {value_name}")))?;
+                    set(&mut options, value).map_err(|e| BenchError::new(format!("{arg} {e}")))?;
+                }
+            }
+        }
+        Ok((options, json))
+    }
+}
+
+/// Every `runnel bench` subcommand, in the order `runnel bench --help` lists them.
+pub static COMMANDS: [&dyn Command; 5] = [&FANOUT, &RELAY_CHAIN, &LATENCY, &UDP_CEILING, &XDP];
+
+/// Runs `runnel bench <args>`.
+pub fn run(args: &[String]) -> Result<(), BenchError> {
+    let Some((name, rest)) = args.split_first() else {
+        return Err(BenchError::new(format!("which benchmark?\n{}", overview())));
+    };
+    if HELP_FLAGS.contains(&name.as_str()) {
+        print!("{}", overview());
+        return Ok(());
+    }
+    let command = COMMANDS
+        .iter()
+        .find(|command| command.name() == name)
+        .ok_or_else(|| BenchError::new(format!("unknown benchmark {name:?}\n{}", overview())))?;
+    command.run(rest)
+}
+
+/// `runnel bench --help`: the subcommands, one line each.
+pub fn overview() -> String {
+    let mut out = String::from("usage: runnel bench SUBCOMMAND [flags] (how each number is measured: bench/README.md)\n\nsubcommands:\n");
+    for command in COMMANDS {
+        out += &format!("  {:<14}{}\n", command.name(), command.summary());
+    }
+    out += "\n`runnel bench SUBCOMMAND --help` lists its flags.\n";
+    out
+}
+
+// ---- Values --------------------------------------------------------------------------------
+
+fn number<T: std::str::FromStr>(text: &str) -> Result<T, BenchError> {
+    text.parse().map_err(|_| BenchError::new(format!("{text:?}: not a number")))
+}
+
+fn seconds(text: &str) -> Result<Duration, BenchError> {
+    let seconds: f64 = number(text)?;
     if !(seconds > 0.0 && seconds <= 3600.0) {
-        return Err(BenchError::new(format!("{flag} {text}: use 0 < SECS <= 3600")));
+        return Err(BenchError::new(format!("{text}: use 0 < SECS <= 3600")));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Runs `runnel bench <args>`.
-pub fn run(args: &[String]) -> Result<(), BenchError> {
-    let usage = USAGE;
-    let (command, rest) = args.split_first().ok_or_else(|| BenchError::new(usage))?;
-    let mut json = false;
-    let mut iter = rest.iter();
-    match command.as_str() {
-        "fanout" => {
-            let mut options = FanoutOptions { against_nats: false, ..Default::default() };
-            while let Some(flag) = iter.next() {
-                match flag.as_str() {
-                    "--subscribers" => options.subscribers = number(value(&mut iter, flag)?, flag)?,
-                    "--size" => options.payload_length = number(value(&mut iter, flag)?, flag)?,
-                    "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--latency-duration" => options.latency_duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--against" => match value(&mut iter, flag)?.as_str() {
-                        "nats" => options.against_nats = true,
-                        other => return Err(BenchError::new(format!("--against {other:?}: only nats is supported"))),
-                    },
-                    "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
-                    "--latency-rate" => options.latency_rate_per_s = number(value(&mut iter, flag)?, flag)?,
-                    "--only-nats" => {
-                        options.runnel = false;
-                        options.against_nats = true;
-                    }
-                    "--runnel-binary" => options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?)),
-                    "--nats-server" => options.nats_server = Some(PathBuf::from(value(&mut iter, flag)?)),
-                    "--json" => json = true,
-                    other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
-                }
-            }
-            let report = crate::fanout(options)?;
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                report.print_table();
-            }
-        }
-        "relay-chain" => {
-            let mut options = RelayChainOptions::default();
-            while let Some(flag) = iter.next() {
-                match flag.as_str() {
-                    "--size" => options.payload_length = number(value(&mut iter, flag)?, flag)?,
-                    "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--latency-duration" => options.latency_duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--signatures" => options.signatures = value(&mut iter, flag)?.parse()?,
-                    "--latency-rate" => options.latency_rate_per_s = number(value(&mut iter, flag)?, flag)?,
-                    "--runnel-binary" => options.runnel_binary = Some(PathBuf::from(value(&mut iter, flag)?)),
-                    "--json" => json = true,
-                    other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
-                }
-            }
-            let report = crate::relay_chain(options)?;
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                report.print_table();
-            }
-        }
-        "udp-ceiling" => {
-            let mut options = UdpCeilingOptions::default();
-            while let Some(flag) = iter.next() {
-                match flag.as_str() {
-                    "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--json" => json = true,
-                    other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
-                }
-            }
-            let report = crate::udp_ceiling(options)?;
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                report.print_table();
-            }
-        }
-        "xdp" => {
-            let mut options = XdpOptions::default();
-            while let Some(flag) = iter.next() {
-                match flag.as_str() {
-                    "--duration" => options.duration = seconds(value(&mut iter, flag)?, flag)?,
-                    "--flood-rate" => options.flood_rate = FloodRate::parse(value(&mut iter, flag)?)?,
-                    "--legit-rate" => options.legit_rate_per_s = number(value(&mut iter, flag)?, flag)?,
-                    "--repeat" => options.repeat = number(value(&mut iter, flag)?, flag)?,
-                    "--json" => json = true,
-                    other => return Err(BenchError::new(format!("unknown flag {other}; {usage}"))),
-                }
-            }
-            let report = crate::xdp(options)?;
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                report.print_table();
-            }
-        }
-        other => return Err(BenchError::new(format!("unknown benchmark {other:?}; {usage}"))),
+/// `--against nats`, the only baseline there is.
+fn against(text: &str) -> Result<(), BenchError> {
+    match text {
+        "nats" => Ok(()),
+        other => Err(BenchError::new(format!("{other:?}: only nats is supported"))),
     }
-    Ok(())
+}
+
+fn show_seconds(duration: Duration) -> String {
+    format!("{}", duration.as_secs_f64())
+}
+
+fn show_against(against_nats: bool) -> String {
+    if against_nats { "nats" } else { "none: Runnel only" }.to_string()
+}
+
+fn path(text: &str) -> Result<Option<PathBuf>, BenchError> {
+    Ok(Some(PathBuf::from(text)))
+}
+
+fn show_switch(on: bool) -> String {
+    if on { "on" } else { "off" }.to_string()
+}
+
+// Help lines that mean the same for several subcommands.
+const SIZE_HELP: &str = "payload length in bytes, at least 16";
+const SEARCH_DURATION_HELP: &str = "time budget of the throughput search (an unpaced probe, then paced steps bisecting the rate)";
+const SIGNATURES_HELP: &str = "how the Runnel publisher signs: one signature per message, or one per Merkle batch";
+const LATENCY_DURATION_HELP: &str = "length of the paced latency phase after the search";
+const LATENCY_RATE_HELP: &str = "publish rate of the latency phase (both publishers flush on the same schedule)";
+const RUNNEL_BINARY_HELP: &str = "runnel binary to start nodes with, as `runnel node --config FILE`";
+const NATS_SERVER_HELP: &str = "nats-server binary to start";
+const THIS_EXECUTABLE: &str = "this executable";
+const NATS_ON_PATH: &str = "nats-server on PATH, then in /usr/sbin";
+
+// ---- The subcommands -----------------------------------------------------------------------
+
+static FANOUT: Subcommand<FanoutOptions> = Subcommand {
+    name: "fanout",
+    summary: "one publisher -> one node -> N subscribers: throughput search, then latency (--against nats: also NATS)",
+    defaults: || FanoutOptions { against_nats: false, ..FanoutOptions::default() },
+    run: |options| crate::fanout(options).map(|report| (report.to_json(), report.table())),
+    flags: &[
+        Flag {
+            name: "--subscribers",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.subscribers = n)),
+            help: "subscribers on the server",
+            default: |o| o.subscribers.to_string(),
+        },
+        Flag {
+            name: "--size",
+            takes: Takes::Value("BYTES", |o, v| number(v).map(|n| o.payload_length = n)),
+            help: SIZE_HELP,
+            default: |o| o.payload_length.to_string(),
+        },
+        Flag {
+            name: "--duration",
+            takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.duration = d)),
+            help: SEARCH_DURATION_HELP,
+            default: |o| show_seconds(o.duration),
+        },
+        Flag {
+            name: "--against",
+            takes: Takes::Value("nats", |o, v| against(v).map(|()| o.against_nats = true)),
+            help: "also run the NATS baseline (a nats-server child) under the same workload",
+            default: |o| show_against(o.against_nats),
+        },
+        Flag {
+            name: "--only-nats",
+            takes: Takes::Switch(|o| {
+                o.runnel = false;
+                o.against_nats = true;
+            }),
+            help: "run the NATS baseline alone",
+            default: |o| show_switch(!o.runnel),
+        },
+        Flag {
+            name: "--signatures",
+            takes: Takes::Value("single|batch", |o, v| v.parse().map(|mode| o.signatures = mode)),
+            help: SIGNATURES_HELP,
+            default: |o| o.signatures.name().to_string(),
+        },
+        Flag {
+            name: "--latency-duration",
+            takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.latency_duration = d)),
+            help: LATENCY_DURATION_HELP,
+            default: |o| show_seconds(o.latency_duration),
+        },
+        Flag {
+            name: "--latency-rate",
+            takes: Takes::Value("MSGS_PER_S", |o, v| number(v).map(|n| o.latency_rate_per_s = n)),
+            help: LATENCY_RATE_HELP,
+            default: |o| o.latency_rate_per_s.to_string(),
+        },
+        Flag {
+            name: "--runnel-binary",
+            takes: Takes::Value("PATH", |o, v| path(v).map(|p| o.runnel_binary = p)),
+            help: RUNNEL_BINARY_HELP,
+            default: |_| THIS_EXECUTABLE.to_string(),
+        },
+        Flag {
+            name: "--nats-server",
+            takes: Takes::Value("PATH", |o, v| path(v).map(|p| o.nats_server = p)),
+            help: NATS_SERVER_HELP,
+            default: |_| NATS_ON_PATH.to_string(),
+        },
+    ],
+};
+
+static RELAY_CHAIN: Subcommand<RelayChainOptions> = Subcommand {
+    name: "relay-chain",
+    summary: "publisher -> A -> B -> C -> subscriber (three node processes), as a fraction of the UDP ceiling",
+    defaults: RelayChainOptions::default,
+    run: |options| crate::relay_chain(options).map(|report| (report.to_json(), report.table())),
+    flags: &[
+        Flag {
+            name: "--size",
+            takes: Takes::Value("BYTES", |o, v| number(v).map(|n| o.payload_length = n)),
+            help: SIZE_HELP,
+            default: |o| o.payload_length.to_string(),
+        },
+        Flag {
+            name: "--duration",
+            takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.duration = d)),
+            help: SEARCH_DURATION_HELP,
+            default: |o| show_seconds(o.duration),
+        },
+        Flag {
+            name: "--signatures",
+            takes: Takes::Value("single|batch", |o, v| v.parse().map(|mode| o.signatures = mode)),
+            help: SIGNATURES_HELP,
+            default: |o| o.signatures.name().to_string(),
+        },
+        Flag {
+            name: "--latency-duration",
+            takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.latency_duration = d)),
+            help: LATENCY_DURATION_HELP,
+            default: |o| show_seconds(o.latency_duration),
+        },
+        Flag {
+            name: "--latency-rate",
+            takes: Takes::Value("MSGS_PER_S", |o, v| number(v).map(|n| o.latency_rate_per_s = n)),
+            help: LATENCY_RATE_HELP,
+            default: |o| o.latency_rate_per_s.to_string(),
+        },
+        Flag {
+            name: "--runnel-binary",
+            takes: Takes::Value("PATH", |o, v| path(v).map(|p| o.runnel_binary = p)),
+            help: RUNNEL_BINARY_HELP,
+            default: |_| THIS_EXECUTABLE.to_string(),
+        },
+    ],
+};
+
+static LATENCY: Subcommand<LatencyOptions> = Subcommand {
+    name: "latency",
+    summary: "one-hop latency, publisher -> one node -> one subscriber, flushing every message; sign/verify cost",
+    defaults: LatencyOptions::default,
+    run: |options| crate::latency(options).map(|report| (report.to_json(), report.table())),
+    flags: &[
+        Flag {
+            name: "--size",
+            takes: Takes::Value("BYTES", |o, v| number(v).map(|n| o.payload_length = n)),
+            help: SIZE_HELP,
+            default: |o| o.payload_length.to_string(),
+        },
+        Flag {
+            name: "--rate",
+            takes: Takes::Value("MSGS_PER_S", |o, v| number(v).map(|n| o.rate_per_s = n)),
+            help: "paced publish rate, one flush per message",
+            default: |o| o.rate_per_s.to_string(),
+        },
+        Flag {
+            name: "--duration",
+            takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.duration = d)),
+            help: "length of the measured phase, after a short warm-up that is not sampled",
+            default: |o| show_seconds(o.duration),
+        },
+        Flag {
+            name: "--against",
+            takes: Takes::Value("nats", |o, v| against(v).map(|()| o.against_nats = true)),
+            help: "also measure NATS (a nats-server child), its client flushing every message",
+            default: |o| show_against(o.against_nats),
+        },
+        Flag {
+            name: "--signatures",
+            takes: Takes::Value("single|batch", |o, v| v.parse().map(|mode| o.signatures = mode)),
+            help: "how the Runnel publisher signs (batch with a flush per message signs batches of one)",
+            default: |o| o.signatures.name().to_string(),
+        },
+        Flag {
+            name: "--runnel-binary",
+            takes: Takes::Value("PATH", |o, v| path(v).map(|p| o.runnel_binary = p)),
+            help: RUNNEL_BINARY_HELP,
+            default: |_| THIS_EXECUTABLE.to_string(),
+        },
+        Flag {
+            name: "--nats-server",
+            takes: Takes::Value("PATH", |o, v| path(v).map(|p| o.nats_server = p)),
+            help: NATS_SERVER_HELP,
+            default: |_| NATS_ON_PATH.to_string(),
+        },
+    ],
+};
+
+static UDP_CEILING: Subcommand<UdpCeilingOptions> = Subcommand {
+    name: "udp-ceiling",
+    summary: "a forwarder that only moves datagrams (GRO receive, GSO send): the most a relay could forward here",
+    defaults: UdpCeilingOptions::default,
+    run: |options| crate::udp_ceiling(options).map(|report| (report.to_json(), report.table())),
+    flags: &[Flag {
+        name: "--duration",
+        takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.duration = d)),
+        help: "measured window, after a 300 ms warm-up",
+        default: |o| show_seconds(o.duration),
+    }],
+};
+
+static XDP: Subcommand<XdpOptions> = Subcommand {
+    name: "xdp",
+    summary: "the XDP filter: ns per verdict, and delivery under a forged flood on a veth pair (needs root)",
+    defaults: XdpOptions::default,
+    run: |options| crate::xdp(options).map(|report| (report.to_json(), report.table())),
+    flags: &[
+        Flag {
+            name: "--duration",
+            takes: Takes::Value("SECS", |o, v| seconds(v).map(|d| o.duration = d)),
+            help: "length of each veth phase (the legitimate publisher's sending time)",
+            default: |o| show_seconds(o.duration),
+        },
+        Flag {
+            name: "--flood-rate",
+            takes: Takes::Value("DATAGRAMS_PER_S|max", |o, v| FloodRate::parse(v).map(|rate| o.flood_rate = rate)),
+            help: "forged datagrams per second in the flood phases, or max",
+            default: |o| o.flood_rate.to_string(),
+        },
+        Flag {
+            name: "--legit-rate",
+            takes: Takes::Value("MSGS_PER_S", |o, v| number(v).map(|n| o.legit_rate_per_s = n)),
+            help: "the legitimate publisher's paced rate",
+            default: |o| o.legit_rate_per_s.to_string(),
+        },
+        Flag {
+            name: "--repeat",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.repeat = n)),
+            help: "runs per BPF_PROG_TEST_RUN call for the stateless verdicts",
+            default: |o| o.repeat.to_string(),
+        },
+    ],
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SignatureMode;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(String::from).collect()
+    }
+
+    // Goal: a flag's table entry really sets its option, and every help line shows a default
+    // rendered from the subcommand's defaults.
+    #[test]
+    fn flags_parse_into_options() {
+        let (options, json) =
+            LATENCY.parse(&args("--size 128 --rate 10000 --duration 1.5 --against nats --signatures batch --json")).unwrap();
+        assert!(json);
+        assert_eq!((options.payload_length, options.rate_per_s, options.duration), (128, 10_000, Duration::from_millis(1500)));
+        assert!(options.against_nats);
+        assert_eq!(options.signatures, SignatureMode::Batch);
+        let (options, json) = FANOUT.parse(&args("--only-nats")).unwrap();
+        assert!(!json && !options.runnel && options.against_nats);
+        assert!(LATENCY.help().contains("--rate MSGS_PER_S") && LATENCY.help().contains("(default: 1000)"));
+        assert!(FANOUT.help().contains("(default: none: Runnel only)"));
+    }
+
+    // Goal: mistakes name the flag and what to do; an unknown flag points to --help.
+    #[test]
+    fn mistakes_are_explained() {
+        let error = |command: &dyn Fn(&[String]) -> Result<(), BenchError>, text: &str| command(&args(text)).unwrap_err().0;
+        let latency = |a: &[String]| LATENCY.parse(a).map(|_| ());
+        assert!(error(&latency, "--bogus").contains("`runnel bench latency --help`"));
+        assert!(error(&latency, "--rate").contains("--rate needs a value: --rate MSGS_PER_S"));
+        assert!(error(&latency, "--rate fast").contains("--rate \"fast\": not a number"));
+        assert!(error(&latency, "--duration 0").contains("--duration 0: use 0 < SECS <= 3600"));
+        assert!(error(&latency, "--signatures many").contains("--signatures \"many\": use single or batch"));
+        assert!(error(&latency, "--against kafka").contains("only nats"));
+        assert!(error(&run, "nosuch").contains("unknown benchmark"));
+    }
 }

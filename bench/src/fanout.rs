@@ -12,7 +12,7 @@
 use crate::measure::LatencySummary;
 use crate::nats::NatsServer;
 use crate::runnel::RunnelNodes;
-use crate::workload::{self, StepResult, SystemResult, Workload, SEARCH_STEPS};
+use crate::workload::{self, Flush, Paced, StepResult, SystemResult, Workload, LATENCY_FLUSH_INTERVAL, SEARCH_STEPS};
 use crate::{BenchError, WorkDir};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ impl std::str::FromStr for SignatureMode {
         match text {
             "single" => Ok(SignatureMode::Single),
             "batch" => Ok(SignatureMode::Batch),
-            other => Err(BenchError::new(format!("--signatures {other:?}: use single or batch"))),
+            other => Err(BenchError::new(format!("{other:?}: use single or batch"))),
         }
     }
 }
@@ -97,8 +97,11 @@ impl FanoutOptions {
             subscribers: self.subscribers,
             payload_length: self.payload_length,
             duration: self.duration,
-            latency_duration: self.latency_duration,
-            latency_rate_per_s: self.latency_rate_per_s,
+            latency: Paced {
+                rate_per_s: self.latency_rate_per_s,
+                duration: self.latency_duration,
+                flush: Flush::Interval(LATENCY_FLUSH_INTERVAL),
+            },
             batch_messages: crate::GSO_SEGMENTS_MAX * crate::messages_per_datagram(self.payload_length),
             samples_max: 100_000,
         }
@@ -152,7 +155,8 @@ pub fn runnel_binary(explicit: Option<&std::path::Path>) -> Result<PathBuf, Benc
 /// A table row: label, the value it shows, decimals.
 type TableRow = (&'static str, fn(&SystemResult) -> f64, usize);
 
-fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
+/// numerator / denominator when both exist and the denominator is positive.
+pub(crate) fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
     match (numerator, denominator) {
         (Some(n), Some(d)) if d > 0.0 => Some(n / d),
         _ => None,

@@ -6,6 +6,9 @@
 //! - [`fanout()`]: one publisher → one node → N subscribers, against `nats-server` under the
 //!   same workload with an equally lean client ([`nats`]). Delivered and publish msgs/s, p50/p99
 //!   latency at a fixed 10k msgs/s, server CPU% and RSS, and the Runnel/NATS ratio.
+//! - [`latency()`]: one-hop latency, publisher → one node → one subscriber, each publisher
+//!   flushing after every message, against `nats-server` in the same mode; with the cost of
+//!   one signature and one verification measured in the same run, Runnel's target.
 //! - [`relay_chain()`]: publisher → A → B → C → subscriber, throughput through two hops, as a
 //!   fraction of [`udp_ceiling()`].
 //! - [`udp_ceiling()`]: a minimal forwarder that only moves datagrams (UDP GRO receive, GSO
@@ -31,6 +34,7 @@
 
 pub mod cli;
 pub mod fanout;
+pub mod latency;
 pub mod measure;
 pub mod nats;
 pub mod process;
@@ -41,6 +45,7 @@ pub mod workload;
 pub mod xdp;
 
 pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
+pub use latency::{latency, LatencyOptions, LatencyReport};
 pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
 pub use xdp::{xdp, FloodRate, XdpOptions, XdpReport};

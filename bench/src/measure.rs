@@ -136,9 +136,11 @@ impl Pacer {
         (self.start.elapsed().as_nanos() * self.rate_per_s as u128 / 1_000_000_000) as u64
     }
 
-    /// Sleeps until message number `sent` is due (returns at once if it already is).
+    /// Sleeps until the message after the first `sent` is due, that is until [`Pacer::due`]
+    /// exceeds `sent` (returns at once if it already does). Waiting only until message
+    /// `sent - 1` was due would return at once after every send and spin the publisher.
     pub fn wait_for(&self, sent: u64) {
-        let due_at = self.start + Duration::from_nanos((sent as u128 * 1_000_000_000 / self.rate_per_s as u128) as u64);
+        let due_at = self.start + Duration::from_nanos(((sent as u128 + 1) * 1_000_000_000 / self.rate_per_s as u128) as u64);
         let now = Instant::now();
         if due_at > now {
             std::thread::sleep(due_at - now);
@@ -201,6 +203,21 @@ mod tests {
         }
         let expected = rate_per_s as f64 * pacer.start.elapsed().as_secs_f64();
         assert!((sent as f64) > expected * 0.97 && (sent as f64) <= expected, "sent {sent}, expected about {expected}");
+    }
+
+    // Goal: after sending everything due, `wait_for` sleeps until the next message is due
+    // instead of returning at once (which made paced publishers spin a core).
+    #[test]
+    fn pacer_waits_for_the_next_message() {
+        precise_sleeps();
+        let pacer = Pacer::new(100);
+        for sent in 0..3 {
+            assert_eq!(pacer.due(), sent, "nothing is due early");
+            pacer.wait_for(sent);
+            assert!(pacer.due() > sent, "woke before message {sent} was due");
+        }
+        let elapsed = pacer.start.elapsed();
+        assert!(elapsed >= Duration::from_millis(30) && elapsed < Duration::from_millis(200), "3 messages at 100/s took {elapsed:?}");
     }
 
     // Goal: a stamp written by the publisher reads back with its phase and a time not in the future.

@@ -16,7 +16,7 @@
 use crate::fanout::{runnel_binary, steps_line, system_json, SignatureMode};
 use crate::runnel::RunnelNodes;
 use crate::udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
-use crate::workload::{self, SystemResult, Workload, SEARCH_STEPS};
+use crate::workload::{self, Flush, Paced, SystemResult, Workload, LATENCY_FLUSH_INTERVAL, SEARCH_STEPS};
 use crate::{BenchError, WorkDir};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -131,8 +131,11 @@ pub fn relay_chain(options: RelayChainOptions) -> Result<RelayChainReport, Bench
         subscribers: 1,
         payload_length: options.payload_length,
         duration: options.duration,
-        latency_duration: options.latency_duration,
-        latency_rate_per_s: options.latency_rate_per_s,
+        latency: Paced {
+            rate_per_s: options.latency_rate_per_s,
+            duration: options.latency_duration,
+            flush: Flush::Interval(LATENCY_FLUSH_INTERVAL),
+        },
         batch_messages: crate::GSO_SEGMENTS_MAX * crate::messages_per_datagram(options.payload_length),
         samples_max: 100_000,
     };

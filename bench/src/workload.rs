@@ -21,8 +21,13 @@
 //!    Reported: delivered msgs/s = messages of the best passing step received (in its window
 //!    or its drain) / window, its publish rate, its server CPU% and RSS, and the probe's
 //!    numbers; the in-window-only rate too.
-//! 3. **Latency**: the publisher sends at a fixed `latency_rate_per_s`, flushing every message,
-//!    stamping each with its send time; every subscriber samples receive − send time.
+//! 3. **Latency**: the publisher sends at a fixed rate ([`Paced`]), flushing at most every
+//!    [`LATENCY_FLUSH_INTERVAL`], stamping each message with its send time; every subscriber
+//!    samples receive − send time.
+//!
+//! [`measure_latency`] (`runnel bench latency`) runs readiness, a warm-up and the same latency
+//! phase with one subscriber and a flush after every message: the paced sending and the
+//! sampling are the same code.
 //!
 //! Subscribers run on their own threads and publish their counts to atomics once per
 //! receive call (not per message). Limits: publisher and subscribers share this machine's
@@ -38,8 +43,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often publishers flush in the latency phase (both systems alike).
-const LATENCY_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+/// How often publishers flush in the fan-out and relay-chain latency phases (both systems
+/// alike): a batch-signing publisher signs one root per flush (as `runnel dev` and `runnel
+/// pub` do), and the NATS client writes its buffer on the same schedule.
+pub const LATENCY_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+
+/// When a paced phase's publisher flushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// At most once per interval, and at the end of the phase.
+    Interval(Duration),
+    /// After every message: each system's lowest-latency mode (`runnel bench latency`), in
+    /// which no buffer or batch holds a message back.
+    EveryMessage,
+}
+
+/// A paced phase: `rate_per_s` for `duration`.
+#[derive(Clone, Copy, Debug)]
+pub struct Paced {
+    pub rate_per_s: u64,
+    pub duration: Duration,
+    pub flush: Flush,
+}
 
 /// The sending side of a system under test.
 pub trait Publisher {
@@ -79,12 +104,41 @@ pub struct Workload {
     pub subscribers: usize,
     pub payload_length: usize,
     pub duration: Duration,
-    pub latency_duration: Duration,
-    pub latency_rate_per_s: u64,
+    /// The latency phase after the search.
+    pub latency: Paced,
     /// Messages per flush in the throughput phase.
     pub batch_messages: usize,
     /// Latency samples kept per subscriber.
     pub samples_max: usize,
+}
+
+/// What `runnel bench latency` runs against one system (see [`measure_latency`]).
+#[derive(Clone, Debug)]
+pub struct LatencyWorkload {
+    pub payload_length: usize,
+    /// Sending before the measured phase, at its rate and flush policy, not sampled.
+    pub warmup: Duration,
+    /// The measured phase.
+    pub latency: Paced,
+    /// Latency samples kept (extras are counted in `samples_dropped`).
+    pub samples_max: usize,
+}
+
+/// What one system did in `runnel bench latency`'s measured phase.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyResult {
+    /// Receive − send time of every sampled message.
+    pub latency: LatencySummary,
+    /// Messages published in the measured phase.
+    pub sent: u64,
+    /// Sent / phase length: below the asked rate when the publisher could not keep up.
+    pub published_per_s: f64,
+    /// Measured-phase messages received by the end of the drain / sent.
+    pub delivered_fraction: f64,
+    /// Samples not kept because the sample set was full.
+    pub samples_dropped: u64,
+    /// The subscriber's failure, if it failed.
+    pub subscriber_errors: Vec<String>,
 }
 
 /// One step of the throughput search.
@@ -210,97 +264,96 @@ const RECEIVE_WAIT: Duration = Duration::from_millis(50);
 
 /// Runs the workload against `system` and reports what it did.
 pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemResult, BenchError> {
-    if workload.payload_length < measure::PAYLOAD_LENGTH_MIN {
+    let mut payload = payload_buffer(workload.payload_length)?;
+    let (mut result, received) = with_subscribers(system, workload.subscribers, workload.samples_max, |system, shared| {
+        let mut publisher = system.publisher()?;
+        await_readiness(system, shared, &mut publisher, &mut payload)?;
+        let mut result = search_throughput(system, shared, workload, &mut payload)?;
+        // 3. Latency, with a fresh publisher (see `Search::step`). Throughput-phase
+        // stragglers may still arrive; only latency-phase messages are sampled and counted.
+        drop(publisher);
+        let mut publisher = system.publisher()?;
+        result.latency_delivered_fraction = latency_phase(shared, &mut publisher, &mut payload, workload.latency)?.delivered_fraction;
+        system.check_running()?;
+        Ok(result)
+    })?;
+    result.samples_dropped = received.samples_dropped;
+    result.latency = received.latency;
+    result.subscriber_errors = received.errors;
+    Ok(result)
+}
+
+/// Runs `runnel bench latency` against `system` with one subscriber: readiness, a warm-up at
+/// the measured rate and flush policy whose messages are not sampled (so the first samples
+/// do not pay for cold caches, socket buffers growing or a node learning the publisher's
+/// key), then the latency phase — one publisher throughout, as a real low-latency publisher
+/// keeps its connection.
+pub fn measure_latency<S: System>(system: &mut S, workload: &LatencyWorkload) -> Result<LatencyResult, BenchError> {
+    let mut payload = payload_buffer(workload.payload_length)?;
+    let (phase, received) = with_subscribers(system, 1, workload.samples_max, |system, shared| {
+        let mut publisher = system.publisher()?;
+        await_readiness(system, shared, &mut publisher, &mut payload)?;
+        let warmup = Paced { duration: workload.warmup, ..workload.latency };
+        paced(&mut publisher, &mut payload, warmup, measure::PHASE_READINESS)?;
+        let phase = latency_phase(shared, &mut publisher, &mut payload, workload.latency)?;
+        system.check_running()?;
+        Ok(phase)
+    })?;
+    Ok(LatencyResult {
+        latency: received.latency,
+        sent: phase.sent,
+        published_per_s: phase.published_per_s,
+        delivered_fraction: phase.delivered_fraction,
+        samples_dropped: received.samples_dropped,
+        subscriber_errors: received.errors,
+    })
+}
+
+/// A zeroed payload of `payload_length` bytes, if that holds a stamp.
+fn payload_buffer(payload_length: usize) -> Result<Vec<u8>, BenchError> {
+    if payload_length < measure::PAYLOAD_LENGTH_MIN {
         return Err(BenchError::new(format!(
-            "payload size {} is too small: use at least {} bytes",
-            workload.payload_length,
+            "payload size {payload_length} is too small: use at least {} bytes",
             measure::PAYLOAD_LENGTH_MIN
         )));
     }
-    let shared =
-        Arc::new(Shared { received: (0..workload.subscribers).map(|_| PhaseCounters::default()).collect(), stop: AtomicBool::new(false) });
-    let mut threads = Vec::with_capacity(workload.subscribers);
-    let mut run = || -> Result<SystemResult, BenchError> {
-        for index in 0..workload.subscribers {
+    Ok(vec![0u8; payload_length])
+}
+
+/// What the subscriber threads saw over a whole run.
+struct Received {
+    latency: LatencySummary,
+    samples_dropped: u64,
+    errors: Vec<String>,
+}
+
+/// Starts one receiving thread per subscriber, runs `run` on this thread (the publisher's,
+/// with precise sleeps), then stops and joins the subscribers — also when `run` fails — and
+/// merges their latency samples.
+fn with_subscribers<S: System, T>(
+    system: &mut S,
+    subscribers: usize,
+    samples_max: usize,
+    run: impl FnOnce(&mut S, &Shared) -> Result<T, BenchError>,
+) -> Result<(T, Received), BenchError> {
+    let shared = Arc::new(Shared { received: (0..subscribers).map(|_| PhaseCounters::default()).collect(), stop: AtomicBool::new(false) });
+    let mut threads = Vec::with_capacity(subscribers);
+    let mut spawn_all = || -> Result<(), BenchError> {
+        for index in 0..subscribers {
             let subscriber = system.subscriber(index)?;
             let shared = Arc::clone(&shared);
-            let samples_max = workload.samples_max;
             let thread = std::thread::Builder::new()
                 .name(format!("subscriber-{index}"))
                 .spawn(move || subscriber_loop(subscriber, index, &shared, samples_max))
                 .map_err(|e| BenchError::new(format!("cannot start a subscriber thread: {e}")))?;
             threads.push(thread);
         }
-        let mut publisher = system.publisher()?;
-        measure::precise_sleeps();
-        let mut payload = vec![0u8; workload.payload_length];
-
-        // 1. Readiness.
-        let ready_deadline = Instant::now() + READINESS_TIMEOUT;
-        while shared.received.iter().any(|c| c.total() == 0) {
-            if Instant::now() > ready_deadline {
-                system.check_running()?;
-                let silent = shared.received.iter().filter(|c| c.total() == 0).count();
-                return Err(BenchError::new(format!(
-                    "{silent} of {} subscribers received nothing within {READINESS_TIMEOUT:?}",
-                    workload.subscribers
-                )));
-            }
-            measure::stamp(&mut payload, measure::PHASE_READINESS);
-            publisher.publish(&payload)?;
-            publisher.flush()?;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT, &mut publisher)?;
-
-        // 2. Throughput search.
-        let mut result = SystemResult::default();
-        let mut search = Search { system: &mut *system, shared: &shared, workload, payload: &mut payload };
-        result.steps = search.run()?;
-        result.probe = result.steps[0].clone();
-        let found = best_step(&result.steps).cloned().unwrap_or_default();
-        result.delivered_per_s = found.delivered_per_s;
-        result.published_per_s = found.published_per_s;
-        result.rate_per_s = found.rate_per_s;
-        result.delivered_in_window_per_s = found.delivered_in_window_per_s;
-        result.sent = found.sent;
-        result.delivered = found.delivered;
-        result.delivered_fraction = found.delivered_fraction;
-        result.cpu_percent = found.cpu_percent;
-        result.rss_kib = found.rss_kib;
-        system.check_running()?;
-
-        // 3. Latency, with a fresh publisher (see `Search::step`). Throughput-phase
-        // stragglers may still arrive; only latency-phase messages are sampled and counted.
-        drop(publisher);
-        let mut publisher = system.publisher()?;
-        let pacer = Pacer::new(workload.latency_rate_per_s);
-        let mut sent = 0u64;
-        // Both systems' publishers flush at most every LATENCY_FLUSH_INTERVAL: a batch-signing
-        // publisher signs one root per flush (as `runnel dev` and `runnel pub` do), and the
-        // NATS client writes its buffer on the same schedule.
-        let mut last_flush = Instant::now();
-        while latency_phase_running(&pacer, workload) {
-            let due = pacer.due();
-            while sent < due {
-                measure::stamp(&mut payload, measure::PHASE_LATENCY);
-                publisher.publish(&payload)?;
-                sent += 1;
-            }
-            if last_flush.elapsed() >= LATENCY_FLUSH_INTERVAL {
-                publisher.flush()?;
-                last_flush = Instant::now();
-            }
-            pacer.wait_for(sent);
-        }
-        publisher.flush()?;
-        drain(&shared, DRAIN_QUIET, DRAIN_TIMEOUT, &mut publisher)?;
-        let expected = sent * workload.subscribers as u64;
-        result.latency_delivered_fraction = shared.phase_total(measure::PHASE_LATENCY) as f64 / expected.max(1) as f64;
-        system.check_running()?;
-        Ok(result)
+        Ok(())
     };
-    let outcome = run();
+    let outcome = spawn_all().and_then(|()| {
+        measure::precise_sleeps();
+        run(system, &shared)
+    });
     shared.stop.store(true, Ordering::Relaxed);
     let mut sample_sets = Vec::with_capacity(threads.len());
     let mut errors = Vec::new();
@@ -313,11 +366,106 @@ pub fn measure<S: System>(system: &mut S, workload: &Workload) -> Result<SystemR
             Err(_) => errors.push("a subscriber thread panicked".to_string()),
         }
     }
-    let mut result = outcome?;
-    result.samples_dropped = sample_sets.iter().map(|set| set.dropped).sum();
-    result.latency = LatencySummary::from_samples(sample_sets);
-    result.subscriber_errors = errors;
+    let samples_dropped = sample_sets.iter().map(|set| set.dropped).sum();
+    Ok((outcome?, Received { latency: LatencySummary::from_samples(sample_sets), samples_dropped, errors }))
+}
+
+/// 1. Readiness: probes every 10 ms until every subscriber has received one, then drains.
+fn await_readiness<S: System>(system: &mut S, shared: &Shared, publisher: &mut S::Publisher, payload: &mut [u8]) -> Result<(), BenchError> {
+    let ready_deadline = Instant::now() + READINESS_TIMEOUT;
+    while shared.received.iter().any(|c| c.total() == 0) {
+        if Instant::now() > ready_deadline {
+            system.check_running()?;
+            let silent = shared.received.iter().filter(|c| c.total() == 0).count();
+            return Err(BenchError::new(format!(
+                "{silent} of {} subscribers received nothing within {READINESS_TIMEOUT:?}",
+                shared.received.len()
+            )));
+        }
+        measure::stamp(payload, measure::PHASE_READINESS);
+        publisher.publish(payload)?;
+        publisher.flush()?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drain(shared, DRAIN_QUIET, DRAIN_TIMEOUT, publisher)
+}
+
+/// 2. Throughput search: every step, and the best passing one's numbers as the result.
+fn search_throughput<S: System>(
+    system: &mut S,
+    shared: &Shared,
+    workload: &Workload,
+    payload: &mut Vec<u8>,
+) -> Result<SystemResult, BenchError> {
+    let mut result = SystemResult::default();
+    let mut search = Search { system: &mut *system, shared, workload, payload };
+    result.steps = search.run()?;
+    result.probe = result.steps[0].clone();
+    let found = best_step(&result.steps).cloned().unwrap_or_default();
+    result.delivered_per_s = found.delivered_per_s;
+    result.published_per_s = found.published_per_s;
+    result.rate_per_s = found.rate_per_s;
+    result.delivered_in_window_per_s = found.delivered_in_window_per_s;
+    result.sent = found.sent;
+    result.delivered = found.delivered;
+    result.delivered_fraction = found.delivered_fraction;
+    result.cpu_percent = found.cpu_percent;
+    result.rss_kib = found.rss_kib;
+    system.check_running()?;
     Ok(result)
+}
+
+/// What a latency phase sent and how much of it arrived.
+struct LatencyPhase {
+    sent: u64,
+    published_per_s: f64,
+    /// Latency-phase messages received by the end of the drain / (sent × subscribers).
+    delivered_fraction: f64,
+}
+
+/// The latency phase: `phase` with every message stamped [`measure::PHASE_LATENCY`] (the
+/// only ones subscribers sample), then a drain.
+fn latency_phase(shared: &Shared, publisher: &mut impl Publisher, payload: &mut [u8], phase: Paced) -> Result<LatencyPhase, BenchError> {
+    let (sent, elapsed) = paced(publisher, payload, phase, measure::PHASE_LATENCY)?;
+    drain(shared, DRAIN_QUIET, DRAIN_TIMEOUT, publisher)?;
+    let expected = sent * shared.received.len() as u64;
+    Ok(LatencyPhase {
+        sent,
+        published_per_s: sent as f64 / elapsed.as_secs_f64().max(1e-9),
+        delivered_fraction: shared.phase_total(measure::PHASE_LATENCY) as f64 / expected.max(1) as f64,
+    })
+}
+
+/// Publishes `phase.rate_per_s × phase.duration` messages on the pacer's schedule, each
+/// stamped with `phase_byte` and the time just before it is published (catch-up sends if a
+/// wakeup is late), flushing as `phase.flush` says and once at the end. Returns the messages
+/// sent and the time taken.
+fn paced(publisher: &mut impl Publisher, payload: &mut [u8], phase: Paced, phase_byte: u8) -> Result<(u64, Duration), BenchError> {
+    let total = (phase.duration.as_nanos() * phase.rate_per_s as u128 / 1_000_000_000) as u64;
+    let start = Instant::now();
+    let pacer = Pacer::new(phase.rate_per_s);
+    let mut sent = 0u64;
+    let mut last_flush = Instant::now();
+    while sent < total {
+        let due = pacer.due().min(total);
+        while sent < due {
+            measure::stamp(payload, phase_byte);
+            publisher.publish(payload)?;
+            sent += 1;
+            if phase.flush == Flush::EveryMessage {
+                publisher.flush()?;
+            }
+        }
+        if let Flush::Interval(interval) = phase.flush {
+            if last_flush.elapsed() >= interval {
+                publisher.flush()?;
+                last_flush = Instant::now();
+            }
+        }
+        pacer.wait_for(sent);
+    }
+    publisher.flush()?;
+    Ok((sent, start.elapsed()))
 }
 
 /// The highest-passing step: the probe if it passed, else the passing paced step with the
@@ -445,12 +593,6 @@ impl<S: System> Search<'_, S> {
             settle_ms,
         })
     }
-}
-
-/// Whether the paced phase still has messages to send.
-fn latency_phase_running(pacer: &Pacer, workload: &Workload) -> bool {
-    let total = workload.latency_duration.as_nanos() * workload.latency_rate_per_s as u128 / 1_000_000_000;
-    (pacer.due() as u128) < total
 }
 
 /// Waits until the servers are idle: CPU over [`SETTLE_INTERVAL`] below

@@ -6,7 +6,22 @@
 //! carries its send time, so subscribers measure end-to-end latency; each subscriber checks
 //! every chain for duplicates and holes. The generated configs and client link files stay in
 //! a temporary folder so you can attach `runnel sub --link …` from another terminal.
+//!
+//! It runs for hours in fixed memory: duplicates and loss are counted by a [`LossWindow`]
+//! per (subscriber, publisher, chain) — the last [`loss_window::WINDOW_SEQUENCES`]
+//! sequences as a bitmap — and latencies go into [`LatencyHistogram`]s (log buckets, < 1 %
+//! error), not into lists. So `lost` means "not delivered while within 65536 sequences of
+//! the newest", and a delivery older than that is counted in `late_delivered` rather than
+//! as a first delivery or a duplicate. For `runnel dev`'s own publisher, `delivered =
+//! published × subscribers − lost + duplicates_delivered + late_delivered`; messages of
+//! publishers you attach yourself add to `delivered` too (and, beyond [`LOSS_WINDOWS_MAX`]
+//! chains, are counted only there and in `untracked_delivered`).
 
+mod latency_histogram;
+mod loss_window;
+
+use self::latency_histogram::LatencyHistogram;
+use self::loss_window::{Arrival, LossWindow};
 use crate::pubsub::{Pacer, Signatures};
 use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
 use runnel_node::config::{NodeConfig, VerifyPolicy};
@@ -130,25 +145,63 @@ fn layout(nodes: usize, ports: &[u16], dir: &Path) -> Result<Layout, String> {
     Ok(Layout { node_configs: texts, publisher_link, subscriber_links, user_links })
 }
 
-/// What the subscribers saw, merged.
+/// What the subscribers saw, merged; fixed memory however long `runnel dev` runs.
 #[derive(Default)]
 struct Tally {
+    /// Every delivery, including duplicates, late ones and untracked ones.
     delivered: u64,
     duplicates: u64,
-    /// (subscriber, publisher, chain) → sequences seen.
-    seen: HashMap<(usize, [u8; 20], u64), BTreeSet<u64>>,
-    latencies_us: Vec<u64>,
-    all_latencies_us: Vec<u64>,
+    /// Deliveries below their chain's loss window: too old to tell first from duplicate.
+    late: u64,
+    /// Deliveries of chains beyond [`LOSS_WINDOWS_MAX`]: counted here only.
+    untracked: u64,
+    /// (subscriber, publisher, chain) → which recent sequences arrived, and the loss so far.
+    windows: HashMap<(usize, [u8; 20], u64), LossWindow>,
+    /// Latencies since the last per-second line; merged into `latency_total` at each line.
+    latency_window: LatencyHistogram,
+    latency_total: LatencyHistogram,
 }
 
-/// Most latency samples kept for the final percentiles (uniformly thinned beyond).
-const LATENCY_SAMPLES_MAX: usize = 2_000_000;
+/// Most (subscriber, publisher, chain) loss windows kept (8 KiB each): our publisher has
+/// one chain per subscriber; the rest are people's own publishers on the dev stream.
+const LOSS_WINDOWS_MAX: usize = 256;
 
-fn percentile(sorted: &[u64], fraction: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
+impl Tally {
+    fn record(&mut self, subscriber: usize, publisher: [u8; 20], chain: u64, sequence: u64, latency_us: u64) {
+        self.delivered += 1;
+        self.latency_window.record(latency_us);
+        let key = (subscriber, publisher, chain);
+        let windows_len = self.windows.len();
+        let window = match self.windows.get_mut(&key) {
+            Some(window) => window,
+            None if windows_len < LOSS_WINDOWS_MAX => self.windows.entry(key).or_default(),
+            None => {
+                self.untracked += 1;
+                return;
+            }
+        };
+        match window.record(sequence) {
+            Arrival::First => {}
+            Arrival::Duplicate => self.duplicates += 1,
+            Arrival::Late => self.late += 1,
+        }
     }
-    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+
+    /// p50 and p99 since the last call; folds them into the totals.
+    fn take_window_percentiles(&mut self) -> (u64, u64) {
+        let percentiles = (self.latency_window.percentile_us(0.5), self.latency_window.percentile_us(0.99));
+        self.latency_total.merge(&self.latency_window);
+        self.latency_window.clear();
+        percentiles
+    }
+
+    /// Messages of `origin`'s chain (`published` of them) that some subscriber never got
+    /// while they were inside its loss window.
+    fn lost(&self, subscribers: usize, origin: ([u8; 20], u64), published: u64) -> u64 {
+        (0..subscribers)
+            .map(|subscriber| self.windows.get(&(subscriber, origin.0, origin.1)).map_or(published, |w| w.lost_at_end(published)))
+            .sum()
+    }
 }
 
 pub fn run(args: DevArgs) -> Result<(), String> {
@@ -212,11 +265,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
                     .map_err(|e| format!("receive: {e}"))?;
                 let mut tally = tally.lock().expect("no panics while holding the tally");
                 for &(sequence, publisher, chain, latency_us) in &local {
-                    tally.delivered += 1;
-                    if !tally.seen.entry((index, publisher, chain)).or_default().insert(sequence) {
-                        tally.duplicates += 1;
-                    }
-                    tally.latencies_us.push(latency_us);
+                    tally.record(index, publisher, chain, sequence, latency_us);
                 }
             }
             Ok(())
@@ -226,6 +275,8 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(300));
 
     let published = Arc::new(AtomicU64::new(0));
+    // Our publisher's address and chain: the one whose losses count.
+    let origin: ([u8; 20], u64);
     let publisher = {
         let link = layout.publisher_link.clone();
         let stop = stop.clone();
@@ -233,6 +284,8 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         let (rate, size, signing) = (args.rate, args.size, args.signatures.mode());
         let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), signing, verify: false, gso: true };
         let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("publisher link: {e}"))?;
+        let chain = client.publisher(&stream_key).map_err(|e| format!("publisher: {e}"))?;
+        origin = (chain.address(), chain.chain_id());
         std::thread::spawn(move || -> Result<(), String> {
             let mut payload = vec![0u8; size];
             let mut pacer = Pacer::new(rate);
@@ -242,9 +295,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
                     .publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload))
                     .map_err(|e| format!("publish: {e}"))?;
                 published.fetch_add(1, Ordering::Relaxed);
-                if pacer.after_one() {
-                    client.flush().map_err(|e| format!("send: {e}"))?;
-                }
+                pacer.after_one(|| client.flush()).map_err(|e| format!("send: {e}"))?;
             }
             client.flush().map_err(|e| format!("send: {e}"))?;
             // Answer NAKs and probe the tail before leaving (the node may still be repairing).
@@ -264,21 +315,16 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         let seconds = last_tick.elapsed().as_secs_f64();
         last_tick = Instant::now();
         let now_published = published.load(Ordering::Relaxed);
-        let (now_delivered, mut window) = {
+        let (now_delivered, (p50_us, p99_us)) = {
             let mut tally = tally.lock().expect("no panics while holding the tally");
-            let window = std::mem::take(&mut tally.latencies_us);
-            if tally.all_latencies_us.len() < LATENCY_SAMPLES_MAX {
-                tally.all_latencies_us.extend_from_slice(&window);
-            }
-            (tally.delivered, window)
+            (tally.delivered, tally.take_window_percentiles())
         };
-        window.sort_unstable();
         let line = format!(
             "published {:>9.0}/s  delivered {:>9.0}/s  latency p50 {:>6} µs  p99 {:>6} µs  (totals: {} published, {} delivered)",
             (now_published - last_published) as f64 / seconds,
             (now_delivered - last_delivered) as f64 / seconds,
-            percentile(&window, 0.5),
-            percentile(&window, 0.99),
+            p50_us,
+            p99_us,
             now_published,
             now_delivered
         );
@@ -304,12 +350,9 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let elapsed_s = started.elapsed().as_secs_f64();
     let published = published.load(Ordering::Relaxed);
     let mut tally = Arc::try_unwrap(tally).map_err(|_| "tally still shared")?.into_inner().map_err(|_| "tally poisoned")?;
-    let window = std::mem::take(&mut tally.latencies_us);
-    tally.all_latencies_us.extend(window);
-    tally.all_latencies_us.sort_unstable();
-    let unique: u64 = tally.seen.values().map(|s| s.len() as u64).sum();
-    let expected = published * layout.subscriber_links.len() as u64;
-    let lost = expected.saturating_sub(unique);
+    tally.take_window_percentiles();
+    let lost = tally.lost(layout.subscriber_links.len(), origin, published);
+    let (p50_us, p99_us) = (tally.latency_total.percentile_us(0.5), tally.latency_total.percentile_us(0.99));
     let mut node_counters = runnel_core::counters::Counters::default();
     for node in &nodes {
         for shard in node.counters() {
@@ -326,11 +369,13 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         "published": published,
         "delivered": tally.delivered,
         "duplicates_delivered": tally.duplicates,
+        "late_delivered": tally.late,
+        "untracked_delivered": tally.untracked,
         "lost": lost,
         "published_per_s": published as f64 / elapsed_s,
         "delivered_per_s": tally.delivered as f64 / elapsed_s,
-        "latency_us_p50": percentile(&tally.all_latencies_us, 0.5),
-        "latency_us_p99": percentile(&tally.all_latencies_us, 0.99),
+        "latency_us_p50": p50_us,
+        "latency_us_p99": p99_us,
         "node_counters": node_counters.iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
     });
     if args.json {
@@ -341,8 +386,8 @@ pub fn run(args: DevArgs) -> Result<(), String> {
             tally.delivered,
             layout.subscriber_links.len(),
             tally.duplicates,
-            percentile(&tally.all_latencies_us, 0.5),
-            percentile(&tally.all_latencies_us, 0.99)
+            p50_us,
+            p99_us
         );
     }
     Ok(())

@@ -34,7 +34,9 @@ enum Command {
     /// Subscribe to a stream part through a node and print what arrives.
     Sub(pubsub::SubArgs),
     /// Benchmarks against NATS, raw UDP and a relay chain (see bench/README.md):
-    /// `runnel bench fanout|relay-chain|udp-ceiling|xdp [flags]`.
+    /// `runnel bench --help` lists them, `runnel bench NAME --help` their flags.
+    // Help is runnel_bench's own (one table per subcommand), so clap passes -h/--help on.
+    #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -4,10 +4,12 @@
 //! once at exit), so scripts and tests read the node's counters without an admin API. The
 //! `filter` object says where the early-rejection filter runs (`xdp-native`, `xdp-generic`,
 //! `userspace`) and, with XDP, the kernel's verdict counts (docs/xdp-filter.md); the
-//! userspace filter's drops are the `datagrams_*` counters.
+//! userspace filter's drops are the `datagrams_*` counters; `commands` counts the command
+//! interface's traffic (`runnel_node::command::CommandCounter`).
 
 use runnel_core::counters::Counters;
 use runnel_core::filter::Verdict;
+use runnel_node::command::CommandCounter;
 use runnel_node::config::NodeConfig;
 use runnel_node::node::{Node, NodeHandle};
 use runnel_node::shard::{RuntimeCounter, RuntimeCounters};
@@ -45,6 +47,9 @@ pub fn status_json(node: &NodeHandle, started: Instant) -> Value {
         None => Value::Null,
     };
     let policy = node.policy_counters();
+    let command_counters = node.command_counters();
+    let commands: Map<String, Value> =
+        CommandCounter::ALL.iter().map(|c| (c.name().to_string(), json!(command_counters.get(*c)))).collect();
     json!({
         "uptime_s": started.elapsed().as_secs_f64(),
         "listen": node.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -57,6 +62,7 @@ pub fn status_json(node: &NodeHandle, started: Instant) -> Value {
         },
         "counters": counters,
         "runtime": runtime,
+        "commands": commands,
     })
 }
 

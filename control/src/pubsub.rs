@@ -111,9 +111,7 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
             payload[..n].copy_from_slice(&stamp[..n]);
             client.publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload)).map_err(|e| format!("publish: {e}"))?;
             published += 1;
-            if pace.after_one() {
-                client.flush().map_err(|e| format!("send: {e}"))?;
-            }
+            pace.after_one(|| client.flush()).map_err(|e| format!("send: {e}"))?;
         }
     } else {
         let stdin = std::io::stdin();
@@ -126,9 +124,10 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
             let now = runnel_client::unix_time_ms();
             let message = if is_json { Outgoing::json(now, line.as_bytes()) } else { Outgoing::binary(now, line.as_bytes()) };
             client.publish(&stream_key, &message).map_err(|e| format!("publish: {e}"))?;
+            // Flushed at once: the next line may be a long time coming.
             client.flush().map_err(|e| format!("send: {e}"))?;
             published += 1;
-            pace.after_one();
+            pace.after_one(|| Ok::<(), String>(()))?;
         }
     }
     client.flush().map_err(|e| format!("send: {e}"))?;
@@ -140,36 +139,67 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Paces a loop to `rate` per second; tells the caller when to flush (about every ms).
+/// Paces a publishing loop to `rate` messages per second and decides when it flushes.
+///
+/// A message waits in the client's open datagram (and batch) until a flush, so the pacer
+/// flushes whatever is pending *before* it sleeps: an idle publisher never holds a message
+/// for a timer. A loop that does not sleep (behind its rate, or `rate` 0) flushes once its
+/// oldest pending message has waited [`PENDING_AGE_MAX`], so datagrams still fill up at high
+/// rates. It sleeps only when at least [`SLEEP_MIN`] ahead, since shorter sleeps overshoot.
 pub struct Pacer {
     rate: u64,
     started: Instant,
     done: u64,
-    last_flush: Instant,
+    /// When the oldest message not yet flushed was counted (time since `started`).
+    pending_since: Option<Duration>,
+}
+
+/// The longest a message waits for a flush while the publishing loop is busy.
+pub const PENDING_AGE_MAX: Duration = Duration::from_millis(1);
+/// The shortest sleep the pacer takes (below it, it lets the loop run ahead a little).
+pub const SLEEP_MIN: Duration = Duration::from_micros(500);
+
+/// What a loop does after one message: flush first if `flush`, then sleep for `sleep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PaceStep {
+    pub flush: bool,
+    pub sleep: Duration,
 }
 
 impl Pacer {
     pub fn new(rate: u64) -> Self {
-        Self { rate, started: Instant::now(), done: 0, last_flush: Instant::now() }
+        Self { rate, started: Instant::now(), done: 0, pending_since: None }
     }
 
-    /// Counts one item; sleeps when ahead of the rate. Returns true when it is time to flush.
-    pub fn after_one(&mut self) -> bool {
+    /// Counts one message (just published, not flushed); flushes with `flush` when it is
+    /// time, then sleeps if the loop is ahead of the rate.
+    pub fn after_one<E>(&mut self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        let step = self.step(self.started.elapsed());
+        if step.flush {
+            flush()?;
+        }
+        if !step.sleep.is_zero() {
+            std::thread::sleep(step.sleep);
+        }
+        Ok(())
+    }
+
+    /// [`Pacer::after_one`]'s decision for a message counted `elapsed` after the start.
+    pub fn step(&mut self, elapsed: Duration) -> PaceStep {
         self.done += 1;
-        if self.rate > 0 {
-            let due = Duration::from_secs_f64(self.done as f64 / self.rate as f64);
-            let elapsed = self.started.elapsed();
-            if due > elapsed + Duration::from_micros(500) {
-                std::thread::sleep(due - elapsed);
-                self.last_flush = Instant::now();
-                return true;
+        let pending_since = *self.pending_since.get_or_insert(elapsed);
+        let sleep = match self.rate {
+            0 => Duration::ZERO,
+            rate => {
+                let due = Duration::from_secs_f64(self.done as f64 / rate as f64);
+                due.checked_sub(elapsed).filter(|ahead| *ahead >= SLEEP_MIN).unwrap_or(Duration::ZERO)
             }
+        };
+        let flush = !sleep.is_zero() || elapsed.saturating_sub(pending_since) >= PENDING_AGE_MAX;
+        if flush {
+            self.pending_since = None;
         }
-        if self.last_flush.elapsed() >= Duration::from_millis(1) {
-            self.last_flush = Instant::now();
-            return true;
-        }
-        false
+        PaceStep { flush, sleep }
     }
 }
 
@@ -229,4 +259,53 @@ pub fn run_sub(args: SubArgs) -> Result<(), String> {
     }
     out.flush().ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(micros: u64) -> Duration {
+        Duration::from_micros(micros)
+    }
+
+    // Goal: at a low rate every message is flushed before the pacer sleeps, so it never waits
+    // out a sleep in the open datagram (the old pacer flushed after sleeping: ~1 ms at 1k/s).
+    #[test]
+    fn flushes_before_sleeping() {
+        let mut pacer = Pacer::new(1000);
+        for k in 0..5u64 {
+            // Message k+1 is published right after the sleep for message k ended.
+            let step = pacer.step(us(k * 1000 + 20));
+            assert_eq!(step, PaceStep { flush: true, sleep: us(980) }, "message {}", k + 1);
+        }
+    }
+
+    // Goal: a loop that runs ahead by less than SLEEP_MIN neither sleeps nor flushes; the
+    // message that takes it over SLEEP_MIN flushes everything pending, then sleeps.
+    #[test]
+    fn batches_a_burst_then_flushes_it_before_the_sleep() {
+        let mut pacer = Pacer::new(10_000);
+        let idle = PaceStep { flush: false, sleep: Duration::ZERO };
+        let flush_and_sleep = PaceStep { flush: true, sleep: us(595) };
+        for burst in 0..3u64 {
+            // Messages 1..=5 of a burst are published 1 µs apart, 100 µs ahead of the rate each.
+            let woke = burst * 600;
+            let steps: Vec<PaceStep> = (0..6).map(|i| pacer.step(us(woke + i))).collect();
+            assert_eq!(steps, [idle, idle, idle, idle, idle, flush_and_sleep], "burst {burst}");
+        }
+    }
+
+    // Goal: a loop that never sleeps (as fast as possible, or behind its rate) flushes once
+    // the oldest pending message has waited PENDING_AGE_MAX, not on every message.
+    #[test]
+    fn busy_loop_flushes_by_age() {
+        for rate in [0, 1_000_000] {
+            let mut pacer = Pacer::new(rate);
+            // 50 ms into the run, 1 µs per message: behind even a 1M msgs/s schedule.
+            let start = us(50_000);
+            let flushes: Vec<u64> = (0..3000u64).filter(|i| pacer.step(start + us(*i)).flush).collect();
+            assert_eq!(flushes, vec![1000, 2001], "rate {rate}: flush when the first pending message is 1 ms old");
+        }
+    }
 }

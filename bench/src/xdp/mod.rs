@@ -131,7 +131,7 @@ impl FloodRate {
         }
         match text.parse::<u64>() {
             Ok(rate) if rate > 0 => Ok(FloodRate::PerSecond(rate)),
-            _ => Err(BenchError::new(format!("--flood-rate {text:?}: a number of datagrams per second (> 0) or `max`"))),
+            _ => Err(BenchError::new(format!("{text:?}: a number of datagrams per second (> 0) or `max`"))),
         }
     }
 

@@ -136,6 +136,33 @@ struct RawLink {
     burst_datagrams: Option<u64>,
 }
 
+impl RawLink {
+    /// The link of `[[links]]` entry `index`, checked.
+    fn parse(self, index: usize) -> Result<LinkConfig, ConfigError> {
+        let field = |name: &str| format!("links[{index}].{name}");
+        let key = parse_link_key(&self.key)
+            .ok_or_else(|| ConfigError(format!("{}: must be 64 hex digits (32 bytes); `runnel keygen --link` makes one", field("key"))))?;
+        let peer = match self.peer {
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError(format!("{} = {text:?} is not an address: write ip:port", field("peer"))))?,
+            ),
+            None => None,
+        };
+        let link = LinkConfig {
+            id: self.id,
+            key,
+            role: self.role,
+            peer,
+            peer_shards: self.peer_shards.unwrap_or(1),
+            rate_datagrams_per_s: self.rate_datagrams_per_s.unwrap_or(LINK_RATE_DATAGRAMS_PER_S_DEFAULT),
+            burst_datagrams: self.burst_datagrams.unwrap_or(LINK_BURST_DATAGRAMS_DEFAULT),
+        };
+        validate_link(&link, &format!("links[{index}]"))?;
+        Ok(link)
+    }
+}
+
 /// Most links one node configures.
 pub const LINKS_MAX: usize = 65_536;
 
@@ -180,51 +207,10 @@ impl NodeConfig {
         let mut links = Vec::with_capacity(raw.links.len());
         let mut seen = std::collections::HashSet::new();
         for (index, link) in raw.links.into_iter().enumerate() {
-            let field = |name: &str| format!("links[{index}].{name}");
             if !seen.insert(link.id) {
-                return Err(ConfigError(format!("{} = {}: link ids must be unique, another link uses it", field("id"), link.id)));
+                return Err(ConfigError(format!("links[{index}].id = {}: link ids must be unique, another link uses it", link.id)));
             }
-            let key = parse_link_key(&link.key).ok_or_else(|| {
-                ConfigError(format!("{}: must be 64 hex digits (32 bytes); `runnel keygen --link` makes one", field("key")))
-            })?;
-            let peer = match (&link.role, link.peer) {
-                (LinkRole::Neighbor, None) => {
-                    return Err(ConfigError(format!(
-                        "{}: a neighbor link needs the neighbor's listen address, e.g. \"127.0.0.1:7100\"",
-                        field("peer")
-                    )))
-                }
-                (LinkRole::Neighbor, Some(text)) => Some(
-                    text.parse::<SocketAddr>()
-                        .map_err(|_| ConfigError(format!("{} = {text:?} is not an address: write ip:port", field("peer"))))?,
-                ),
-                (LinkRole::Client, Some(_)) => {
-                    return Err(ConfigError(format!("{}: client links learn their address from traffic; remove peer", field("peer"))))
-                }
-                (LinkRole::Client, None) => None,
-            };
-            let peer_shards = link.peer_shards.unwrap_or(1);
-            if peer_shards == 0 || peer_shards > SHARDS_MAX {
-                return Err(ConfigError(format!(
-                    "{} = {peer_shards}: use the neighbor's node.shards (1..={SHARDS_MAX})",
-                    field("peer_shards")
-                )));
-            }
-            let rate_datagrams_per_s = link.rate_datagrams_per_s.unwrap_or(LINK_RATE_DATAGRAMS_PER_S_DEFAULT);
-            if rate_datagrams_per_s > 1_000_000_000 {
-                return Err(ConfigError(format!(
-                    "{} = {rate_datagrams_per_s}: at most 1000000000 datagrams/s, or 0 for no limit",
-                    field("rate_datagrams_per_s")
-                )));
-            }
-            let burst_datagrams = link.burst_datagrams.unwrap_or(LINK_BURST_DATAGRAMS_DEFAULT);
-            if burst_datagrams == 0 || burst_datagrams > 1 << 32 {
-                return Err(ConfigError(format!(
-                    "{} = {burst_datagrams}: use 1..=4294967296 (datagrams a link may send back to back)",
-                    field("burst_datagrams")
-                )));
-            }
-            links.push(LinkConfig { id: link.id, key, role: link.role, peer, peer_shards, rate_datagrams_per_s, burst_datagrams });
+            links.push(link.parse(index)?);
         }
         let xdp = raw.xdp.map_or_else(XdpConfig::default, |x| XdpConfig { mode: x.mode, interface: x.interface });
         if xdp.interface.as_ref().is_some_and(|name| name.is_empty() || name.len() >= libc::IF_NAMESIZE) {
@@ -251,6 +237,36 @@ impl NodeConfig {
         }
         Ok(Self { listen, shards, datagram_length_max, verify: raw.node.verify, links, xdp, permissions })
     }
+}
+
+/// Checks what a link's fields must satisfy beyond their types, for the config file and for
+/// `AddLink` commands alike; errors name the field as `{prefix}.field`.
+pub fn validate_link(link: &LinkConfig, prefix: &str) -> Result<(), ConfigError> {
+    match (link.role, link.peer) {
+        (LinkRole::Neighbor, None) => {
+            return Err(ConfigError(format!("{prefix}.peer: a neighbor link needs the neighbor's listen address, e.g. \"127.0.0.1:7100\"")))
+        }
+        (LinkRole::Client, Some(_)) => {
+            return Err(ConfigError(format!("{prefix}.peer: client links learn their address from traffic; remove peer")))
+        }
+        _ => {}
+    }
+    if link.peer_shards == 0 || link.peer_shards > SHARDS_MAX {
+        return Err(ConfigError(format!("{prefix}.peer_shards = {}: use the neighbor's node.shards (1..={SHARDS_MAX})", link.peer_shards)));
+    }
+    if link.rate_datagrams_per_s > 1_000_000_000 {
+        return Err(ConfigError(format!(
+            "{prefix}.rate_datagrams_per_s = {}: at most 1000000000 datagrams/s, or 0 for no limit",
+            link.rate_datagrams_per_s
+        )));
+    }
+    if link.burst_datagrams == 0 || link.burst_datagrams > 1 << 32 {
+        return Err(ConfigError(format!(
+            "{prefix}.burst_datagrams = {}: use 1..=4294967296 (datagrams a link may send back to back)",
+            link.burst_datagrams
+        )));
+    }
+    Ok(())
 }
 
 /// Parses an Ethereum address (`0x` + 40 hex digits).

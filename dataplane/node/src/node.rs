@@ -21,14 +21,17 @@
 //!   [`NodeHandle::counters`] reads them at any time, even from a stuck shard (chosen over a
 //!   request/reply channel so that reading metrics never waits up to a shard's wait timeout,
 //!   and so a scraper cannot slow the data path);
-//! - commands ([`NodeHandle::join_stream_part`]) go over a bounded channel per shard;
+//! - commands ([`NodeHandle::submit`]: add/remove a link, join/leave a stream part, set a
+//!   permission; [`crate::command`]) go, each with an id, to the policy thread, which routes
+//!   them to the shards and the XDP maps and answers each exactly once
+//!   ([`NodeHandle::responses`], [`NodeHandle::wait_response`]);
 //! - relay events arrive on one bounded channel ([`NodeHandle::events`]); when it is full the
 //!   shard drops the event and counts it ([`crate::shard::RuntimeCounter::EventsDropped`]);
 //! - the early-rejection filter: [`Node::start`] loads the XDP program and attaches it to the
 //!   interface holding `node.listen` (native, else generic; `[xdp]` in the config), or runs
 //!   the same checks in userspace and says why ([`NodeHandle::filter_mode`]). A policy thread
 //!   ([`crate::policy`]) owns the XDP maps, quarantines links and publishers whose signatures
-//!   fail, and broadcasts policy updates ([`NodeHandle::update_filter`]) to the shards;
+//!   fail, and broadcasts policy updates (`Command::Policy`) to the shards;
 //! - stop sets a flag every shard checks at least every
 //!   [`WAIT_TIMEOUT_US_MAX`](crate::shard::WAIT_TIMEOUT_US_MAX) µs, then joins the threads.
 //!
@@ -36,31 +39,40 @@
 //! Linux ≥ 6.0; locked-memory limit ≥ 512 KiB (glommio's check); one UDP socket per shard,
 //! so the node uses `shards` consecutive ports.
 
-use crate::config::{permission_updates, shard_of, NodeConfig, XdpMode};
-use crate::policy::{apply_to_xdp, Policy, PolicyCounters};
+use crate::command::{
+    Command, CommandCounter, CommandCounters, CommandError, CommandId, Response, COMMANDS_IN_FLIGHT_MAX, RESPONSE_QUEUE_LENGTH_MAX,
+    SUBMITTED_COMMANDS_MAX,
+};
+use crate::conductor::Conductor;
+use crate::config::{permission_updates, NodeConfig, XdpMode};
+use crate::policy::{apply_to_xdp, set_xdp_link, Policy, PolicyCounters};
 use crate::shard::runtime::{run_shard, ShardContext};
 use crate::shard::{
-    RuntimeCounters, ShardCommand, ShardEvent, SharedCounters, COMMAND_QUEUE_LENGTH_MAX, EVENT_QUEUE_LENGTH_MAX,
+    RuntimeCounters, ShardAck, ShardCommand, ShardEvent, SharedCounters, COMMAND_QUEUE_LENGTH_MAX, EVENT_QUEUE_LENGTH_MAX,
     SOCKET_RECEIVE_BUFFER_LENGTH,
 };
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use glommio::{ExecutorJoinHandle, GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 use runnel_core::counters::Counters;
 use runnel_core::filter::FilterUpdate;
 use runnel_ebpf::{AttachMode, XdpFilter, VERDICT_COUNT};
-use runnel_proto::stream::StreamPartKey;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Bytes glommio preallocates per executor for its own (storage) I/O; shards do their network
 /// I/O on their own ring, so glommio's 10 MiB default would only cost locked memory.
 const GLOMMIO_IO_MEMORY: usize = 256 << 10;
-/// Policy updates that may wait for the policy thread.
-pub const POLICY_QUEUE_LENGTH_MAX: usize = 4096;
+/// How long the blocking wrappers ([`NodeHandle::execute`] and those built on it) wait for a
+/// response: far above a shard's loop turn (at most 5 ms), so only a stuck shard hits it.
+pub const COMMAND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// How often [`NodeHandle::wait_response`] looks at responses other callers set aside.
+const RESPONSE_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// Oldest kernel with everything the shard uses (multishot recvmsg arrived in 6.0).
 const KERNEL_VERSION_MIN: (u32, u32) = (6, 0);
 
@@ -81,12 +93,16 @@ pub enum NodeError {
     Executor { shard: u16, reason: String },
     /// A shard stopped on an unexpected I/O error.
     ShardFailed { shard: u16, reason: String },
-    /// The shard's command queue is full (it is stuck or flooded with commands).
-    CommandQueueFull { shard: u16 },
+    /// The node's command queue is full: the conductor is behind, or nobody reads responses.
+    CommandQueueFull,
     /// `[xdp] mode` asked for native or generic XDP and it could not be set up.
     Xdp { reason: String },
-    /// The policy thread's update queue is full.
-    PolicyQueueFull,
+    /// A command was refused or failed ([`NodeHandle::execute`]).
+    Command { id: CommandId, command: &'static str, error: CommandError },
+    /// No response to the command within the timeout.
+    ResponseTimeout { id: CommandId, timeout: Duration },
+    /// The node has stopped: its conductor takes no more commands.
+    Stopped,
 }
 
 impl fmt::Display for NodeError {
@@ -115,11 +131,19 @@ impl fmt::Display for NodeError {
             NodeError::IoUringUnsupported { reason } => write!(f, "io_uring unavailable: {reason}"),
             NodeError::Executor { shard, reason } => write!(f, "shard {shard}: cannot start its executor: {reason}"),
             NodeError::ShardFailed { shard, reason } => write!(f, "shard {shard} failed: {reason}"),
-            NodeError::CommandQueueFull { shard } => {
-                write!(f, "shard {shard}'s command queue is full ({COMMAND_QUEUE_LENGTH_MAX} commands): retry later")
-            }
+            NodeError::CommandQueueFull => write!(
+                f,
+                "the node's command queue is full ({SUBMITTED_COMMANDS_MAX} commands): read the responses (the node takes no \
+                 command while {RESPONSE_QUEUE_LENGTH_MAX} answers are unread) and retry"
+            ),
             NodeError::Xdp { reason } => write!(f, "XDP filter: {reason} (or set [xdp] mode = \"auto\" to fall back, \"off\" for userspace checks)"),
-            NodeError::PolicyQueueFull => write!(f, "the policy thread's update queue is full ({POLICY_QUEUE_LENGTH_MAX} updates): retry later"),
+            NodeError::Command { id, command, error } => write!(f, "{command} command {id} failed: {error}"),
+            NodeError::ResponseTimeout { id, timeout } => write!(
+                f,
+                "no response to command {id} within {timeout:?}: a shard is stuck or stopped; the command may still take effect, \
+                 and its response still arrives on NodeHandle::responses"
+            ),
+            NodeError::Stopped => write!(f, "the node has stopped and takes no more commands"),
         }
     }
 }
@@ -135,67 +159,48 @@ impl Node {
     pub fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         check_kernel()?;
         let sockets = bind_sockets(&config)?;
-        let cpus = allowed_cpus();
         let initial_updates = permission_updates(&config);
         let (xdp, filter_mode) = set_up_xdp(&config, &initial_updates)?;
         let (shard_events_sender, shard_events) = bounded(EVENT_QUEUE_LENGTH_MAX);
         let (events_sender, events) = bounded(EVENT_QUEUE_LENGTH_MAX);
-        let (updates_sender, updates) = bounded(POLICY_QUEUE_LENGTH_MAX);
+        let (commands_sender, commands) = bounded(SUBMITTED_COMMANDS_MAX);
+        let (responses_sender, responses) = bounded(RESPONSE_QUEUE_LENGTH_MAX);
+        // Room for one ack per command in flight per shard: a shard never finds it full.
+        let (acks_sender, acks) = bounded(COMMANDS_IN_FLIGHT_MAX * config.shards as usize);
         let config = Arc::new(config);
         // Dropping `node` on any error below stops and joins the shards started so far.
         let mut node = NodeHandle {
             shards: Vec::with_capacity(sockets.len()),
             stop: Arc::new(AtomicBool::new(false)),
             events,
-            shard_count: config.shards,
             filter_mode,
             policy: None,
-            policy_updates: updates_sender,
             policy_counters: Arc::new(PolicyCounters::default()),
+            commands: commands_sender,
+            responses,
+            responses_set_aside: Mutex::new(VecDeque::new()),
+            next_command_id: AtomicU64::new(1),
+            command_counters: Arc::new(CommandCounters::default()),
         };
-        let rate_limit_in_userspace = xdp.is_none();
+        let shared = ShardShared {
+            config: config.clone(),
+            initial_updates,
+            rate_limit_in_userspace: xdp.is_none(),
+            events: shard_events_sender,
+            acks: acks_sender,
+            cpus: allowed_cpus(),
+        };
+        let mut shard_commands = Vec::with_capacity(config.shards as usize);
         for (index, socket) in sockets.into_iter().enumerate() {
-            let shard = index as u16;
-            let local_addr = socket.local_addr().map_err(|source| NodeError::Bind { address: config.listen, source })?;
-            let (commands_sender, commands) = bounded(COMMAND_QUEUE_LENGTH_MAX);
-            let counters = Arc::new(SharedCounters::new());
-            let (ready_sender, ready) = bounded(1);
-            let context = ShardContext {
-                index: shard,
-                config: config.clone(),
-                socket,
-                initial_updates: initial_updates.clone(),
-                rate_limit_in_userspace,
-                stop: node.stop.clone(),
-                commands,
-                events: shard_events_sender.clone(),
-                counters: counters.clone(),
-            };
-            let join = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
-                .name(&format!("runnel-shard-{index}"))
-                .io_memory(GLOMMIO_IO_MEMORY)
-                .spawn(move || run_shard(context, ready_sender))
-                .map_err(|error| executor_error(shard, error))?;
-            node.shards.push(ShardHandle { join: Some(join), commands: commands_sender, counters, local_addr });
-            match ready.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error),
-                // The thread ended before reporting: glommio could not build the executor.
-                Err(_) => {
-                    let join = node.shards.last_mut().and_then(|s| s.join.take());
-                    return Err(match join.map(ExecutorJoinHandle::join) {
-                        Some(Err(error)) => executor_error(shard, error),
-                        _ => NodeError::Executor { shard, reason: "the shard thread ended during setup".into() },
-                    });
-                }
-            }
+            shard_commands.push(node.start_shard(index as u16, socket, &shared)?);
         }
+        let conductor = Conductor::new(commands, acks, responses_sender, node.command_counters.clone(), &config.links);
         let policy = Policy {
             xdp,
-            shards: node.shards.iter().map(|shard| shard.commands.clone()).collect(),
+            shards: shard_commands,
             events_in: shard_events,
             events_out: events_sender,
-            updates_in: updates,
+            conductor,
             counters: node.policy_counters.clone(),
             stop: node.stop.clone(),
         };
@@ -206,6 +211,17 @@ impl Node {
         node.policy = Some(join);
         Ok(node)
     }
+}
+
+/// What every shard gets from [`Node::start`], beside its own socket and queues.
+struct ShardShared {
+    config: Arc<NodeConfig>,
+    initial_updates: Vec<FilterUpdate>,
+    rate_limit_in_userspace: bool,
+    events: Sender<ShardEvent>,
+    acks: Sender<ShardAck>,
+    /// The CPUs the shards are pinned to, shard i to the i-th (modulo their count).
+    cpus: Vec<usize>,
 }
 
 /// Where the early-rejection filter runs, and why.
@@ -291,11 +307,7 @@ fn set_up_xdp(config: &NodeConfig, initial_updates: &[FilterUpdate]) -> Result<(
             xdp.add_port(config.listen.port() + shard)?;
         }
         for link in &config.links {
-            let role = match link.role {
-                crate::config::LinkRole::Neighbor => runnel_ebpf::ROLE_NEIGHBOR,
-                crate::config::LinkRole::Client => runnel_ebpf::ROLE_CLIENT,
-            };
-            xdp.set_link(link.id, &runnel_ebpf::LinkEntry::new(link.key.0, role, link.rate_datagrams_per_s, link.burst_datagrams))?;
+            set_xdp_link(&mut xdp, link)?;
         }
         for update in initial_updates {
             apply_to_xdp(&mut xdp, update)?;
@@ -351,7 +363,6 @@ fn interface_holding(ip: std::net::IpAddr) -> Option<String> {
 
 struct ShardHandle {
     join: Option<ExecutorJoinHandle<Result<(), NodeError>>>,
-    commands: Sender<ShardCommand>,
     counters: Arc<SharedCounters>,
     local_addr: SocketAddr,
 }
@@ -362,11 +373,17 @@ pub struct NodeHandle {
     shards: Vec<ShardHandle>,
     stop: Arc<AtomicBool>,
     events: Receiver<ShardEvent>,
-    shard_count: u16,
     filter_mode: FilterMode,
     policy: Option<JoinHandle<()>>,
-    policy_updates: Sender<FilterUpdate>,
     policy_counters: Arc<PolicyCounters>,
+    /// To the conductor (the policy thread).
+    commands: Sender<(CommandId, Command)>,
+    responses: Receiver<Response>,
+    /// Responses [`NodeHandle::wait_response`] read while waiting for another id (at most
+    /// [`RESPONSE_QUEUE_LENGTH_MAX`]; older ones are discarded and counted beyond that).
+    responses_set_aside: Mutex<VecDeque<Response>>,
+    next_command_id: AtomicU64,
+    command_counters: Arc<CommandCounters>,
 }
 
 impl fmt::Debug for NodeHandle {
@@ -398,16 +415,6 @@ impl NodeHandle {
         &self.events
     }
 
-    /// Asks the shard that owns `key` to join that stream part.
-    pub fn join_stream_part(&self, key: StreamPartKey) -> Result<(), NodeError> {
-        let shard = shard_of(&key, self.shard_count);
-        match self.shards[shard as usize].commands.try_send(ShardCommand::Join(key)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(NodeError::CommandQueueFull { shard }),
-            Err(TrySendError::Disconnected(_)) => Err(NodeError::ShardFailed { shard, reason: "the shard has stopped".into() }),
-        }
-    }
-
     /// Where the early-rejection filter runs (XDP or userspace, and why).
     pub fn filter_mode(&self) -> &FilterMode {
         &self.filter_mode
@@ -425,11 +432,123 @@ impl NodeHandle {
         &self.policy_counters
     }
 
+    /// Hands a command to the node's conductor without waiting, and returns its id; its
+    /// one [`Response`] arrives later ([`NodeHandle::responses`], [`NodeHandle::wait_response`]).
+    /// A full command queue is [`NodeError::CommandQueueFull`] (counted), never a wait.
+    pub fn submit(&self, command: Command) -> Result<CommandId, NodeError> {
+        let id = CommandId(self.next_command_id.fetch_add(1, Ordering::Relaxed));
+        match self.commands.try_send((id, command)) {
+            Ok(()) => {
+                self.command_counters.increment(CommandCounter::Submitted);
+                Ok(id)
+            }
+            Err(TrySendError::Full(_)) => {
+                self.command_counters.increment(CommandCounter::RejectedQueueFull);
+                Err(NodeError::CommandQueueFull)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Every command's response, in the order they complete (bounded: the conductor takes no
+    /// more commands while [`RESPONSE_QUEUE_LENGTH_MAX`] are unread). A caller that reads
+    /// this should not also use [`NodeHandle::wait_response`], which reads the same queue.
+    pub fn responses(&self) -> &Receiver<Response> {
+        &self.responses
+    }
+
+    /// Waits up to `timeout` for command `id`'s response and returns its result. Responses
+    /// to other commands that arrive meanwhile are set aside for their own `wait_response`.
+    pub fn wait_response(&self, id: CommandId, timeout: Duration) -> Result<Result<(), CommandError>, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut set_aside = self.responses_set_aside.lock().expect("no panics while holding it");
+                if let Some(position) = set_aside.iter().position(|response| response.id == id) {
+                    return Ok(set_aside.remove(position).expect("found").result);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NodeError::ResponseTimeout { id, timeout });
+            }
+            // Short waits, so a response another caller set aside for us is seen soon.
+            match self.responses.recv_timeout(left.min(RESPONSE_POLL_INTERVAL)) {
+                Ok(response) if response.id == id => return Ok(response.result),
+                Ok(response) => self.set_aside(response),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(NodeError::Stopped),
+            }
+        }
+    }
+
+    fn set_aside(&self, response: Response) {
+        let mut set_aside = self.responses_set_aside.lock().expect("no panics while holding it");
+        if set_aside.len() >= RESPONSE_QUEUE_LENGTH_MAX {
+            set_aside.pop_front();
+            self.command_counters.increment(CommandCounter::ResponsesDiscarded);
+        }
+        set_aside.push_back(response);
+    }
+
+    /// Submits `command` and waits up to `timeout` for it to complete: for callers with one
+    /// command at a time (the CLI, tests). Its error is [`NodeError::Command`].
+    pub fn execute(&self, command: Command, timeout: Duration) -> Result<(), NodeError> {
+        let name = command.name();
+        let id = self.submit(command)?;
+        self.wait_response(id, timeout)?.map_err(|error| NodeError::Command { id, command: name, error })
+    }
+
+    /// The command interface's counters.
+    pub fn command_counters(&self) -> &CommandCounters {
+        &self.command_counters
+    }
+
     /// Changes the filter policy (a quarantine, a permission) in every shard and in the XDP
-    /// maps. This is how a permission source (the config today, the chain later) feeds the
-    /// node.
+    /// maps, and waits until it has ([`COMMAND_TIMEOUT_DEFAULT`]): `Command::Policy` through
+    /// [`NodeHandle::execute`].
     pub fn update_filter(&self, update: FilterUpdate) -> Result<(), NodeError> {
-        self.policy_updates.try_send(update).map_err(|_| NodeError::PolicyQueueFull)
+        self.execute(Command::Policy(update), COMMAND_TIMEOUT_DEFAULT)
+    }
+
+    /// Starts shard `index` on `socket` and waits until it is receiving; returns the sender
+    /// of its command queue, for the policy thread.
+    fn start_shard(&mut self, index: u16, socket: UdpSocket, shared: &ShardShared) -> Result<Sender<ShardCommand>, NodeError> {
+        let local_addr = socket.local_addr().map_err(|source| NodeError::Bind { address: shared.config.listen, source })?;
+        let (commands_sender, commands) = bounded(COMMAND_QUEUE_LENGTH_MAX);
+        let counters = Arc::new(SharedCounters::new());
+        let (ready_sender, ready) = bounded(1);
+        let context = ShardContext {
+            index,
+            config: shared.config.clone(),
+            socket,
+            initial_updates: shared.initial_updates.clone(),
+            rate_limit_in_userspace: shared.rate_limit_in_userspace,
+            stop: self.stop.clone(),
+            commands,
+            acks: shared.acks.clone(),
+            events: shared.events.clone(),
+            counters: counters.clone(),
+        };
+        let cpu = shared.cpus[index as usize % shared.cpus.len()];
+        let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("runnel-shard-{index}"))
+            .io_memory(GLOMMIO_IO_MEMORY)
+            .spawn(move || run_shard(context, ready_sender))
+            .map_err(|error| executor_error(index, error))?;
+        self.shards.push(ShardHandle { join: Some(join), counters, local_addr });
+        match ready.recv() {
+            Ok(Ok(())) => Ok(commands_sender),
+            Ok(Err(error)) => Err(error),
+            // The thread ended before reporting: glommio could not build the executor.
+            Err(_) => {
+                let join = self.shards.last_mut().and_then(|shard| shard.join.take());
+                Err(match join.map(ExecutorJoinHandle::join) {
+                    Some(Err(error)) => executor_error(index, error),
+                    _ => NodeError::Executor { shard: index, reason: "the shard thread ended during setup".into() },
+                })
+            }
+        }
     }
 
     /// Stops every shard, waits for their threads, and returns the first error a shard hit.

@@ -1,10 +1,12 @@
-//! The node's policy thread: the one writer of the XDP maps and the one place that turns
-//! relay events into filter state for every shard.
+//! The node's policy thread: the one writer of the XDP maps, the one place that turns relay
+//! events into filter state for every shard, and the node's conductor, which executes the
+//! commands of [`crate::command`] (`conductor.rs`).
 //!
 //! # How it works
-//! Shards report relay events (signature failures, joins) over one bounded channel; policy
-//! updates from outside the dataplane (permissions from the config now, from the chain later)
-//! arrive over another. For each, the thread:
+//! Shards report relay events (signature failures, joins) over one bounded channel; commands
+//! from outside the dataplane (links, joins, permissions: from the config now, from the
+//! control process and the chain later) arrive over another and go to the conductor, and
+//! the shards' acknowledgements of them over a third. For each event, the thread:
 //! - `Joined { part }`: adds the stream part to the XDP `joined` map (the shard's own filter
 //!   learned it when it joined);
 //! - `SignatureFailure { link_id, publisher, publisher_proven }`: quarantines the link — its
@@ -12,8 +14,7 @@
 //!   [`QUARANTINE_FIRST_NS`], doubling with each repeat offense up to [`QUARANTINE_MAX_NS`].
 //!   The publisher is quarantined too only if `publisher_proven` (the record came over a client
 //!   link on which that publisher had signed correctly before); otherwise anyone could get an
-//!   innocent publisher quarantined by forging records in its name;
-//! - a [`FilterUpdate`]: applies it.
+//!   innocent publisher quarantined by forging records in its name.
 //!
 //! Every resulting update goes to every shard's command queue and into the XDP maps, so the
 //! userspace and kernel filters hold the same policy. Events are then passed on to the node
@@ -24,13 +25,16 @@
 //! # Limits
 //! Quarantine offense counts are kept for at most [`OFFENDERS_MAX`] links and publishers
 //! (cleared when full). A shard whose command queue is full misses an update; that is counted
-//! ([`PolicyCounters::shard_updates_dropped`]) and the shard keeps its older state.
+//! ([`PolicyCounters::shard_updates_dropped`]) and the shard keeps its older state. Commands
+//! are not dropped: the conductor waits for room instead (`conductor.rs`).
 
+use crate::conductor::Conductor;
 use crate::shard::{ShardCommand, ShardEvent};
 use crossbeam_channel::{select, Receiver, Sender};
 use runnel_core::filter::FilterUpdate;
+use runnel_core::link::{LinkConfig, LinkRole};
 use runnel_core::relay::Event;
-use runnel_ebpf::{monotonic_ns, XdpError, XdpFilter, VERDICT_COUNT};
+use runnel_ebpf::{monotonic_ns, LinkEntry, XdpError, XdpFilter, VERDICT_COUNT};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +50,8 @@ pub const OFFENDERS_MAX: usize = 65_536;
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often expired quarantines are removed.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon the conductor retries a command that waits for room in a shard's queue.
+pub const SHARD_QUEUE_RETRY: Duration = Duration::from_millis(1);
 
 /// What the policy thread counts; read through the node handle.
 #[derive(Debug, Default)]
@@ -66,7 +72,7 @@ pub(crate) struct Policy {
     pub(crate) shards: Vec<Sender<ShardCommand>>,
     pub(crate) events_in: Receiver<ShardEvent>,
     pub(crate) events_out: Sender<ShardEvent>,
-    pub(crate) updates_in: Receiver<FilterUpdate>,
+    pub(crate) conductor: Conductor,
     pub(crate) counters: Arc<PolicyCounters>,
     pub(crate) stop: Arc<AtomicBool>,
 }
@@ -99,29 +105,40 @@ impl Quarantines {
 }
 
 impl Policy {
-    /// Runs until the stop flag is set (checked every [`TICK`]).
+    /// Runs until the stop flag is set (checked every [`TICK`]), then answers the commands
+    /// still owed a response.
     pub(crate) fn run(mut self) {
         let mut quarantines = Quarantines { offenses: HashMap::new(), active: HashMap::new() };
         let mut next_expiry = Instant::now() + EXPIRY_INTERVAL;
+        let (commands_in, acks_in) = (self.conductor.commands_in.clone(), self.conductor.acks_in.clone());
+        let not_now = crossbeam_channel::never();
         while !self.stop.load(Ordering::Acquire) {
+            // Commands stay in their queue while the conductor has no room to answer them.
+            let commands = if self.conductor.can_take() { &commands_in } else { &not_now };
+            let wait = if self.conductor.is_holding() { SHARD_QUEUE_RETRY } else { TICK };
             select! {
                 recv(self.events_in) -> event => match event {
                     Ok(event) => self.handle_event(event, &mut quarantines),
-                    Err(_) => return,
+                    Err(_) => break,
                 },
-                recv(self.updates_in) -> update => {
-                    if let Ok(update) = update {
-                        self.broadcast(update);
-                    }
+                recv(acks_in) -> ack => match ack {
+                    Ok(ack) => self.conductor.on_ack(ack, &mut self.xdp),
+                    Err(_) => break,
                 },
-                default(TICK) => {}
+                recv(commands) -> command => match command {
+                    Ok((id, command)) => self.conductor.take(id, command, &mut self.xdp, &self.shards),
+                    Err(_) => break,
+                },
+                default(wait) => {}
             }
+            self.conductor.retry_held(&mut self.xdp, &self.shards);
             self.sample_xdp();
             if Instant::now() >= next_expiry {
                 next_expiry = Instant::now() + EXPIRY_INTERVAL;
                 self.expire(&mut quarantines);
             }
         }
+        self.conductor.shut_down();
     }
 
     fn handle_event(&mut self, event: ShardEvent, quarantines: &mut Quarantines) {
@@ -201,6 +218,16 @@ fn count_error(counters: &PolicyCounters, result: Result<(), XdpError>) {
     if result.is_err() {
         counters.xdp_map_errors.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Adds or replaces a link in the XDP `links` map (at start for the config's links, and for
+/// `AddLink` commands).
+pub(crate) fn set_xdp_link(xdp: &mut XdpFilter, link: &LinkConfig) -> Result<(), XdpError> {
+    let role = match link.role {
+        LinkRole::Neighbor => runnel_ebpf::ROLE_NEIGHBOR,
+        LinkRole::Client => runnel_ebpf::ROLE_CLIENT,
+    };
+    xdp.set_link(link.id, &LinkEntry::new(link.key.0, role, link.rate_datagrams_per_s, link.burst_datagrams))
 }
 
 /// Writes one policy update into the XDP maps.

@@ -2,6 +2,7 @@
 //! nothing moves is a dashboard that lies.
 
 use runnel_core::counters::Counter;
+use runnel_node::command::CommandCounter;
 use runnel_node::shard::RuntimeCounter;
 use std::path::Path;
 
@@ -28,8 +29,8 @@ fn incremented(code: &str, enum_name: &str, variant: &str) -> bool {
         })
 }
 
-// Goal: each relay counter and each shard runtime counter is incremented by some code path
-// in the dataplane sources (not only declared).
+// Goal: each relay counter, each shard runtime counter and each command counter is
+// incremented by some code path in the dataplane sources (not only declared).
 #[test]
 fn every_counter_is_incremented_somewhere() {
     let mut code = String::new();
@@ -41,6 +42,7 @@ fn every_counter_is_incremented_somewhere() {
         .map(|c| format!("{c:?}"))
         .filter(|v| !incremented(&code, "Counter", v))
         .chain(RuntimeCounter::ALL.iter().map(|c| format!("{c:?}")).filter(|v| !incremented(&code, "RuntimeCounter", v)))
+        .chain(CommandCounter::ALL.iter().map(|c| format!("{c:?}")).filter(|v| !incremented(&code, "CommandCounter", v)))
         .collect();
     assert!(unused.is_empty(), "counters never incremented: {unused:?}");
 }

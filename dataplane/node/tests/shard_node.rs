@@ -2,6 +2,7 @@
 
 use rand::{Rng, SeedableRng};
 use runnel_core::counters::Counter;
+use runnel_node::command::Command;
 use runnel_node::config::NodeConfig;
 use runnel_node::node::{Node, NodeError, NodeHandle};
 use runnel_node::shard::RuntimeCounter;
@@ -191,7 +192,7 @@ fn join_sends_subscribe_from_the_owning_shard_and_refreshes_it() {
     };
     let part = runnel_proto::stream::StreamPartKey([rng.random(); 32]);
     let owner = runnel_node::config::shard_of(&part, 2) as usize;
-    node.join_stream_part(part).unwrap();
+    node.execute(Command::Join { part }, Duration::from_secs(5)).unwrap();
 
     let mut buffer = [0u8; 2048];
     let started = Instant::now();

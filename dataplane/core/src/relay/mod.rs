@@ -393,11 +393,36 @@ impl Relay {
         true
     }
 
-    /// Applies a policy update (quarantine, permission) to this shard's filter.
-    pub fn apply_filter_update(&mut self, update: &FilterUpdate) {
-        if !self.filter.apply(update) {
+    /// Leaves a stream part: forgets its state (interest, chains, repair ring, open gaps and
+    /// tail probes), sends an Unsubscribe to every neighbor link, and has the filter drop its
+    /// neighbors' datagrams again. Records already packed for it still leave with this flush.
+    /// Returns false if this shard had not joined it. Auto-joins still apply afterwards: a
+    /// neighbor's Subscribe or a client's Data joins the stream part again.
+    pub fn leave(&mut self, part: &StreamPartKey) -> bool {
+        if self.stream_parts.remove(part).is_none() {
+            return false;
+        }
+        self.filter.leave(part);
+        self.gapped.retain(|(gapped, _)| gapped != part);
+        self.probing.retain(|(probing, _)| probing != part);
+        self.flush();
+        for link in self.links.values_mut() {
+            link.packing.retain(|(packing, _), _| packing != part);
+        }
+        for link_id in self.neighbor_links.clone() {
+            self.send_control(link_id, *part, Kind::Unsubscribe);
+        }
+        true
+    }
+
+    /// Applies a policy update (quarantine, permission) to this shard's filter; false (and
+    /// counted) when the filter's table for it is full and the update was refused.
+    pub fn apply_filter_update(&mut self, update: &FilterUpdate) -> bool {
+        let applied = self.filter.apply(update);
+        if !applied {
             self.counters.increment(Counter::FilterUpdatesRefused);
         }
+        applied
     }
 
     /// Forgets expired quarantines (the policy thread calls this now and then via a command).

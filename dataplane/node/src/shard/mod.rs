@@ -26,9 +26,11 @@
 //! (docs/decisions-shards.md says why and what it costs).
 //!
 //! Counters are published after every loop turn into per-shard atomics
-//! ([`SharedCounters`]) that the node handle reads without asking the shard. Commands (join a
-//! stream part) come over a bounded channel per shard; events (signature failures) leave over
-//! one bounded channel shared by all shards, and drops are counted.
+//! ([`SharedCounters`]) that the node handle reads without asking the shard. Commands (links,
+//! joins, leaves, filter updates: [`crate::command`]) come from the policy thread over a
+//! bounded channel per shard and are acknowledged over one bounded channel sized so that it
+//! cannot fill; events (signature failures, joins) leave over one bounded channel shared by
+//! all shards, and drops are counted.
 //!
 //! # Limits
 //! - Linux ≥ 6.0 (multishot recvmsg); `UDP_GRO`/`UDP_SEGMENT` need ≥ 5.0.
@@ -42,10 +44,10 @@
 mod buffers;
 pub(crate) mod runtime;
 
+use crate::command::{Command, CommandError, CommandId};
 use runnel_core::counters::{Counter, Counters};
 use runnel_core::filter::FilterUpdate;
 use runnel_core::relay::Event;
-use runnel_proto::stream::StreamPartKey;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Receive buffers per shard (a power of two); each holds one GRO-coalesced receive.
@@ -85,7 +87,7 @@ pub enum RuntimeCounter {
     GsoFallbacks = 8,
     /// Relay events dropped because the node's event queue was full.
     EventsDropped = 9,
-    /// Commands handled (joins, filter updates).
+    /// Commands handled (links, joins, leaves, filter updates).
     CommandsHandled = 10,
     /// Turns of the shard loop.
     LoopTurns = 11,
@@ -164,14 +166,22 @@ pub struct ShardEvent {
     pub event: Event,
 }
 
-/// What the node handle and the policy thread ask of a shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the policy thread (the node's conductor, the only sender) asks of a shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ShardCommand {
-    Join(StreamPartKey),
-    /// A quarantine or permission change for the shard's filter.
+    /// A command with an id: the shard applies it and answers with a [`ShardAck`].
+    Apply { id: CommandId, command: Command },
+    /// A quarantine from the policy thread itself, for the shard's filter (no answer).
     Filter(FilterUpdate),
     /// Forget expired quarantines.
     ExpireFilter,
+}
+
+/// A shard's answer to [`ShardCommand::Apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ShardAck {
+    pub(crate) id: CommandId,
+    pub(crate) result: Result<(), CommandError>,
 }
 
 /// One shard's counters as last published by the shard: written by the shard after each loop

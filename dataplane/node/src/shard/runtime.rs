@@ -6,11 +6,13 @@
 
 use super::buffers::{read_sockaddr, BufferRing, SendSlot, RECEIVE_CONTROL_LENGTH, RECEIVE_NAME_LENGTH, RECEIVE_PAYLOAD_LENGTH_MAX};
 use super::{
-    RuntimeCounter, RuntimeCounters, ShardCommand, ShardEvent, SharedCounters, RECEIVE_BUFFER_COUNT, SEND_SLOTS, WAIT_TIMEOUT_US_MAX,
+    RuntimeCounter, RuntimeCounters, ShardAck, ShardCommand, ShardEvent, SharedCounters, RECEIVE_BUFFER_COUNT, SEND_SLOTS,
+    WAIT_TIMEOUT_US_MAX,
 };
+use crate::command::{Command, CommandError};
 use crate::config::NodeConfig;
 use crate::node::NodeError;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use runnel_core::counters::{Counter, Counters};
 use runnel_core::filter::FilterUpdate;
@@ -43,6 +45,8 @@ pub(crate) struct ShardContext {
     pub(crate) rate_limit_in_userspace: bool,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) commands: Receiver<ShardCommand>,
+    /// Answers to [`ShardCommand::Apply`], to the conductor.
+    pub(crate) acks: Sender<ShardAck>,
     pub(crate) events: Sender<ShardEvent>,
     pub(crate) counters: Arc<SharedCounters>,
 }
@@ -138,16 +142,7 @@ impl Shard {
     /// One loop turn: commands and timers, send what the relay has, wait, receive.
     fn turn(&mut self) -> Result<(), NodeError> {
         let now_us = self.now_us();
-        while let Ok(command) = self.context.commands.try_recv() {
-            match command {
-                ShardCommand::Join(key) => {
-                    self.relay.join(now_us, key);
-                }
-                ShardCommand::Filter(update) => self.relay.apply_filter_update(&update),
-                ShardCommand::ExpireFilter => self.relay.expire_filter(now_us),
-            }
-            self.runtime.increment(RuntimeCounter::CommandsHandled);
-        }
+        self.handle_commands(now_us);
         if self.relay.poll_timeout().is_some_and(|deadline_us| deadline_us <= now_us) {
             self.relay.handle_timeout(now_us);
         }
@@ -165,6 +160,53 @@ impl Shard {
         };
         self.wait(wait_us)?;
         self.process_completions();
+        Ok(())
+    }
+
+    /// Applies every queued command (between receive batches, so the relay sees each one
+    /// between two datagrams) and acknowledges those with an id.
+    fn handle_commands(&mut self, now_us: Micros) {
+        while let Ok(command) = self.context.commands.try_recv() {
+            match command {
+                ShardCommand::Apply { id, command } => {
+                    let result = self.apply(now_us, command);
+                    // The channel has room for every command in flight on every shard, so
+                    // it is never full; disconnected means the node is stopping.
+                    if let Err(TrySendError::Full(_)) = self.context.acks.try_send(ShardAck { id, result }) {
+                        panic!("shard {}: the ack queue is full, though it holds every command in flight", self.context.index);
+                    }
+                }
+                ShardCommand::Filter(update) => {
+                    self.relay.apply_filter_update(&update);
+                }
+                ShardCommand::ExpireFilter => self.relay.expire_filter(now_us),
+            }
+            self.runtime.increment(RuntimeCounter::CommandsHandled);
+        }
+    }
+
+    /// One command's effect on this shard's relay; the conductor checked it already.
+    fn apply(&mut self, now_us: Micros, command: Command) -> Result<(), CommandError> {
+        let shard = self.context.index;
+        match command {
+            Command::AddLink(link) => self.relay.add_link(&link),
+            Command::RemoveLink { link_id } => self.relay.remove_link(link_id),
+            Command::Join { part } => {
+                if !self.relay.join(now_us, part) {
+                    return Err(CommandError::StreamPartsFull { part, shard, limit: self.relay.config().stream_parts_max });
+                }
+            }
+            Command::Leave { part } => {
+                if !self.relay.leave(&part) {
+                    return Err(CommandError::NotJoined { part, shard });
+                }
+            }
+            Command::Policy(update) => {
+                if !self.relay.apply_filter_update(&update) {
+                    return Err(CommandError::FilterTableFull { shard });
+                }
+            }
+        }
         Ok(())
     }
 
