@@ -124,7 +124,7 @@ fn added_client_links_carry_messages_from_publisher_to_subscriber() {
         publisher.poll().unwrap(); // answers the node's NAKs, if any
     }
     assert_eq!(received, (0..count).collect::<Vec<_>>(), "every message once, in order");
-    assert_eq!(counter(&node, 1, Counter::RecordsBadSignature), 0);
+    assert_eq!(counter(&node, 1, Counter::FramesBadSignature), 0);
     assert_eq!(node.command_counters().get(CommandCounter::Succeeded), 2);
     node.stop().unwrap();
 }
@@ -146,7 +146,7 @@ fn removed_link_is_unknown_to_every_shard() {
         publisher.flush().unwrap();
     };
     publish_to_both(&mut publisher, 0);
-    wait_until("a record on each shard", || (0..SHARDS).all(|shard| counter(&node, shard, Counter::RecordsAccepted) == 1));
+    wait_until("a record on each shard", || (0..SHARDS).all(|shard| counter(&node, shard, Counter::FramesAccepted) == 1));
 
     node.execute(Command::RemoveLink { link_id: 20 }, TIMEOUT).unwrap();
     let unknown_before: Vec<u64> = (0..SHARDS).map(|shard| counter(&node, shard, Counter::DatagramsUnknownLink)).collect();
@@ -154,7 +154,7 @@ fn removed_link_is_unknown_to_every_shard() {
     wait_until("the removed link's datagrams to be dropped on each shard", || {
         (0..SHARDS).all(|shard| counter(&node, shard, Counter::DatagramsUnknownLink) > unknown_before[shard as usize])
     });
-    assert!((0..SHARDS).all(|shard| counter(&node, shard, Counter::RecordsAccepted) == 1), "nothing more accepted");
+    assert!((0..SHARDS).all(|shard| counter(&node, shard, Counter::FramesAccepted) == 1), "nothing more accepted");
 
     let error = command_error(node.execute(Command::RemoveLink { link_id: 20 }, TIMEOUT));
     assert_eq!(error, CommandError::UnknownLink { link_id: 20 });
