@@ -382,10 +382,11 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         println!("{summary}");
     } else {
         eprintln!(
-            "runnel dev: {published} published, {} delivered to {} subscriber(s), {} duplicates, {lost} lost; latency p50 {} µs, p99 {} µs",
+            "runnel dev: {published} published, {} delivered to {} subscriber(s), {} duplicates, {} late, {lost} lost; latency p50 {} µs, p99 {} µs",
             tally.delivered,
             layout.subscriber_links.len(),
             tally.duplicates,
+            tally.late,
             p50_us,
             p99_us
         );

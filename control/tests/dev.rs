@@ -1,0 +1,54 @@
+//! End-to-end runs of `runnel dev`: real nodes on loopback, a real publisher and subscribers,
+//! the final JSON read back.
+
+use std::process::{Command, Stdio};
+
+/// Runs `runnel dev ARGS --json` to completion in a work folder of its own; its summary.
+fn run_dev(name: &str, args: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("runnel-dev-test-{name}-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("dev")
+        .args(args)
+        .arg("--json")
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("runnel dev starts");
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "runnel dev failed ({}): {stderr}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no JSON line; stderr: {stderr}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line}"))
+}
+
+fn number(summary: &serde_json::Value, key: &str) -> u64 {
+    summary[key].as_u64().unwrap_or_else(|| panic!("no {key} in {summary}"))
+}
+
+// Goal: the summary keeps every documented key, and its loss accounting adds up exactly:
+// each published message reaches each subscriber once (first delivery) or is counted lost;
+// every other delivery is a duplicate or a late one.
+#[test]
+fn summary_accounts_for_every_message() {
+    let summary = run_dev("summary", &["--nodes", "3", "--rate", "2000", "--duration", "3"]);
+    for key in ["nodes", "subscribers", "duration_s", "published_per_s", "delivered_per_s", "node_counters"] {
+        assert!(summary.get(key).is_some(), "no {key} in {summary}");
+    }
+    let published = number(&summary, "published");
+    let subscribers = number(&summary, "subscribers");
+    let delivered = number(&summary, "delivered");
+    let duplicates = number(&summary, "duplicates_delivered");
+    let late = number(&summary, "late_delivered");
+    let untracked = number(&summary, "untracked_delivered");
+    let lost = number(&summary, "lost");
+    let (p50_us, p99_us) = (number(&summary, "latency_us_p50"), number(&summary, "latency_us_p99"));
+    assert_eq!(subscribers, 2, "{summary}");
+    assert!(published > 1000, "the publisher ran: {summary}");
+    assert_eq!(untracked, 0, "only our own publisher: {summary}");
+    assert_eq!(delivered + lost, published * subscribers + duplicates + late, "{summary}");
+    assert!(lost * 100 <= published * subscribers, "NAK repair keeps loopback loss under 1 %: {summary}");
+    assert!(0 < p50_us && p50_us <= p99_us, "{summary}");
+}
