@@ -98,7 +98,13 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     step fuzz-seeds env RUNNEL_FUZZ_SEEDS="$corpus" \
         cargo test --release -p runnel-node --test protocol_vectors fuzz_seed_corpora
     if step fuzz-build env RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir dataplane/fuzz; then
-        targets="$(cd dataplane/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list)"
+        targets="$(RUSTC_BOOTSTRAP=1 cargo fuzz list --fuzz-dir dataplane/fuzz)"
+        if [ -z "$targets" ]; then
+            # An empty list would make every fuzz step silently pass.
+            echo "fuzz: cargo fuzz list found no targets"
+            failed+=("fuzz-list")
+            results+=("fuzz-list FAIL")
+        fi
         for target in $targets; do
             mkdir -p "$corpus/$target"
             # -timeout: one input slower than this is a hang and fails the step (a relay

@@ -87,7 +87,7 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::Ebpf;
 use layout::{LinkValue, PermissionKey, ReplayKey, ReplayWindowValue};
 
-/// A link to another node: its stream parts' Data and Fragments must be for joined parts.
+/// A link to another node: its stream parts' Data must be for joined parts.
 pub const ROLE_NEIGHBOR: u32 = 0;
 /// A link to a client: its Data may be for a stream part the node has not joined yet
 /// (publishing there makes the node join it).

@@ -25,7 +25,8 @@ const OTHER_PART: [u8; 32] = [0x5a; 32];
 const PUBLISHER: [u8; 20] = [0x77; 20];
 
 const KIND_DATA: u8 = 1;
-const KIND_FRAGMENT: u8 = 2;
+/// v1's Fragment kind, retired in v2: a malformed datagram now.
+const KIND_RETIRED: u8 = 2;
 const KIND_NAK: u8 = 3;
 const KIND_SUBSCRIBE: u8 = 4;
 const KIND_UNSUBSCRIBE: u8 = 5;
@@ -109,7 +110,7 @@ impl Datagram {
         let total_length = HEADER_LENGTH + self.body_length;
         let mut bytes = vec![0u8; total_length];
         bytes[0..2].copy_from_slice(b"RN");
-        bytes[2] = 1;
+        bytes[2] = runnel_proto::wire::VERSION;
         bytes[3] = self.kind;
         bytes[4..8].copy_from_slice(&self.link_id.to_le_bytes());
         bytes[8..16].copy_from_slice(&self.link_seq.to_le_bytes());
@@ -358,7 +359,9 @@ fn malformed_cases() {
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("magic byte 1", edited(&|b| b[1] = b'M')),
-        ("version 2", edited(&|b| b[2] = 2)),
+        ("version 1 (v1)", edited(&|b| b[2] = 1)),
+        ("version 3", edited(&|b| b[2] = 3)),
+        ("kind 2 (retired Fragment)", edited(&|b| b[3] = KIND_RETIRED)),
         ("version 0", edited(&|b| b[2] = 0)),
         ("kind 0", edited(&|b| b[3] = 0)),
         ("kind 6", edited(&|b| b[3] = 6)),
@@ -411,7 +414,7 @@ fn malformed_cases() {
         expect(&filter, frame, Verdict::Malformed, case);
     }
     // The kinds and flags the protocol defines are all accepted (the boundary of the rules).
-    for (seq, kind) in [KIND_DATA, KIND_FRAGMENT, KIND_NAK, KIND_SUBSCRIBE, KIND_UNSUBSCRIBE].into_iter().enumerate() {
+    for (seq, kind) in [KIND_DATA, KIND_NAK, KIND_SUBSCRIBE, KIND_UNSUBSCRIBE].into_iter().enumerate() {
         let mut datagram = Datagram::data(CLIENT_LINK, 100 + seq as u64).kind(kind);
         datagram.flags = FLAG_REPAIR;
         expect(&filter, &datagram.ipv4(), Verdict::Pass, &format!("kind {kind} with FLAG_REPAIR"));
@@ -610,7 +613,7 @@ fn quarantine_expiry() {
     filter.release_publisher(PUBLISHER).unwrap(); // absent: fine
 }
 
-// Goal: the joined rule applies to neighbors' Data and Fragments and to NAKs from anyone;
+// Goal: the joined rule applies to neighbors' Data and to NAKs from anyone;
 // clients may publish to a stream part the node has not joined, and Subscribe/Unsubscribe
 // are never refused by it.
 #[test]
@@ -618,12 +621,10 @@ fn not_joined_rules() {
     let mut filter = fixture();
     let cases = [
         (NEIGHBOR_LINK, KIND_DATA, Verdict::NotJoined),
-        (NEIGHBOR_LINK, KIND_FRAGMENT, Verdict::NotJoined),
         (NEIGHBOR_LINK, KIND_NAK, Verdict::NotJoined),
         (NEIGHBOR_LINK, KIND_SUBSCRIBE, Verdict::Pass),
         (NEIGHBOR_LINK, KIND_UNSUBSCRIBE, Verdict::Pass),
         (CLIENT_LINK, KIND_DATA, Verdict::Pass),
-        (CLIENT_LINK, KIND_FRAGMENT, Verdict::Pass),
         (CLIENT_LINK, KIND_NAK, Verdict::NotJoined),
         (CLIENT_LINK, KIND_SUBSCRIBE, Verdict::Pass),
     ];
@@ -642,7 +643,7 @@ fn not_joined_rules() {
     filter.leave(OTHER_PART).unwrap(); // absent: fine
 }
 
-// Goal: publishing a single-publisher Data/Fragment datagram to a restricted stream part
+// Goal: publishing a single-publisher Data datagram to a restricted stream part
 // needs an unexpired permission; permissions end at their expiry and on revoke; other
 // datagrams and unrestricted stream parts are not held to it.
 #[test]
@@ -656,8 +657,7 @@ fn permission_rules() {
     expect(&filter, &single(KIND_DATA), Verdict::Pass, "unrestricted stream part");
     filter.set_restricted(PART, true).unwrap();
     expect(&filter, &single(KIND_DATA), Verdict::NotPermitted, "restricted, no permission");
-    expect(&filter, &single(KIND_FRAGMENT), Verdict::NotPermitted, "restricted, no permission, Fragment");
-    expect(&filter, &single(KIND_SUBSCRIBE), Verdict::Pass, "Subscribe carries no records");
+    expect(&filter, &single(KIND_SUBSCRIBE), Verdict::Pass, "Subscribe carries no frames");
     filter.permit(PART, PUBLISHER, monotonic_ns() - 1).unwrap();
     expect(&filter, &single(KIND_DATA), Verdict::NotPermitted, "permission expired");
     filter.permit(PART, PUBLISHER, monotonic_ns() + 60 * SECOND_NS).unwrap();
@@ -667,7 +667,7 @@ fn permission_rules() {
     expect(&filter, &single(KIND_DATA), Verdict::NotPermitted, "permission revoked");
     filter.revoke(PART, PUBLISHER).unwrap(); // absent: fine
     let mixed = Datagram::data(NEIGHBOR_LINK, 1000).ipv4();
-    expect(&filter, &mixed, Verdict::Pass, "no single publisher: records judged in userspace");
+    expect(&filter, &mixed, Verdict::Pass, "no single publisher: frames judged in userspace");
     filter.set_restricted(PART, false).unwrap();
     expect(&filter, &single(KIND_DATA), Verdict::Pass, "no longer restricted");
     filter.set_restricted(PART, false).unwrap(); // absent: fine

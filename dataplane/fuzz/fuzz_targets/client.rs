@@ -10,16 +10,20 @@
 //!
 //! Each receive advances the clock by 1 ms and runs due timeouts. With "rewrite link tags"
 //! the tag of every datagram in the buffer is recomputed (walking `total_length`), so
-//! mutated inputs reach replay windows, reassembly and dedup. Oracle besides "never panics":
-//! every delivery's payload lies inside its record, and the record parses.
+//! mutated inputs reach replay windows, dedup, ordering and the joining of messages that span
+//! frames. Oracles besides "never panics": every delivery's frame parses and holds the
+//! delivered message (publisher, chain, sequence, timestamp, previous reference, group key
+//! id); a whole message's payload is the one in the frame, a joined one ends with the frame's
+//! piece, which is the message's last; no payload exceeds the protocol's maximum.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runnel_client::{ClientCore, ClientLinkConfig, CoreOptions};
+use runnel_client::{ClientCore, ClientLinkConfig, CoreOptions, Delivery};
+use runnel_proto::frame::Frame;
 use runnel_proto::linktag::{link_tag, LinkKey};
 use runnel_proto::stream::StreamPart;
-use runnel_proto::wire::{Record, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
+use runnel_proto::wire::{HEADER_LENGTH, PAYLOAD_LENGTH_MAX, TAGGED_HEADER_LENGTH};
 
 /// Bound on transmits drained per receive.
 const TRANSMITS_PER_DRAIN_MAX: usize = 1024;
@@ -50,6 +54,27 @@ fn rewrite_tags(buffer: &mut [u8], key: &LinkKey) {
     }
 }
 
+/// Checks one delivery against the frame it says carried it.
+fn check_delivery(delivery: Delivery<'_>) {
+    let frame = Frame::parse(delivery.frame).expect("a delivered frame parses");
+    assert_eq!(frame.bytes.len(), delivery.frame.len(), "a delivered frame is exactly one frame");
+    assert_eq!((frame.publisher(), frame.chain_id()), (delivery.publisher, delivery.chain_id));
+    let message = frame.messages().find(|m| m.sequence == delivery.sequence).expect("the frame holds the delivered message");
+    assert_eq!((message.timestamp_ms, message.previous), (delivery.timestamp_ms, delivery.previous));
+    assert_eq!(
+        (message.content_type, message.encryption, message.group_key_id),
+        (delivery.content_type, delivery.encryption, delivery.group_key_id)
+    );
+    assert!(!message.continues, "a message is delivered with its last piece");
+    if message.continuation {
+        assert!(delivery.payload.ends_with(message.payload), "a joined payload ends with its last piece");
+    } else {
+        assert_eq!(delivery.payload, message.payload);
+    }
+    assert!(delivery.payload.len() <= PAYLOAD_LENGTH_MAX);
+    assert_eq!(delivery.to_owned().payload(), delivery.payload);
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&options, mut input)) = data.split_first() else {
         return;
@@ -72,11 +97,7 @@ fuzz_target!(|data: &[u8]| {
             rewrite_tags(&mut receive_buffer, &key);
         }
         now_us += 1000;
-        core.handle_receive(now_us, &receive_buffer, &mut |delivery| {
-            let record = Record::parse(delivery.record).expect("a delivered record parses");
-            assert_eq!(record.payload, delivery.payload);
-            assert_eq!(delivery.to_owned().payload(), delivery.payload);
-        });
+        core.handle_receive(now_us, &receive_buffer, &mut check_delivery);
         if core.poll_timeout().is_some_and(|due_us| due_us <= now_us) {
             core.handle_timeout(now_us);
         }

@@ -15,20 +15,23 @@
 //!
 //! With "rewrite link tags" the target recomputes the tag of every datagram in a receive
 //! buffer (walking `total_length` like GRO splitting) with the key of the link it names, so
-//! mutated inputs get past the tag check and reach dedup, reassembly, NAK repair and
-//! forwarding. With verify "none" mutated records get past signature checks too.
+//! mutated inputs get past the tag check and reach dedup, ordering, NAK repair and
+//! forwarding. With verify "none" mutated frames get past signature checks too.
 //!
-//! Oracles besides "never panics": every transmit is shaped like one UDP GSO send, and every
-//! datagram the relay emits parses, with `total_length` equal to its segment.
+//! Oracles besides "never panics": every transmit is shaped like one UDP GSO send; every
+//! datagram the relay emits parses, with `total_length` equal to its segment; every frame of
+//! an emitted Data datagram parses (the relay forwards only frames it parsed, byte for byte),
+//! exactly `message_count` of them; and an emitted Nak's ranges parse.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use runnel_core::relay::{Relay, RelayConfig};
 use runnel_node::config::{LinkConfig, LinkRole, VerifyPolicy};
+use runnel_proto::frame::Frame;
 use runnel_proto::linktag::{link_tag, LinkKey};
 use runnel_proto::stream::StreamPart;
-use runnel_proto::wire::{Datagram, DATAGRAM_LENGTH_MAX, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
+use runnel_proto::wire::{Datagram, Kind, DATAGRAM_LENGTH_MAX, HEADER_LENGTH, TAGGED_HEADER_LENGTH};
 use std::net::SocketAddr;
 
 const NEIGHBOR_LINK_ID: u32 = 7;
@@ -84,6 +87,15 @@ fn drain(relay: &mut Relay, buffer: &mut Vec<u8>) {
         for segment in buffer[..transmit.length].chunks(transmit.segment_size) {
             let datagram = Datagram::parse(segment).unwrap_or_else(|e| panic!("relay emitted a bad datagram: {e}"));
             assert_eq!(datagram.total_length(), segment.len(), "total_length differs from the GSO segment");
+            match datagram.kind {
+                Kind::Data => {
+                    let frames: Vec<Frame<'_>> =
+                        datagram.frames().collect::<Result<_, _>>().unwrap_or_else(|e| panic!("relay emitted a bad frame: {e}"));
+                    assert_eq!(frames.len(), datagram.message_count() as usize, "message_count differs from the frames sent");
+                }
+                Kind::Nak => assert!(datagram.nak_ranges().is_ok(), "relay emitted a bad NAK"),
+                Kind::Subscribe | Kind::Unsubscribe => {}
+            }
         }
     }
     while relay.poll_event().is_some() {}
@@ -106,8 +118,6 @@ fuzz_target!(|data: &[u8]| {
     config.repair_ring_bytes_max = 1 << 20;
     config.reorder_records_max = 64;
     config.chains_per_stream_part_max = 16;
-    config.reassembly_bytes_max = 4 << 20;
-    config.reassembly_entries_max = 4;
     config.events_max = 16;
     let mut relay = Relay::new(config);
     let neighbor: SocketAddr = "127.0.0.1:7100".parse().expect("address");

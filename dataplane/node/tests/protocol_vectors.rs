@@ -4,28 +4,34 @@
 //! How it works: each vector is a fenced block in the doc opened with ```` ```vector <label> ````
 //! and holding `name: value` lines (long hex values continue on indented lines). The test
 //! builds the same blocks from the code and compares them field by field. Where the spec
-//! states a layout (canonical bytes, record, header, Merkle tree), the test also builds the
-//! bytes by hand from that statement and checks the library produces the same, so the prose
-//! is tested too, not only the hex.
+//! states a layout (canonical bytes, frame, header, Merkle tree), the test also builds the
+//! bytes by hand from that statement — with its own SHA-256 and without the library's
+//! encoders — and checks the library produces the same, so the prose is tested too, not only
+//! the hex. The per-message signature of the anvil vector is also pinned to its protocol v1
+//! value: v2 changed the framing, not what a message signature covers.
 //!
 //! Regenerate the doc's blocks after a deliberate protocol change with
-//! `RUNNEL_PRINT_VECTORS=1 cargo test --release -p runnel-dataplane --test protocol_vectors -- --nocapture`
+//! `RUNNEL_PRINT_VECTORS=1 cargo test --release -p runnel-node --test protocol_vectors doc_vectors -- --nocapture`
 //! and paste them over the old ones.
 //!
 //! The same valid encodings seed the fuzz corpora: with `RUNNEL_FUZZ_SEEDS=<dir>` the
 //! `fuzz_seed_corpora` test writes `<dir>/<target>/seed-*` for every target in
 //! `dataplane/fuzz` (scripts/test.sh does this before fuzzing).
 
+use runnel_core::client::{ClientCore, ClientLinkConfig, CoreOptions, Outgoing, OwnedDelivery, Publisher, SigningMode};
 use runnel_proto::crypto::{
-    batch_leaf, batch_root_digest, batch_root_from_path, eip191_hash, keccak256, message_digest, write_canonical, PublisherKey,
-    SignedFields, Verifier, VerifyCost,
+    eip191_hash, frame_leaf, frame_node, frame_root_digest, frame_root_from_proof, keccak256, message_digest, write_canonical, Node,
+    PublisherKey, SignedFields, Verifier, VerifyCost,
+};
+use runnel_proto::frame::{
+    split_frames, trailer_length, EntryFields, Frame, FrameStart, FrameWriter, SignatureKind, FRAME_FLAG_CONTINUATION,
+    FRAME_FLAG_CONTINUES, FRAME_FLAG_HAS_PREVIOUS, FRAME_HEADER_LENGTH, MESSAGE_ENTRY_LENGTH, PROOF_ENTRY_LENGTH,
 };
 use runnel_proto::linktag::{link_tag, LinkKey};
 use runnel_proto::stream::{StreamPart, StreamPartKey};
 use runnel_proto::wire::{
-    encode_fragment, encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, FragmentHeader, HeaderFields,
-    Kind, MessageFields, NakRange, Record, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, MESSAGE_HEADER_LENGTH, SIGNATURE_LENGTH,
-    TAGGED_HEADER_LENGTH,
+    encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, HeaderFields, Kind, NakRange,
+    DATAGRAM_LENGTH_DEFAULT, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, SIGNATURE_LENGTH, TAGGED_HEADER_LENGTH,
 };
 use siphasher::sip::SipHasher24;
 use std::hash::Hasher;
@@ -36,11 +42,20 @@ const ANVIL_KEY_0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae7
 const ANVIL_ADDRESS_0: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
 /// The stream part of every vector, written with an upper-case owner to show canonicalization.
 const STREAM_PART_INPUT: &str = "0xF39Fd6e51aad88F6F4ce6aB8827279cffFb92266/sensors/temperature#0";
+/// The message chain of every vector.
+const CHAIN_ID: u64 = 1;
 const LINK_ID: u32 = 7;
 /// Link id of the client link the relay fuzz target configures besides `LINK_ID`.
 const CLIENT_LINK_ID: u32 = 8;
 /// Hex characters per line when a value is wrapped (32 bytes).
 const HEX_LINE_LENGTH: usize = 64;
+/// Frames are written with room for a default datagram's body; the vectors are far smaller.
+const FRAME_CAPACITY: usize = DATAGRAM_LENGTH_DEFAULT - HEADER_LENGTH;
+/// The anvil message's digest and signature as protocol v1 published them (docs/protocol.md
+/// of v1, vector `message`): v2 must sign exactly the same bytes.
+const V1_MESSAGE_DIGEST: &str = "fbd6ae677eaca5d9cc1df36af5b3dabc41f028568666884cb40292c0c4b409e7";
+const V1_MESSAGE_SIGNATURE: &str =
+    "e87d8e2400b0eb93e88c0aef1f428d4ba7f48b9292de81bde7bb3f7d3ef2306013694a99ce39838002d2aad4b201bd271f56311e30a2f0ff480078e4357eb2c31c";
 
 /// One vector: a label and its fields in order.
 #[derive(Debug, Default)]
@@ -132,11 +147,105 @@ fn link_key() -> LinkKey {
     LinkKey(key)
 }
 
-/// The message of vector `message`.
-fn message_fields(publisher: [u8; 20]) -> MessageFields {
-    MessageFields {
-        publisher,
-        chain_id: 1,
+/// SHA-256 as FIPS 180-4 defines it, written out here so that the batch tree is checked
+/// against the standard rather than against the hashing crate the library uses.
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    const ROUND_CONSTANTS: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be,
+        0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa,
+        0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85,
+        0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
+        0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
+        0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    ];
+    let mut message = parts.concat();
+    let bit_length = message.len() as u64 * 8;
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&bit_length.to_be_bytes());
+    let mut state: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    for block in message.chunks_exact(64) {
+        let mut schedule = [0u32; 64];
+        for (t, word) in block.chunks_exact(4).enumerate() {
+            schedule[t] = u32::from_be_bytes(word.try_into().expect("4 bytes"));
+        }
+        for t in 16..64 {
+            let (w15, w2) = (schedule[t - 15], schedule[t - 2]);
+            let sigma0 = w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3);
+            let sigma1 = w2.rotate_right(17) ^ w2.rotate_right(19) ^ (w2 >> 10);
+            schedule[t] = schedule[t - 16].wrapping_add(sigma0).wrapping_add(schedule[t - 7]).wrapping_add(sigma1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = state;
+        for t in 0..64 {
+            let choose = (e & f) ^ (!e & g);
+            let sum1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let t1 = h.wrapping_add(sum1).wrapping_add(choose).wrapping_add(ROUND_CONSTANTS[t]).wrapping_add(schedule[t]);
+            let majority = (a & b) ^ (a & c) ^ (b & c);
+            let sum0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let t2 = sum0.wrapping_add(majority);
+            (h, g, f, e, d, c, b, a) = (g, f, e, d.wrapping_add(t1), c, b, a, t1.wrapping_add(t2));
+        }
+        for (word, add) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *word = word.wrapping_add(add);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (bytes, word) in out.chunks_exact_mut(4).zip(state) {
+        bytes.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// A tree node by the spec: SHA-256 truncated to its first 20 bytes.
+fn truncated_sha256(parts: &[&[u8]]) -> Node {
+    sha256(parts)[..PROOF_ENTRY_LENGTH].try_into().expect("20 of 32 bytes")
+}
+
+/// One message of the vectors' chain (publisher anvil account 0, chain [`CHAIN_ID`]).
+#[derive(Clone, Debug)]
+struct Message {
+    timestamp_ms: u64,
+    sequence: u64,
+    previous: Option<(u64, u64)>,
+    content_type: ContentType,
+    encryption: Encryption,
+    group_key_id: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Message {
+    fn signed_fields<'a>(&'a self, key: &'a StreamPartKey, publisher: &'a [u8; 20]) -> SignedFields<'a> {
+        SignedFields {
+            stream_part_key: &key.0,
+            publisher,
+            chain_id: CHAIN_ID,
+            timestamp_ms: self.timestamp_ms,
+            sequence: self.sequence,
+            previous: self.previous,
+            content_type: self.content_type as u8,
+            encryption: self.encryption as u8,
+            group_key_id: &self.group_key_id,
+            payload: &self.payload,
+        }
+    }
+
+    /// The message entry of this message, or of a piece of it (`payload` bytes).
+    fn entry<'a>(&'a self, payload: &'a [u8]) -> EntryFields<'a> {
+        EntryFields {
+            timestamp_ms: self.timestamp_ms,
+            content_type: self.content_type,
+            encryption: self.encryption,
+            group_key_id: &self.group_key_id,
+            payload,
+        }
+    }
+}
+
+/// The message of vector `message` (the v1 vector's message, unchanged).
+fn single_message() -> Message {
+    Message {
         timestamp_ms: 1_700_000_000_000,
         sequence: 1,
         previous: Some((1_699_999_999_000, 0)),
@@ -147,85 +256,134 @@ fn message_fields(publisher: [u8; 20]) -> MessageFields {
     }
 }
 
-/// The three messages of vector `batch`: they continue the chain of `message`; the middle
-/// one is an encrypted binary payload with a group key id, so every field is non-trivial.
-fn batch_fields(publisher: [u8; 20]) -> Vec<MessageFields> {
-    let first = message_fields(publisher);
-    let mut batch = Vec::new();
-    for i in 0..3u64 {
-        let mut fields = first.clone();
-        fields.sequence = 2 + i;
-        fields.timestamp_ms = 1_700_000_001_000 + 1000 * i;
-        fields.previous = Some((fields.timestamp_ms - 1000, fields.sequence - 1));
-        fields.payload = format!("{{\"temperature\":{}.5}}", 22 + i).into_bytes();
-        if i == 1 {
-            fields.content_type = ContentType::Binary;
-            fields.encryption = Encryption::Aes256Gcm;
-            fields.group_key_id = b"group-key-1".to_vec();
-            fields.payload = (0u8..28).map(|b| b.wrapping_mul(37).wrapping_add(11)).collect();
-        }
-        batch.push(fields);
-    }
-    batch
+/// The four messages of vector `batch`, continuing the chain of `message`: three that share
+/// frame 2 (the middle one an encrypted binary payload with a group key id, so every entry
+/// field is non-trivial) and a binary message 5 that spans frames 3 and 4.
+fn batch_messages() -> Vec<Message> {
+    let mut messages: Vec<Message> = (0..4u64)
+        .map(|i| Message {
+            timestamp_ms: 1_700_000_001_000 + 1000 * i,
+            sequence: 2 + i,
+            previous: Some((1_700_000_000_000 + 1000 * i, 1 + i)),
+            content_type: ContentType::Json,
+            encryption: Encryption::None,
+            group_key_id: Vec::new(),
+            payload: format!("{{\"temperature\":{}.5}}", 22 + i).into_bytes(),
+        })
+        .collect();
+    messages[1].content_type = ContentType::Binary;
+    messages[1].encryption = Encryption::Aes256Gcm;
+    messages[1].group_key_id = b"group-key-1".to_vec();
+    messages[1].payload = (0u8..28).map(|b| b.wrapping_mul(37).wrapping_add(11)).collect();
+    messages[3].content_type = ContentType::Binary;
+    messages[3].payload = (0u8..48).map(|b| b.wrapping_mul(13).wrapping_add(5)).collect();
+    messages
 }
+
+/// Where message 5's payload is cut: bytes 0..32 in frame 3, 32..48 in frame 4.
+const PIECE_CUT: usize = 32;
 
 /// The canonical byte string built by hand from the spec's statement (docs/protocol.md,
 /// "Canonical signed bytes"), independently of `crypto::write_canonical`.
-fn canonical_by_spec(key: &StreamPartKey, fields: &MessageFields) -> Vec<u8> {
+fn canonical_by_spec(key: &StreamPartKey, publisher: &[u8; 20], message: &Message) -> Vec<u8> {
     let mut out = b"runnel-message-v1".to_vec();
     out.extend_from_slice(&key.0);
-    out.extend_from_slice(&fields.publisher);
-    out.extend_from_slice(&fields.chain_id.to_be_bytes());
-    out.extend_from_slice(&fields.timestamp_ms.to_be_bytes());
-    out.extend_from_slice(&fields.sequence.to_be_bytes());
-    out.push(fields.previous.is_some() as u8);
-    let (previous_timestamp_ms, previous_sequence) = fields.previous.unwrap_or((0, 0));
+    out.extend_from_slice(publisher);
+    out.extend_from_slice(&CHAIN_ID.to_be_bytes());
+    out.extend_from_slice(&message.timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&message.sequence.to_be_bytes());
+    out.push(message.previous.is_some() as u8);
+    let (previous_timestamp_ms, previous_sequence) = message.previous.unwrap_or((0, 0));
     out.extend_from_slice(&previous_timestamp_ms.to_be_bytes());
     out.extend_from_slice(&previous_sequence.to_be_bytes());
-    out.push(fields.content_type as u8);
-    out.push(fields.encryption as u8);
-    out.push(fields.group_key_id.len() as u8);
-    out.extend_from_slice(&fields.group_key_id);
-    out.extend_from_slice(&(fields.payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&fields.payload);
+    out.push(message.content_type as u8);
+    out.push(message.encryption as u8);
+    out.push(message.group_key_id.len() as u8);
+    out.extend_from_slice(&message.group_key_id);
+    out.extend_from_slice(&(message.payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&message.payload);
     out
 }
 
-/// A message record built by hand from the spec's record table.
-fn record_by_spec(fields: &MessageFields, signature: &[u8], leaf_index: u32, path: &[[u8; 32]]) -> Vec<u8> {
-    let length = MESSAGE_HEADER_LENGTH + fields.group_key_id.len() + fields.payload.len() + SIGNATURE_LENGTH + 32 * path.len();
-    let mut out = Vec::new();
-    out.extend_from_slice(&(length as u32).to_le_bytes()); // 0 record_length
-    out.extend_from_slice(&fields.publisher); // 4 publisher
-    out.extend_from_slice(&fields.chain_id.to_le_bytes()); // 24
-    out.extend_from_slice(&fields.timestamp_ms.to_le_bytes()); // 32
-    out.extend_from_slice(&fields.sequence.to_le_bytes()); // 40
-    let (previous_timestamp_ms, previous_sequence) = fields.previous.unwrap_or((0, 0));
+/// How a frame built by [`frame_by_spec`] is authenticated.
+enum Authentication<'a> {
+    /// A signature after each message entry.
+    Single(&'a [[u8; SIGNATURE_LENGTH]]),
+    /// A trailer: the root signature and this leaf's proof, leaf level first.
+    Batch { leaf_index: u8, signature: &'a [u8; SIGNATURE_LENGTH], proof: &'a [Node] },
+}
+
+/// What one frame carries: consecutive messages of the chain, each with the payload bytes
+/// this frame holds of it (all of it unless it spans frames).
+struct FrameContent<'a> {
+    sequence: u64,
+    entries: Vec<(&'a Message, &'a [u8])>,
+    /// The last message continues in the next frame.
+    continues: bool,
+    /// The first message began in an earlier frame.
+    continuation: bool,
+}
+
+/// A frame built by hand from the spec's frame header and message entry tables.
+fn frame_by_spec(publisher: &[u8; 20], content: &FrameContent<'_>, authentication: &Authentication<'_>) -> Vec<u8> {
+    let (first, _) = content.entries[0];
+    // Only the first message's sequence and previous reference are written; the rest are
+    // implied (sequence + 1, previous = the message before), so the messages must be such.
+    for pair in content.entries.windows(2) {
+        let (before, after) = (pair[0].0, pair[1].0);
+        assert_eq!(after.sequence, before.sequence + 1, "messages of a frame are consecutive");
+        assert_eq!(after.previous, Some((before.timestamp_ms, before.sequence)), "implied previous reference");
+    }
+    let (previous_timestamp_ms, previous_sequence) = first.previous.unwrap_or((0, 0));
+    let flags =
+        if first.previous.is_some() { 1 } else { 0 } | if content.continues { 2 } else { 0 } | if content.continuation { 4 } else { 0 };
+    let (signature_kind, proof_depth, leaf_index) = match authentication {
+        Authentication::Single(_) => (0u8, 0u8, 0u8),
+        Authentication::Batch { leaf_index, proof, .. } => (1, proof.len() as u8, *leaf_index),
+    };
+    let mut out = vec![0; 4]; // 0 frame_length, written last
+    out.extend_from_slice(publisher); // 4
+    out.extend_from_slice(&CHAIN_ID.to_le_bytes()); // 24
+    out.extend_from_slice(&content.sequence.to_le_bytes()); // 32 frame sequence
+    out.extend_from_slice(&first.sequence.to_le_bytes()); // 40 first_message_sequence
     out.extend_from_slice(&previous_timestamp_ms.to_le_bytes()); // 48
     out.extend_from_slice(&previous_sequence.to_le_bytes()); // 56
-    out.push(fields.content_type as u8); // 64
-    out.push(fields.encryption as u8); // 65
-    out.push(if path.is_empty() { 0 } else { 1 }); // 66 signature_kind
-    out.push(fields.previous.is_some() as u8); // 67 flags
-    out.push(fields.group_key_id.len() as u8); // 68
-    out.push(path.len() as u8); // 69 proof_depth
+    out.push(signature_kind); // 64
+    out.push(flags); // 65
+    out.extend_from_slice(&(content.entries.len() as u16).to_le_bytes()); // 66 message_count
+    out.push(proof_depth); // 68
+    out.push(leaf_index); // 69
     out.extend_from_slice(&[0, 0]); // 70 reserved
-    out.extend_from_slice(&leaf_index.to_le_bytes()); // 72
-    out.extend_from_slice(&(fields.payload.len() as u32).to_le_bytes()); // 76
-    assert_eq!(out.len(), MESSAGE_HEADER_LENGTH);
-    out.extend_from_slice(&fields.group_key_id);
-    out.extend_from_slice(&fields.payload);
-    out.extend_from_slice(signature);
-    for node in path {
-        out.extend_from_slice(node);
+    assert_eq!(out.len(), FRAME_HEADER_LENGTH);
+    for (index, (message, payload)) in content.entries.iter().enumerate() {
+        let entry_start = out.len();
+        out.extend_from_slice(&message.timestamp_ms.to_le_bytes()); // +0
+        out.push(message.content_type as u8); // +8
+        out.push(message.encryption as u8); // +9
+        out.push(message.group_key_id.len() as u8); // +10
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes()); // +11
+        assert_eq!(out.len() - entry_start, MESSAGE_ENTRY_LENGTH);
+        out.extend_from_slice(&message.group_key_id);
+        out.extend_from_slice(payload);
+        if let Authentication::Single(signatures) = authentication {
+            out.extend_from_slice(&signatures[index]);
+        }
     }
+    if let Authentication::Batch { signature, proof, .. } = authentication {
+        out.extend_from_slice(&signature[..]);
+        for node in *proof {
+            out.extend_from_slice(node);
+        }
+    }
+    let length = out.len() as u32;
+    out[..4].copy_from_slice(&length.to_le_bytes());
     out
 }
 
 /// A datagram header built by hand from the spec's header table (tag computed separately).
 fn header_by_spec(fields: &HeaderFields, key: &LinkKey) -> Vec<u8> {
     let mut out = b"RN".to_vec(); // 0 magic
-    out.push(1); // 2 version
+    out.push(2); // 2 version
     out.push(fields.kind as u8); // 3 kind
     out.extend_from_slice(&fields.link_id.to_le_bytes()); // 4
     out.extend_from_slice(&fields.link_seq.to_le_bytes()); // 8
@@ -244,63 +402,57 @@ fn header_by_spec(fields: &HeaderFields, key: &LinkKey) -> Vec<u8> {
     out
 }
 
-fn blake3_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&[1]);
-    hasher.update(left);
-    hasher.update(right);
-    *hasher.finalize().as_bytes()
-}
-
-fn canonical(key: &StreamPartKey, fields: &MessageFields) -> Vec<u8> {
+fn canonical(key: &StreamPartKey, publisher: &[u8; 20], message: &Message) -> Vec<u8> {
     let mut out = Vec::new();
-    write_canonical(&SignedFields::from_fields(key, fields), |part| out.extend_from_slice(part));
+    write_canonical(&message.signed_fields(key, publisher), |part| out.extend_from_slice(part));
     out
 }
 
 /// Everything the vectors and the fuzz seeds are made of.
 struct Encodings {
     part_key: StreamPartKey,
-    /// The single-signature record of vector `message`.
-    record: Vec<u8>,
+    /// The single frame of vector `message`.
+    single_frame: Vec<u8>,
     /// The Subscribe datagram of vector `link-tag`.
     subscribe: Vec<u8>,
     /// The Data datagram of vector `data-datagram`.
     data_datagram: Vec<u8>,
-    /// The three batch-signed records of vector `batch`, back to back, and their lengths.
-    batch_records: Vec<u8>,
-    batch_lengths: Vec<usize>,
+    /// The three batch frames of vector `batch` (frame sequences 2, 3, 4).
+    batch_frames: Vec<Vec<u8>>,
 }
 
 fn subscribe_fields(part_key: &StreamPartKey) -> HeaderFields {
-    HeaderFields {
-        kind: Kind::Subscribe,
-        link_id: LINK_ID,
-        link_seq: 1,
-        stream_part_key: part_key.0,
-        flags: 0,
-        message_count: 0,
-        total_length: HEADER_LENGTH as u16,
-        publisher: [0; 20],
-    }
+    HeaderFields { total_length: HEADER_LENGTH as u16, ..HeaderFields::new(Kind::Subscribe, LINK_ID, 1, part_key.0) }
 }
 
 fn data_fields(part_key: &StreamPartKey, publisher: [u8; 20], link_seq: u64) -> HeaderFields {
-    HeaderFields {
-        kind: Kind::Data,
-        link_id: LINK_ID,
-        link_seq,
-        stream_part_key: part_key.0,
-        flags: FLAG_SINGLE_PUBLISHER,
-        message_count: 0,
-        total_length: 0,
+    HeaderFields { flags: FLAG_SINGLE_PUBLISHER, publisher, ..HeaderFields::new(Kind::Data, LINK_ID, link_seq, part_key.0) }
+}
+
+/// The frame's start fields as a library caller gives them to [`FrameWriter::begin`].
+fn frame_start(
+    publisher: [u8; 20],
+    sequence: u64,
+    first: &Message,
+    kind: SignatureKind,
+    proof_depth: u8,
+    leaf_index: u8,
+    continuation: bool,
+) -> FrameStart {
+    FrameStart {
         publisher,
+        chain_id: CHAIN_ID,
+        sequence,
+        first_message_sequence: first.sequence,
+        previous: first.previous,
+        signature_kind: kind,
+        proof_depth,
+        leaf_index,
+        continuation,
     }
 }
 
 fn build_vectors() -> (Vec<Vector>, Encodings) {
-    let key = anvil_key();
-    let address = key.address();
     let part = stream_part();
     let part_key = part.key();
     let mut vectors = Vec::new();
@@ -330,99 +482,188 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     v.hex("datagram", &subscribe);
     vectors.push(v);
 
-    // (c) one message signed by anvil account 0.
+    let (v, single_frame) = message_vector(&part_key);
+    vectors.push(v);
+    let (v, data_datagram) = data_datagram_vector(&part_key, &single_frame);
+    vectors.push(v);
+    let (v, batch_frames) = batch_vector(&part_key);
+    vectors.push(v);
+
+    let encodings = Encodings { part_key, single_frame, subscribe, data_datagram, batch_frames };
+    (vectors, encodings)
+}
+
+/// (c) one message signed by anvil account 0, alone in a single frame (frame sequence 1).
+fn message_vector(part_key: &StreamPartKey) -> (Vector, Vec<u8>) {
+    let key = anvil_key();
+    let address = key.address();
     assert_eq!(runnel_proto::crypto::address_hex(&address), ANVIL_ADDRESS_0);
-    let fields = message_fields(address);
-    let canonical_bytes = canonical(&part_key, &fields);
-    assert_eq!(canonical_bytes, canonical_by_spec(&part_key, &fields), "canonical bytes disagree with the spec");
-    let digest = message_digest(&SignedFields::from_fields(&part_key, &fields));
+    let message = single_message();
+    let canonical_bytes = canonical(part_key, &address, &message);
+    assert_eq!(canonical_bytes, canonical_by_spec(part_key, &address, &message), "canonical bytes disagree with the spec");
+    let digest = message_digest(&message.signed_fields(part_key, &address));
     assert_eq!(digest, keccak256(&[&canonical_bytes]));
+    assert_eq!(hex::encode(digest), V1_MESSAGE_DIGEST, "the per-message digest changed from protocol v1");
     let eip191 = eip191_hash(&digest);
     assert_eq!(eip191, keccak256(&[b"\x19Ethereum Signed Message:\n32", &digest]));
-    let mut record = Vec::new();
-    key.sign_into(&part_key, &fields, &mut record);
-    let parsed = Record::parse(&record).expect("vector record parses");
-    let signature = *parsed.signature;
-    assert_eq!(record, record_by_spec(&fields, &signature, 0, &[]), "record table disagrees with the encoder");
-    assert_eq!(Verifier::default().verify(&part_key, &parsed), Ok(VerifyCost::Ecdsa));
+    let signature = key.sign_message(&message.signed_fields(part_key, &address));
+    assert_eq!(hex::encode(signature), V1_MESSAGE_SIGNATURE, "the per-message signature changed from protocol v1");
+
+    let mut frame = Vec::new();
+    let start = frame_start(address, 1, &message, SignatureKind::Single, 0, 0, false);
+    let mut writer = FrameWriter::begin(&mut frame, &start, FRAME_CAPACITY);
+    assert!(writer.push(&mut frame, &message.entry(&message.payload), Some(&signature)));
+    writer.finish(&mut frame, false);
+    let content = FrameContent { sequence: 1, entries: vec![(&message, &message.payload[..])], continues: false, continuation: false };
+    assert_eq!(frame, frame_by_spec(&address, &content, &Authentication::Single(&[signature])), "frame tables disagree with FrameWriter");
+
+    // A publisher writes the same frame: its second message, flushed on its own, is frame 1.
+    let mut publisher = Publisher::with_chain_id(key.clone(), *part_key, SigningMode::PerMessage, CHAIN_ID);
+    let (previous_timestamp_ms, _) = message.previous.expect("has previous");
+    publisher.publish(&Outgoing::json(previous_timestamp_ms, br#"{"temperature":21.0}"#)).expect("publishes");
+    publisher.flush();
+    publisher.clear_frames();
+    publisher.publish(&Outgoing::json(message.timestamp_ms, &message.payload)).expect("publishes");
+    publisher.flush();
+    assert_eq!((publisher.frames(), publisher.frame_count()), (&frame[..], 1), "the publisher's frame differs from the vector");
+
+    let parsed = Frame::parse(&frame).expect("vector frame parses");
+    let views: Vec<_> = parsed.messages().collect();
+    assert_eq!(views.len(), 1);
+    assert_eq!((views[0].sequence, views[0].previous, views[0].payload), (message.sequence, message.previous, &message.payload[..]));
+    assert_eq!(views[0].signature, Some(&signature));
+    let mut from_frame = Vec::new();
+    write_canonical(&SignedFields::from_message(part_key, &parsed, &views[0]), |part| from_frame.extend_from_slice(part));
+    assert_eq!(from_frame, canonical_bytes, "the fields a receiver derives from the frame sign differently");
+    assert_eq!(Verifier::default().verify(part_key, &parsed), Ok(VerifyCost::Ecdsa { signatures: 1 }));
+
     let mut v = Vector::new("message");
     v.text("private_key", ANVIL_KEY_0.trim_start_matches("0x"));
     v.text("publisher", ANVIL_ADDRESS_0);
     v.hex("stream_part_key", &part_key.0);
-    v.text("chain_id", fields.chain_id);
-    v.text("timestamp_ms", fields.timestamp_ms);
-    v.text("sequence", fields.sequence);
-    let (previous_timestamp_ms, previous_sequence) = fields.previous.expect("has previous");
+    v.text("chain_id", CHAIN_ID);
+    v.text("timestamp_ms", message.timestamp_ms);
+    v.text("sequence", message.sequence);
     v.text("previous_timestamp_ms", previous_timestamp_ms);
-    v.text("previous_sequence", previous_sequence);
+    v.text("previous_sequence", message.previous.expect("has previous").1);
     v.text("content_type", "0(JSON)");
     v.text("encryption", "0(none)");
-    v.text("payload_utf8", String::from_utf8(fields.payload.clone()).expect("UTF-8"));
+    v.text("payload_utf8", String::from_utf8(message.payload.clone()).expect("UTF-8"));
     v.hex("canonical", &canonical_bytes);
     v.hex("digest", &digest);
     v.hex("eip191_hash", &eip191);
     v.hex("signature", &signature);
-    v.hex("record", &record);
-    vectors.push(v);
+    v.text("frame_sequence", 1);
+    v.hex("frame", &frame);
+    (v, frame)
+}
 
-    // (d) the record in a Data datagram.
-    let mut builder = DatagramBuilder::new(runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT);
-    assert!(builder.try_push(&record));
-    let data_datagram = builder.finish(data_fields(&part_key, address, 42), &link_key).to_vec();
-    let header_fields = HeaderFields { message_count: 1, total_length: data_datagram.len() as u16, ..data_fields(&part_key, address, 42) };
-    assert_eq!(data_datagram[..HEADER_LENGTH], header_by_spec(&header_fields, &link_key)[..]);
-    let parsed = Datagram::parse(&data_datagram).expect("vector datagram parses");
+/// (d) the single frame in a Data datagram.
+fn data_datagram_vector(part_key: &StreamPartKey, frame: &[u8]) -> (Vector, Vec<u8>) {
+    let address = anvil_key().address();
+    let link_key = link_key();
+    let mut builder = DatagramBuilder::new(DATAGRAM_LENGTH_DEFAULT);
+    assert!(builder.try_push(frame));
+    let datagram = builder.finish(data_fields(part_key, address, 42), &link_key).to_vec();
+    let header_fields = HeaderFields { message_count: 1, total_length: datagram.len() as u16, ..data_fields(part_key, address, 42) };
+    assert_eq!(datagram[..HEADER_LENGTH], header_by_spec(&header_fields, &link_key)[..]);
+    assert_eq!(datagram[HEADER_LENGTH..], *frame);
+    let parsed = Datagram::parse(&datagram).expect("vector datagram parses");
     assert!(parsed.tag_matches(&link_key));
-    assert_eq!(parsed.records().map(|r| r.expect("record").bytes.to_vec()).collect::<Vec<_>>(), vec![record.clone()]);
+    assert_eq!(parsed.frames().map(|f| f.expect("frame").bytes.to_vec()).collect::<Vec<_>>(), vec![frame.to_vec()]);
     let mut v = Vector::new("data-datagram");
     v.hex("link_key", &link_key.0);
     v.text("link_id", LINK_ID);
     v.text("link_seq", 42);
     v.text("flags", "0x0001(single-publisher)");
-    v.text("total_length", data_datagram.len());
-    v.hex("tag_bytes", &data_datagram[TAGGED_HEADER_LENGTH..HEADER_LENGTH]);
-    v.hex("datagram", &data_datagram);
-    vectors.push(v);
+    v.text("message_count", 1);
+    v.text("total_length", datagram.len());
+    v.hex("tag_bytes", &datagram[TAGGED_HEADER_LENGTH..HEADER_LENGTH]);
+    v.hex("datagram", &datagram);
+    (v, datagram)
+}
 
-    // (e) a 3-message batch: tree by hand, records from the library, both must agree.
-    let batch = batch_fields(address);
-    let mut leaves: Vec<[u8; 32]> = batch
-        .iter()
-        .map(|f| {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(&[0]);
-            hasher.update(&canonical_by_spec(&part_key, f));
-            let leaf = *hasher.finalize().as_bytes();
-            assert_eq!(leaf, batch_leaf(&SignedFields::from_fields(&part_key, f)));
-            leaf
-        })
-        .collect();
-    leaves.push([0; 32]);
-    let node_01 = blake3_node(&leaves[0], &leaves[1]);
-    let node_23 = blake3_node(&leaves[2], &leaves[3]);
-    let root = blake3_node(&node_01, &node_23);
-    let root_digest = batch_root_digest(&root);
-    assert_eq!(root_digest, keccak256(&[b"runnel-batch-v1", &root]));
-    let mut batch_records = Vec::new();
-    let batch_lengths = key.sign_batch_into(&part_key, &batch, &mut batch_records);
+/// What each frame of vector `batch` holds: frame 2 messages 2, 3, 4; frames 3 and 4 the
+/// two pieces of message 5.
+fn batch_contents(messages: &[Message]) -> Vec<FrameContent<'_>> {
+    let spanning = &messages[3];
+    vec![
+        FrameContent {
+            sequence: 2,
+            entries: messages[..3].iter().map(|m| (m, &m.payload[..])).collect(),
+            continues: false,
+            continuation: false,
+        },
+        FrameContent { sequence: 3, entries: vec![(spanning, &spanning.payload[..PIECE_CUT])], continues: true, continuation: false },
+        FrameContent { sequence: 4, entries: vec![(spanning, &spanning.payload[PIECE_CUT..])], continues: false, continuation: true },
+    ]
+}
+
+/// (e) three frames under one batch root: tree by hand, frames from the library, both must
+/// agree.
+fn batch_vector(part_key: &StreamPartKey) -> (Vector, Vec<Vec<u8>>) {
+    let key = anvil_key();
+    let address = key.address();
+    let messages = batch_messages();
+    let contents = batch_contents(&messages);
+    const DEPTH: u8 = 2;
+
+    // The library: FrameWriter writes each frame with its trailer zeroed, sign_frames fills it.
+    let mut buffer = Vec::new();
+    let mut ranges = Vec::new();
+    for (leaf_index, content) in contents.iter().enumerate() {
+        let (first, _) = content.entries[0];
+        let start = frame_start(address, content.sequence, first, SignatureKind::Batch, DEPTH, leaf_index as u8, content.continuation);
+        let mut writer = FrameWriter::begin(&mut buffer, &start, FRAME_CAPACITY);
+        for (message, payload) in &content.entries {
+            assert!(writer.push(&mut buffer, &message.entry(payload), None));
+        }
+        ranges.push(writer.finish(&mut buffer, content.continues));
+    }
+    key.sign_frames(part_key, &mut buffer, &ranges);
+    let frames: Vec<Vec<u8>> = ranges.iter().map(|range| buffer[range.clone()].to_vec()).collect();
+
+    // The spec: leaves over the frames without their trailers, nodes, root, digest.
+    let trailer = trailer_length(DEPTH as usize);
+    let mut leaves: Vec<Node> =
+        frames.iter().map(|frame| truncated_sha256(&[&[0], &part_key.0, &frame[..frame.len() - trailer]])).collect();
+    leaves.push([0; PROOF_ENTRY_LENGTH]);
+    let node_01 = truncated_sha256(&[&[1], &leaves[0], &leaves[1]]);
+    let node_23 = truncated_sha256(&[&[1], &leaves[2], &leaves[3]]);
+    let root = truncated_sha256(&[&[1], &node_01, &node_23]);
+    assert_eq!(node_01, frame_node(&leaves[0], &leaves[1]));
+    let root_digest = keccak256(&[b"runnel-frames-v2", &root]);
+    assert_eq!(root_digest, frame_root_digest(&root));
+    let signature = key.sign_digest(&root_digest);
+    let proofs = [[leaves[1], node_23], [leaves[0], node_23], [leaves[3], node_01]];
+
     let mut verifier = Verifier::default();
-    let mut at = 0;
-    let mut batch_signature = [0u8; SIGNATURE_LENGTH];
-    let paths = [[leaves[1], node_23], [leaves[0], node_23], [leaves[3], node_01]];
-    for (index, length) in batch_lengths.iter().enumerate() {
-        let record = Record::parse(&batch_records[at..at + length]).expect("batch record parses");
-        batch_signature = *record.signature;
-        let leaf = batch_leaf(&SignedFields::from_record(&part_key, &record));
-        assert_eq!(batch_root_from_path(leaf, index as u32, record.proof), root, "record {index} path");
-        assert_eq!(record.bytes, record_by_spec(&batch[index], &batch_signature, index as u32, &paths[index]));
-        let expected = if index == 0 { VerifyCost::Ecdsa } else { VerifyCost::CachedRoot };
-        assert_eq!(verifier.verify(&part_key, &record), Ok(expected));
-        at += length;
+    let mut joined = Vec::new();
+    for (index, frame) in frames.iter().enumerate() {
+        let authentication = Authentication::Batch { leaf_index: index as u8, signature: &signature, proof: &proofs[index] };
+        assert_eq!(*frame, frame_by_spec(&address, &contents[index], &authentication), "frame {index} disagrees with the tables");
+        let parsed = Frame::parse(frame).expect("batch frame parses");
+        let leaf = frame_leaf(part_key, parsed.signed_bytes());
+        assert_eq!(leaf, leaves[index], "frame {index} leaf");
+        let (_, proof) = parsed.trailer().expect("batch frames carry a trailer");
+        assert_eq!(frame_root_from_proof(leaf, index, proof), root, "frame {index} proof");
+        let expected = if index == 0 { VerifyCost::Ecdsa { signatures: 1 } } else { VerifyCost::CachedRoot };
+        assert_eq!(verifier.verify(part_key, &parsed), Ok(expected), "frame {index}");
+        for view in parsed.messages() {
+            let message = messages.iter().find(|m| m.sequence == view.sequence).expect("a vector message");
+            assert_eq!(
+                (view.timestamp_ms, view.previous, view.group_key_id),
+                (message.timestamp_ms, message.previous, &message.group_key_id[..])
+            );
+            joined.extend_from_slice(view.payload);
+            if !view.continues {
+                assert_eq!(std::mem::take(&mut joined), message.payload, "message {} joined from its pieces", view.sequence);
+            }
+        }
     }
+    assert_eq!(split_frames(&buffer).count(), 3);
+
     let mut v = Vector::new("batch");
-    for (index, f) in batch.iter().enumerate() {
-        v.hex(&format!("canonical_{index}"), &canonical(&part_key, f));
-    }
     for (index, leaf) in leaves.iter().enumerate() {
         v.hex(&format!("leaf_{index}"), leaf);
     }
@@ -431,13 +672,23 @@ fn build_vectors() -> (Vec<Vector>, Encodings) {
     v.hex("root", &root);
     v.hex("root_digest", &root_digest);
     v.hex("root_eip191_hash", &eip191_hash(&root_digest));
-    v.hex("signature", &batch_signature);
-    let third = batch_lengths[0] + batch_lengths[1];
-    v.hex("record_2", &batch_records[third..]);
-    vectors.push(v);
+    v.hex("signature", &signature);
+    for (index, frame) in frames.iter().enumerate() {
+        v.hex(&format!("frame_{index}"), frame);
+    }
+    (v, frames)
+}
 
-    let encodings = Encodings { part_key, record, subscribe, data_datagram, batch_records, batch_lengths };
-    (vectors, encodings)
+// Goal: the test's own SHA-256 is SHA-256 (FIPS 180-4 examples: empty, "abc", two blocks),
+// so the batch tree it checks the library against is the standard one.
+#[test]
+fn spec_sha256_matches_fips_examples() {
+    assert_eq!(hex::encode(sha256(&[])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_eq!(hex::encode(sha256(&[b"a", b"bc"])), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        hex::encode(sha256(&[b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"])),
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+    );
 }
 
 // Goal: every vector in docs/protocol.md equals what the code computes, field by field, and
@@ -485,67 +736,83 @@ fn rendered_vectors_parse_back() {
     }
 }
 
+/// A Data datagram on link 7 holding `frames`, tagged with the vectors' link key.
+fn data_datagram(part_key: &StreamPartKey, frames: &[&[u8]], link_seq: u64, flags: u16, pad: bool) -> Vec<u8> {
+    let mut builder = DatagramBuilder::new(DATAGRAM_LENGTH_DEFAULT);
+    for frame in frames {
+        assert!(builder.try_push(frame));
+    }
+    if pad {
+        builder.pad_to(DATAGRAM_LENGTH_DEFAULT);
+    }
+    let fields = HeaderFields { flags: flags | FLAG_SINGLE_PUBLISHER, ..data_fields(part_key, anvil_key().address(), link_seq) };
+    builder.finish(fields, &link_key()).to_vec()
+}
+
+/// The datagrams the seeds are made of, besides the vectors' own.
+struct SeedDatagrams {
+    /// The three batch frames in one padded datagram.
+    batch: Vec<u8>,
+    /// Frame 4 alone, then frames 2 and 3: message 5's pieces out of order.
+    last_piece: Vec<u8>,
+    first_frames: Vec<u8>,
+    /// A NAK for frame sequences 2..=4, and an Unsubscribe.
+    nak: Vec<u8>,
+    unsubscribe: Vec<u8>,
+    /// The single frame again, flagged repair.
+    repair: Vec<u8>,
+    /// Subscribe, batch, single-frame datagram in one GRO-style buffer.
+    coalesced: Vec<u8>,
+}
+
+fn seed_datagrams(encodings: &Encodings) -> SeedDatagrams {
+    let link_key = link_key();
+    let part_key = encodings.part_key;
+    let address = anvil_key().address();
+    let frames: Vec<&[u8]> = encodings.batch_frames.iter().map(Vec::as_slice).collect();
+    let batch = data_datagram(&part_key, &frames, 43, 0, true);
+    let last_piece = data_datagram(&part_key, &frames[2..], 44, 0, false);
+    let first_frames = data_datagram(&part_key, &frames[..2], 45, 0, false);
+    let mut builder = DatagramBuilder::new(DATAGRAM_LENGTH_DEFAULT);
+    encode_nak_range(&NakRange { publisher: address, chain_id: CHAIN_ID, first_sequence: 2, last_sequence: 4 }, builder.body_mut());
+    builder.set_count(1);
+    let nak = builder.finish(HeaderFields::new(Kind::Nak, LINK_ID, 46, part_key.0), &link_key).to_vec();
+    builder.reset();
+    let unsubscribe = builder.finish(HeaderFields::new(Kind::Unsubscribe, LINK_ID, 47, part_key.0), &link_key).to_vec();
+    let repair = data_datagram(&part_key, &[&encodings.single_frame], 48, FLAG_REPAIR, false);
+    let coalesced = [&encodings.subscribe[..], &batch[..], &encodings.data_datagram[..]].concat();
+    SeedDatagrams { batch, last_piece, first_frames, nak, unsubscribe, repair, coalesced }
+}
+
 /// Seed inputs of every fuzz target, built from valid encodings.
 fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
     let link_key = link_key();
     let client_key = LinkKey([0x22; 32]);
-    let address = anvil_key().address();
     let part_key = encodings.part_key;
+    let datagrams = seed_datagrams(encodings);
     let mut seeds: Vec<(&'static str, Vec<u8>)> = Vec::new();
 
-    // datagram: every kind, padding, and a GRO-coalesced buffer.
-    let mut builder = DatagramBuilder::new(1472);
-    let mut at = 0;
-    for length in &encodings.batch_lengths {
-        assert!(builder.try_push(&encodings.batch_records[at..at + length]));
-        at += length;
-    }
-    builder.pad_to(1472);
-    let batch_datagram = builder.finish(data_fields(&part_key, address, 43), &link_key).to_vec();
-    builder.reset();
-    let cut = encodings.record.len() / 2;
-    let mut fragments = Vec::new();
-    for (seq, (offset, slice)) in [(0, &encodings.record[..cut]), (cut, &encodings.record[cut..])].into_iter().enumerate() {
-        builder.reset();
-        let header = FragmentHeader {
-            publisher: address,
-            chain_id: 1,
-            sequence: 1,
-            record_length: encodings.record.len() as u32,
-            offset: offset as u32,
-            fragment_length: slice.len() as u16,
-            reserved: 0,
-        };
-        encode_fragment(&header, slice, builder.body_mut());
-        builder.set_count(1);
-        let fields =
-            HeaderFields { kind: Kind::Fragment, flags: FLAG_SINGLE_PUBLISHER, ..data_fields(&part_key, address, 44 + seq as u64) };
-        fragments.push(builder.finish(fields, &link_key).to_vec());
-    }
-    builder.reset();
-    encode_nak_range(&NakRange { publisher: address, chain_id: 1, first_sequence: 2, last_sequence: 4 }, builder.body_mut());
-    builder.set_count(1);
-    let nak = builder
-        .finish(HeaderFields { kind: Kind::Nak, flags: 0, publisher: [0; 20], ..data_fields(&part_key, address, 46) }, &link_key)
-        .to_vec();
-    builder.reset();
-    let unsubscribe = builder
-        .finish(HeaderFields { kind: Kind::Unsubscribe, flags: 0, publisher: [0; 20], ..data_fields(&part_key, address, 47) }, &link_key)
-        .to_vec();
-    builder.reset();
-    assert!(builder.try_push(&encodings.record));
-    let repair = builder
-        .finish(HeaderFields { flags: FLAG_SINGLE_PUBLISHER | FLAG_REPAIR, ..data_fields(&part_key, address, 48) }, &link_key)
-        .to_vec();
-    let coalesced: Vec<u8> = [&encodings.subscribe[..], &batch_datagram[..], &encodings.data_datagram[..]].concat();
-    for datagram in
-        [&encodings.subscribe, &encodings.data_datagram, &batch_datagram, &fragments[0], &nak, &unsubscribe, &repair, &coalesced]
-    {
+    // datagram: every kind, padding, and a GRO-coalesced buffer; every frame verifies.
+    let all = [
+        &encodings.subscribe,
+        &encodings.data_datagram,
+        &datagrams.batch,
+        &datagrams.last_piece,
+        &datagrams.first_frames,
+        &datagrams.nak,
+        &datagrams.unsubscribe,
+        &datagrams.repair,
+        &datagrams.coalesced,
+    ];
+    let mut verifier = Verifier::default();
+    for datagram in all {
         for parsed in split_datagrams(datagram) {
             let parsed = parsed.expect("seed datagram parses");
             assert!(parsed.tag_matches(&link_key));
             if parsed.kind == Kind::Data {
-                assert!(parsed.records().all(|r| r.is_ok()), "seed Data datagram has a bad record");
+                let frames: Vec<Frame<'_>> = parsed.frames().collect::<Result<_, _>>().expect("seed frames parse");
+                assert_eq!(frames.len(), parsed.message_count() as usize);
+                assert!(frames.iter().all(|frame| verifier.verify(&part_key, frame).is_ok()), "a seed frame does not verify");
             }
         }
         seeds.push(("datagram", datagram.to_vec()));
@@ -555,17 +822,14 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
             seeds.push(("filter", [&[0b1011u8][..], datagram].concat()));
         }
     }
-    assert!(Datagram::parse(&fragments[1]).expect("fragment").fragment().is_ok());
-    assert_eq!(Datagram::parse(&nak).expect("nak").nak_ranges().expect("ranges").count(), 1);
+    assert_eq!(Datagram::parse(&datagrams.nak).expect("nak").nak_ranges().expect("ranges").count(), 1);
 
-    // record: single, each batch record, and all records back to back.
-    seeds.push(("record", encodings.record.clone()));
-    let mut at = 0;
-    for length in &encodings.batch_lengths {
-        seeds.push(("record", encodings.batch_records[at..at + length].to_vec()));
-        at += length;
+    // frame: the single frame, each batch frame, and all of them back to back.
+    seeds.push(("frame", encodings.single_frame.clone()));
+    for frame in &encodings.batch_frames {
+        seeds.push(("frame", frame.clone()));
     }
-    seeds.push(("record", [&encodings.record[..], &encodings.batch_records[..]].concat()));
+    seeds.push(("frame", [&encodings.single_frame[..], &encodings.batch_frames.concat()[..]].concat()));
 
     // config: the documented example.
     let config = format!(
@@ -578,7 +842,79 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
     runnel_node::config::NodeConfig::parse(&config).expect("seed config parses");
     seeds.push(("config", config.into_bytes()));
 
-    // relay: scripts in the format of dataplane/fuzz/fuzz_targets/relay.rs.
+    for script in relay_scripts(encodings, &datagrams, &client_key) {
+        seeds.push(("relay", script));
+    }
+
+    // client_link: a full link file and one relying on the default datagram size.
+    let link_file =
+        format!("node = \"127.0.0.1:7000\"\nnode_shards = 2\nlink_id = {CLIENT_LINK_ID}\nkey = \"{}\"\n", hex::encode(client_key.0));
+    let link = runnel_client::ClientLinkConfig::parse(&link_file).expect("seed link file parses");
+    seeds.push(("client_link", link_file.into_bytes()));
+    seeds.push(("client_link", link.to_toml().into_bytes()));
+
+    // client: node traffic on link 7, in the format of dataplane/fuzz/fuzz_targets/client.rs;
+    // each script ends with empty receives (1 ms each) so the chain settles and delivers.
+    let chunk = |bytes: &[u8]| -> Vec<u8> { [&(bytes.len() as u16).to_le_bytes()[..], bytes].concat() };
+    let idle = chunk(&[]).repeat(CLIENT_IDLE_RECEIVES);
+    const CLIENT_VERIFY: u8 = 1;
+    const CLIENT_REWRITE_TAGS: u8 = 2;
+    seeds.push((
+        "client",
+        [vec![CLIENT_VERIFY], chunk(&encodings.data_datagram), chunk(&datagrams.batch), chunk(&datagrams.repair), idle.clone()].concat(),
+    ));
+    seeds.push((
+        "client",
+        [
+            vec![CLIENT_VERIFY | CLIENT_REWRITE_TAGS],
+            chunk(&datagrams.last_piece),
+            chunk(&datagrams.first_frames),
+            chunk(&datagrams.nak),
+            chunk(&datagrams.coalesced),
+            idle.clone(),
+        ]
+        .concat(),
+    ));
+    seeds.push(("client", [vec![0], chunk(&repair_gap(&datagrams.batch, &link_key)), chunk(&encodings.data_datagram), idle].concat()));
+    seeds
+}
+
+/// Empty receives at the end of a client seed: more than the client's settling delay, in ms.
+const CLIENT_IDLE_RECEIVES: usize = 10;
+
+/// Plays a client seed the way dataplane/fuzz/fuzz_targets/client.rs does (its tags are
+/// valid already, so the rewrite option changes nothing) and returns what was delivered.
+fn play_client_seed(seed: &[u8]) -> Vec<OwnedDelivery> {
+    let (&options, mut input) = seed.split_first().expect("options byte");
+    let link = ClientLinkConfig {
+        node: "127.0.0.1:7000".parse().expect("address"),
+        node_shards: 1,
+        link_id: LINK_ID,
+        key: link_key(),
+        datagram_length_max: DATAGRAM_LENGTH_DEFAULT,
+    };
+    let mut core = ClientCore::new(&link, CoreOptions { verify: options & 1 != 0, link_seq_start: 1 });
+    let mut now_us = 1_000_000;
+    core.subscribe(now_us, &stream_part().key()).expect("one subscription");
+    let mut delivered = Vec::new();
+    let mut transmit = Vec::new();
+    while let Some((length, rest)) = input.split_first_chunk::<2>() {
+        let length = u16::from_le_bytes(*length) as usize;
+        let (buffer, rest) = rest.split_at(length);
+        input = rest;
+        now_us += 1000;
+        core.handle_receive(now_us, buffer, &mut |delivery| delivered.push(delivery.to_owned()));
+        if core.poll_timeout().is_some_and(|due_us| due_us <= now_us) {
+            core.handle_timeout(now_us);
+        }
+        core.flush();
+        while core.poll_transmit(&mut transmit).is_some() {}
+    }
+    delivered
+}
+
+/// Scripts in the format of dataplane/fuzz/fuzz_targets/relay.rs.
+fn relay_scripts(encodings: &Encodings, datagrams: &SeedDatagrams, client_key: &LinkKey) -> Vec<Vec<u8>> {
     let receive = |op: u8, bytes: &[u8]| -> Vec<u8> {
         let mut out = vec![op];
         out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
@@ -593,28 +929,25 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
     const FLUSH: u8 = 3;
     const VERIFY_ALL: u8 = 0;
     const VERIFY_NONE_REWRITE_TAGS: u8 = 3;
-    let mut client_publish = builder_datagram(&encodings.record, client_key, address, &part_key);
-    client_publish[4..8].copy_from_slice(&CLIENT_LINK_ID.to_le_bytes());
-    client_publish = retag(client_publish, &client_key);
-    let client_subscribe = retag(
-        {
-            let mut d = encodings.subscribe.clone();
-            d[4..8].copy_from_slice(&CLIENT_LINK_ID.to_le_bytes());
-            d
-        },
-        &client_key,
-    );
-    let scripts: Vec<Vec<u8>> = vec![
-        // A neighbor subscribes, then sends a record and a batch; flush.
+    let on_client_link = |datagram: &[u8], link_seq: u64| -> Vec<u8> {
+        let mut datagram = datagram.to_vec();
+        datagram[4..8].copy_from_slice(&CLIENT_LINK_ID.to_le_bytes());
+        datagram[8..16].copy_from_slice(&link_seq.to_le_bytes());
+        retag(datagram, client_key)
+    };
+    let client_subscribe = on_client_link(&encodings.subscribe, 1);
+    let client_publish = on_client_link(&encodings.data_datagram, 2);
+    vec![
+        // A neighbor subscribes, then sends the single frame and the batch; flush.
         [
             vec![VERIFY_ALL],
             receive(0, &encodings.subscribe),
             receive(0, &encodings.data_datagram),
-            receive(0, &batch_datagram),
+            receive(0, &datagrams.batch),
             vec![FLUSH],
         ]
         .concat(),
-        // A client subscribes, a client publishes, the neighbor forwards the same record (duplicate).
+        // A client subscribes, a client publishes, the neighbor forwards the same frame (duplicate).
         [
             vec![VERIFY_ALL],
             receive(1, &client_subscribe),
@@ -626,11 +959,11 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
             vec![FLUSH],
         ]
         .concat(),
-        // A gap (the batch before the single record is missing), time passes: NAKs and loss.
+        // A gap (the frame before the batch is missing), time passes: NAKs and loss.
         [
             vec![VERIFY_NONE_REWRITE_TAGS],
             receive(1, &client_subscribe),
-            receive(0, &repair_gap(&batch_datagram, &link_key)),
+            receive(0, &repair_gap(&datagrams.batch, &link_key())),
             clock(10),
             vec![FLUSH],
             clock(100),
@@ -638,50 +971,23 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
             vec![FLUSH],
         ]
         .concat(),
-        // Fragments of one record, a NAK asking for repair, an unsubscribe, a GRO buffer.
+        // The pieces of message 5 out of order, a NAK asking for repair, an unsubscribe, a GRO buffer.
         [
             vec![VERIFY_ALL],
             receive(0, &encodings.subscribe),
-            receive(0, &fragments[0]),
-            receive(0, &fragments[1]),
-            receive(0, &nak),
+            receive(1, &client_subscribe),
+            receive(0, &encodings.data_datagram),
+            receive(0, &datagrams.last_piece),
+            receive(0, &datagrams.first_frames),
+            receive(0, &datagrams.nak),
             vec![FLUSH],
-            receive(0, &unsubscribe),
-            receive(0, &coalesced),
+            receive(0, &datagrams.unsubscribe),
+            receive(0, &datagrams.coalesced),
             clock(4000),
             vec![FLUSH],
         ]
         .concat(),
-    ];
-    for script in scripts {
-        seeds.push(("relay", script));
-    }
-
-    // client_link: a full link file and one relying on the default datagram size.
-    let link_file =
-        format!("node = \"127.0.0.1:7000\"\nnode_shards = 2\nlink_id = {CLIENT_LINK_ID}\nkey = \"{}\"\n", hex::encode(client_key.0));
-    let link = runnel_client::ClientLinkConfig::parse(&link_file).expect("seed link file parses");
-    seeds.push(("client_link", link_file.into_bytes()));
-    seeds.push(("client_link", link.to_toml().into_bytes()));
-
-    // client: node traffic on link 7, in the format of dataplane/fuzz/fuzz_targets/client.rs.
-    let chunk = |bytes: &[u8]| -> Vec<u8> { [&(bytes.len() as u16).to_le_bytes()[..], bytes].concat() };
-    const CLIENT_VERIFY: u8 = 1;
-    const CLIENT_REWRITE_TAGS: u8 = 2;
-    seeds.push(("client", [vec![CLIENT_VERIFY], chunk(&encodings.data_datagram), chunk(&batch_datagram), chunk(&repair)].concat()));
-    seeds.push((
-        "client",
-        [vec![CLIENT_VERIFY | CLIENT_REWRITE_TAGS], chunk(&fragments[0]), chunk(&fragments[1]), chunk(&coalesced)].concat(),
-    ));
-    seeds.push(("client", [vec![0], chunk(&repair_gap(&batch_datagram, &link_key)), chunk(&encodings.data_datagram)].concat()));
-    seeds
-}
-
-/// A Data datagram holding one record, tagged with `key`.
-fn builder_datagram(record: &[u8], key: LinkKey, publisher: [u8; 20], part_key: &StreamPartKey) -> Vec<u8> {
-    let mut builder = DatagramBuilder::new(1472);
-    assert!(builder.try_push(record));
-    builder.finish(data_fields(part_key, publisher, 1), &key).to_vec()
+    ]
 }
 
 /// Recomputes the link tag of a single datagram after its header was edited.
@@ -692,7 +998,7 @@ fn retag(mut datagram: Vec<u8>, key: &LinkKey) -> Vec<u8> {
 }
 
 /// The batch datagram with a later link sequence, so that it arrives as the first thing on
-/// its chain after the single record was never seen: sequences 2..=4 behind a missing 1.
+/// its chain after the single frame was never seen: frames 2..=4 behind a missing 1.
 fn repair_gap(batch_datagram: &[u8], key: &LinkKey) -> Vec<u8> {
     let mut datagram = batch_datagram.to_vec();
     datagram[8..16].copy_from_slice(&100u64.to_le_bytes());
@@ -700,13 +1006,21 @@ fn repair_gap(batch_datagram: &[u8], key: &LinkKey) -> Vec<u8> {
 }
 
 // Goal: the fuzz seed corpora are valid encodings of every input kind (each parses, tags
-// match, records verify); with RUNNEL_FUZZ_SEEDS=<dir> they are written to <dir>/<target>/.
+// match, frames verify); with RUNNEL_FUZZ_SEEDS=<dir> they are written to <dir>/<target>/.
 #[test]
 fn fuzz_seed_corpora() {
     let (_, encodings) = build_vectors();
     let seeds = fuzz_seeds(&encodings);
-    for target in ["datagram", "record", "config", "relay", "client_link", "client", "filter"] {
+    for target in ["datagram", "frame", "config", "relay", "client_link", "client", "filter"] {
         assert!(seeds.iter().any(|(t, _)| *t == target), "no seed for fuzz target {target}");
+    }
+    // The client seeds reach the delivery oracle: every message of the chain from 1 on, in
+    // order, message 5 joined from its two pieces.
+    let mut expected: Vec<(u64, Vec<u8>)> = vec![(1, single_message().payload)];
+    expected.extend(batch_messages().into_iter().map(|m| (m.sequence, m.payload)));
+    for (_, seed) in seeds.iter().filter(|(target, _)| *target == "client") {
+        let delivered: Vec<(u64, Vec<u8>)> = play_client_seed(seed).into_iter().map(|d| (d.sequence, d.payload)).collect();
+        assert_eq!(delivered, expected, "client seed {}", hex::encode(&seed[..1]));
     }
     let Some(directory) = std::env::var_os("RUNNEL_FUZZ_SEEDS") else {
         return;
@@ -719,4 +1033,11 @@ fn fuzz_seed_corpora() {
         std::fs::write(&path, seed).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
     println!("wrote {} fuzz seeds under {}", seeds.len(), directory.display());
+}
+
+// Goal: every flag bit the spec names has the value the frame module gives it, so the
+// hand-built frames above and the doc's flag table say the same thing.
+#[test]
+fn frame_flags_match_the_spec() {
+    assert_eq!((FRAME_FLAG_HAS_PREVIOUS, FRAME_FLAG_CONTINUES, FRAME_FLAG_CONTINUATION), (1, 2, 4));
 }

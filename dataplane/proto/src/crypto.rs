@@ -36,8 +36,7 @@ pub const MESSAGE_DOMAIN: &[u8] = b"runnel-message-v1";
 pub const FRAMES_DOMAIN: &[u8] = b"runnel-frames-v2";
 /// A batch Merkle node: a SHA-256 output truncated to 160 bits.
 pub type Node = [u8; PROOF_ENTRY_LENGTH];
-/// Most records one batch signature may cover.
-
+/// keccak256 of the concatenation of `parts`.
 pub fn keccak256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Keccak::v256();
     for part in parts {

@@ -176,6 +176,11 @@ impl<'a> Frame<'a> {
             1 => {}
             other => return Err(WireError::BadSignatureKind(other)),
         }
+        if header.flags & FRAME_FLAG_HAS_PREVIOUS == 0
+            && (header.previous_timestamp_ms.to_native() != 0 || header.previous_sequence.to_native() != 0)
+        {
+            return Err(WireError::NonZeroReserved);
+        }
         let count = header.message_count.to_native() as u64;
         if count == 0 || header.first_message_sequence.to_native().checked_add(count).is_none() {
             return Err(WireError::Invalid);

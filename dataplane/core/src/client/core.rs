@@ -321,42 +321,67 @@ struct Subscription {
 /// of at most [`PAYLOAD_LENGTH_MAX`] bytes.
 #[derive(Debug, Default)]
 struct Joiner {
-    partials: Vec<(ChainKey, u64, Vec<u8>)>,
+    partials: Vec<Partial>,
+}
+
+/// One message being joined.
+#[derive(Debug)]
+struct Partial {
+    chain: ChainKey,
+    message_sequence: u64,
+    /// The frame its next piece must come in: a piece in between that was given up leaves a
+    /// hole that no later piece fills.
+    next_frame_sequence: u64,
+    /// None once a piece is missing: the rest of its pieces are consumed and the message is
+    /// counted incomplete once.
+    payload: Option<Vec<u8>>,
 }
 
 impl Joiner {
-    /// Adds one piece; returns the whole payload when `message` is its last piece.
-    fn add(&mut self, counters: &mut ClientCounters, key: &ChainKey, message: &MessageView<'_>) -> Option<Vec<u8>> {
-        let found = self.partials.iter().position(|(k, _, _)| k == key);
-        if !message.continuation {
-            if let Some(index) = found {
-                // A new message began before the last one ended: its tail was given up.
-                self.partials.swap_remove(index);
-                counters.messages_incomplete += 1;
-            }
-            if self.partials.len() >= REASSEMBLIES_MAX {
-                self.partials.remove(0);
-                counters.messages_incomplete += 1;
-            }
-            self.partials.push((*key, message.sequence, message.payload.to_vec()));
-            return None;
-        }
-        let Some(index) = found.filter(|&i| self.partials[i].1 == message.sequence) else {
-            // A later piece whose start was given up (or never seen).
-            counters.messages_incomplete += 1;
-            return None;
-        };
-        let payload = &mut self.partials[index].2;
-        if payload.len() + message.payload.len() > PAYLOAD_LENGTH_MAX {
+    /// Adds one piece, carried by frame `frame_sequence`; returns the whole payload when
+    /// `message` is its last piece and no piece is missing.
+    fn add(&mut self, counters: &mut ClientCounters, key: &ChainKey, frame_sequence: u64, message: &MessageView<'_>) -> Option<Vec<u8>> {
+        let found = self.partials.iter().position(|p| p.chain == *key);
+        if let Some(index) = found.filter(|&i| !(message.continuation && self.partials[i].message_sequence == message.sequence)) {
+            // Another message of this chain was being joined: its last piece was given up.
             self.partials.swap_remove(index);
             counters.messages_incomplete += 1;
-            return None;
         }
-        payload.extend_from_slice(message.payload);
+        let index = match self.partials.iter().position(|p| p.chain == *key) {
+            Some(index) => index,
+            None => {
+                if self.partials.len() >= REASSEMBLIES_MAX {
+                    self.partials.remove(0);
+                    counters.messages_incomplete += 1;
+                }
+                // A later piece whose start was given up (or never seen) starts out broken.
+                let payload = (!message.continuation).then(Vec::new);
+                self.partials.push(Partial {
+                    chain: *key,
+                    message_sequence: message.sequence,
+                    next_frame_sequence: frame_sequence,
+                    payload,
+                });
+                self.partials.len() - 1
+            }
+        };
+        let partial = &mut self.partials[index];
+        let too_long = partial.payload.as_ref().is_some_and(|p| p.len() + message.payload.len() > PAYLOAD_LENGTH_MAX);
+        if partial.next_frame_sequence != frame_sequence || too_long {
+            partial.payload = None;
+        }
+        partial.next_frame_sequence = frame_sequence + 1;
+        if let Some(payload) = &mut partial.payload {
+            payload.extend_from_slice(message.payload);
+        }
         if message.continues {
             return None;
         }
-        Some(self.partials.swap_remove(index).2)
+        let whole = self.partials.swap_remove(index).payload;
+        if whole.is_none() {
+            counters.messages_incomplete += 1;
+        }
+        whole
     }
 }
 
@@ -997,7 +1022,7 @@ fn emit(
     for message in frame.messages() {
         let joined;
         let payload = if message.continues || message.continuation {
-            match joiner.add(counters, &key, &message) {
+            match joiner.add(counters, &key, frame.sequence(), &message) {
                 Some(whole) => {
                     joined = whole;
                     &joined[..]

@@ -358,10 +358,13 @@ impl Publisher {
             let (index, offset) = self.cursor;
             let message = &self.pending[index];
             let rest = &message.payload[offset..];
-            let free = writer.remaining(&self.frames).saturating_sub(MESSAGE_ENTRY_LENGTH + message.group_key_id.len());
+            // Not even the entry fits (an empty payload would pass the check below): full.
+            let Some(free) = writer.remaining(&self.frames).checked_sub(MESSAGE_ENTRY_LENGTH + message.group_key_id.len()) else {
+                break;
+            };
             if rest.len() <= free {
                 let fits = writer.push(&mut self.frames, &message.entry(rest), None);
-                debug_assert!(fits, "the entry was measured to fit");
+                assert!(fits, "the entry was measured to fit");
                 self.pending_bytes -= message.encoded_length(SignatureKind::Single).min(self.pending_bytes);
                 self.cursor = (index + 1, 0);
                 continue;
@@ -370,7 +373,7 @@ impl Publisher {
                 // A piece: messages larger than a frame start wherever there is room; a small
                 // message that just misses waits for the next frame instead of splitting.
                 let fits = writer.push(&mut self.frames, &message.entry(&rest[..free]), None);
-                debug_assert!(fits, "the piece was measured to fit");
+                assert!(fits, "the piece was measured to fit");
                 self.cursor = (index, offset + free);
                 continues = true;
             }

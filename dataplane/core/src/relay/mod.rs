@@ -619,7 +619,10 @@ impl Relay {
 
         // Release in chain order to subscribed clients.
         let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
-        let start = if frame.previous().is_some() { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
+        // A frame with a predecessor (a previous reference, or a later piece of a message)
+        // is mid-chain: start a little earlier so reordered earlier frames still count.
+        let mid_chain = frame.previous().is_some() || sequence > 0;
+        let start = if mid_chain { sequence.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { sequence };
         let chain = state.chains.entry(chain_id).or_insert_with(|| ChainState::new(start, now_us));
         chain.last_activity_us = now_us;
         if let Some(entry) = state.repair.store(now_us, sequence, frame.bytes) {
