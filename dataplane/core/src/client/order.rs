@@ -1,19 +1,19 @@
 //! Per-chain receive state of a subscriber: where the chain is, what waits behind a gap.
 //!
-//! The node delivers each (publisher, chain) of a stream part in sequence order, so on the
-//! node→client hop a sequence jump means datagrams were lost. An [`InboundChain`] keeps the
-//! next sequence to deliver, the records that arrived ahead of it (held until the gap is
-//! repaired or given up), and the timers the core drives: the NAK schedule of the current
-//! gap and the tail query of an idle chain.
+//! The node delivers each (publisher, chain) of a stream part in frame sequence order, so on
+//! the node→client hop a frame sequence jump means datagrams were lost. An [`InboundChain`]
+//! keeps the next frame sequence to deliver, the frames that arrived ahead of it (held until
+//! the gap is repaired or given up), and the timers the core drives: the NAK schedule of the
+//! current gap and the tail query of an idle chain.
 //!
-//! The first record seen of a chain sets its start. If that record has a predecessor (it is
-//! not the chain's first), the chain *settles* for a moment first: records arriving then,
-//! lower ones included, are held, and the chain starts at the lowest. This absorbs the
-//! small reorderings a node's packing causes (a fragmented record leaves before the smaller
-//! records packed ahead of it) without taking history for lost records.
+//! The first frame seen of a chain sets its start. If that frame has a predecessor (it is
+//! not the chain's first), the chain *settles* for a moment first: frames arriving then,
+//! lower ones included, are held, and the chain starts at the lowest. This absorbs small
+//! reorderings (a repair overtaking the frames sent after it) without taking history for
+//! lost frames.
 //!
-//! Limits: anything below the next sequence is a duplicate (delivered or given up) and is
-//! dropped; the held records are bounded by the core ([`super::core::REORDER_BYTES_MAX`],
+//! Limits: anything below the next frame sequence is a duplicate (delivered or given up) and
+//! is dropped; the held frames are bounded by the core ([`super::core::REORDER_BYTES_MAX`],
 //! [`super::core::REORDER_SEQUENCES_MAX`]), which gives gaps up early when a bound is hit.
 
 use std::collections::BTreeMap;

@@ -1,27 +1,27 @@
-//! The publisher's repair ring: the records this client published in the last few seconds,
+//! The publisher's repair ring: the frames this client published in the last few seconds,
 //! so that its node can NAK what was lost on the client→node hop and get it again.
 //!
 //! How it works: one byte ring (allocated on first use, [`REPAIR_RING_BYTES_MAX`]) holds the
-//! records back to back in publish order; a record that does not fit before the ring's end
+//! frames back to back in publish order; a frame that does not fit before the ring's end
 //! goes to its start (the tail bytes stay unused until the next wrap). An index of
 //! (chain, sequence, offset, length, time) entries follows the same order, and each chain
 //! (stream part, publisher, chain id) keeps its (sequence, entry number) pairs, sorted,
 //! because a chain's sequences only grow: a lookup is one hash and a binary search. The
-//! oldest records leave first, when their bytes are needed or when older than
+//! oldest frames leave first, when their bytes are needed or when older than
 //! [`REPAIR_AGE_MAX_US`]; every eviction is counted. Each chain also carries its pending tail
 //! probe: due one interval after the last insert, then again at doubling intervals, up to a
-//! maximum count (see [`super::ClientCore`]). In steady state an insert copies the record and
+//! maximum count (see [`super::ClientCore`]). In steady state an insert copies the frame and
 //! allocates nothing.
 //!
 //! Limits: one ring for every stream part the client publishes to, so memory stays bounded
 //! however many it publishes to (a busy stream part shortens a quiet one's history); a
-//! record queued again with a sequence not above its chain's newest is not stored twice.
+//! frame queued again with a sequence not above its chain's newest is not stored twice.
 
 use std::collections::{HashMap, VecDeque};
 
-/// Bytes of published records kept for repair.
+/// Bytes of published frames kept for repair.
 pub const REPAIR_RING_BYTES_MAX: usize = 16 << 20;
-/// Published records older than this are no longer kept for repair.
+/// Published frames older than this are no longer kept for repair.
 pub const REPAIR_AGE_MAX_US: u64 = 5_000_000;
 
 /// (stream part key, publisher, chain id).
@@ -40,7 +40,7 @@ struct Entry {
 struct ChainIndex {
     /// (sequence, entry number), oldest first; sequences strictly increase.
     slots: VecDeque<(u64, u64)>,
-    /// When the chain's newest record is to be resent if nothing newer is published, and
+    /// When the chain's newest frame is to be resent if nothing newer is published, and
     /// how many times it was since the last insert.
     probe_due_us: Option<u64>,
     probes_sent: u32,
@@ -52,7 +52,7 @@ pub(crate) struct RepairRing {
     bytes: Vec<u8>,
     bytes_max: usize,
     age_max_us: u64,
-    /// Where the next record goes when it fits before the end.
+    /// Where the next frame goes when it fits before the end.
     write: usize,
     entries: VecDeque<Entry>,
     /// Entry number of `entries[0]`.
@@ -82,9 +82,9 @@ impl RepairRing {
         }
     }
 
-    /// Stores a published record and (re)schedules its chain's tail probe. Returns false if
+    /// Stores a published frame and (re)schedules its chain's tail probe. Returns false if
     /// it is not stored (empty, larger than the ring, or not newer than its chain's newest).
-    /// Adds the records evicted to make room to `evictions`.
+    /// Adds the frames evicted to make room to `evictions`.
     pub fn insert(&mut self, now_us: u64, chain: ChainKey, sequence: u64, record: &[u8], evictions: &mut u64) -> bool {
         let length = record.len();
         if length == 0 || length > self.bytes_max {
@@ -104,7 +104,7 @@ impl RepairRing {
         let offset = if wrap { 0 } else { self.write };
         while let Some(front) = self.entries.front() {
             // When wrapping, the bytes from `write` to the end are abandoned: whatever lies
-            // there is the oldest. Then the oldest records overlapping the target go.
+            // there is the oldest. Then the oldest frames overlapping the target go.
             let abandoned = wrap && front.offset >= self.write;
             let overlaps = front.offset < offset + length && offset < front.offset + front.length;
             if !(abandoned || overlaps) {
@@ -141,7 +141,7 @@ impl RepairRing {
         }
     }
 
-    /// Drops records older than the age bound, adding their count to `evictions`.
+    /// Drops frames older than the age bound, adding their count to `evictions`.
     pub fn evict_older(&mut self, now_us: u64, evictions: &mut u64) {
         while self.entries.front().is_some_and(|e| now_us.saturating_sub(e.inserted_us) > self.age_max_us) {
             self.pop_front();
@@ -149,7 +149,7 @@ impl RepairRing {
         }
     }
 
-    /// The stored record of `chain` at `sequence`.
+    /// The stored frame of `chain` at `sequence`.
     pub fn get(&self, chain: &ChainKey, sequence: u64) -> Option<&[u8]> {
         let index = self.chains.get(chain)?;
         let at = index.slots.binary_search_by_key(&sequence, |&(s, _)| s).ok()?;
@@ -157,7 +157,7 @@ impl RepairRing {
         Some(&self.bytes[entry.offset..entry.offset + entry.length])
     }
 
-    /// The newest stored record of `chain`.
+    /// The newest stored frame of `chain`.
     pub fn newest(&self, chain: &ChainKey) -> Option<&[u8]> {
         let sequence = self.chains.get(chain)?.slots.back()?.0;
         self.get(chain, sequence)
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(ring.newest(&chain(7)), Some(&record(499, 20 + (499 * 37) % 180)[..]));
     }
 
-    // Goal: age eviction drops old records (counted); interleaved chains are kept apart;
+    // Goal: age eviction drops old frames (counted); interleaved chains are kept apart;
     // a sequence not above its chain's newest is not stored twice; tail probes fire at their
     // due time, then at a doubled interval, `probes_max` times.
     #[test]

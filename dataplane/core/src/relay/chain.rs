@@ -3,19 +3,19 @@
 //!
 //! `next_sequence` is the next sequence to deliver in order; everything below it has been
 //! delivered or given up (counted lost). A ring bitmap marks which of the next
-//! [`DEDUP_WINDOW`] sequences have been seen. A record at `next_sequence` is delivered at once,
-//! and so are the buffered records it unblocks; a record beyond it opens a gap, is forwarded
+//! [`DEDUP_WINDOW`] sequences have been seen. A frame at `next_sequence` is delivered at once,
+//! and so are the buffered frames it unblocks; a frame beyond it opens a gap, is forwarded
 //! to neighbors immediately (flooding never waits), and — if local subscribers want ordered
 //! delivery — waits in a bounded reorder buffer until the gap is repaired (NAK) or given up.
 //!
 //! Limits: a sequence more than [`DEDUP_WINDOW`] ahead forces the window forward (the skipped
-//! sequences count as lost); the reorder buffer holds at most `reorder_records_max` records;
-//! the first record seen of a chain sets the starting point (a late joiner starts mid-chain).
+//! sequences count as lost); the reorder buffer holds at most `reorder_frames_max` frames;
+//! the first frame seen of a chain sets the starting point (a late joiner starts mid-chain).
 
 use std::collections::BTreeMap;
 
 /// When a chain is first seen at a sequence that has a predecessor, the relay starts this
-/// many sequences earlier, so records that were merely reordered (or are still in a
+/// many sequences earlier, so frames that were merely reordered (or are still in a
 /// neighbor's repair ring) are recovered and delivered in order instead of being taken for
 /// duplicates. A late joiner therefore gets a short history, or waits one NAK cycle.
 pub const CHAIN_START_LOOKBACK: u64 = 256;
@@ -32,7 +32,7 @@ pub struct Gap {
     pub first_missing: u64,
     pub next_nak_us: u64,
     pub naks_sent: u32,
-    /// The link that delivered the record beyond the gap: first one to ask.
+    /// The link that delivered the frame beyond the gap: first one to ask.
     pub source_link: u32,
 }
 
@@ -45,15 +45,15 @@ pub struct ChainState {
     buffered: BTreeMap<u64, Box<[u8]>>,
     pub gap: Option<Gap>,
     pub last_activity_us: u64,
-    /// When to resend the chain's newest record to neighbors if nothing newer arrives
+    /// When to resend the chain's newest frame to neighbors if nothing newer arrives
     /// (tail-loss probe), and how many probes were sent for it.
     pub tail_probe_due_us: Option<u64>,
     pub tail_probes_sent: u32,
-    /// Where this chain's recent records are in the stream part's repair arena.
+    /// Where this chain's recent frames are in the stream part's repair arena.
     pub repair: super::repair::RepairIndex,
 }
 
-/// What happened to an accepted record, for counters.
+/// What happened to an accepted frame, for counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub delivered: u64,
@@ -104,14 +104,14 @@ impl ChainState {
         sequence < self.next_sequence || (sequence < self.next_sequence.saturating_add(DEDUP_WINDOW) && self.is_set(sequence))
     }
 
-    /// Records a new (verified, not duplicate) sequence. `record` is kept for ordered delivery
-    /// when `ordered` is set; `deliver` receives every record released in order.
+    /// Frames a new (verified, not duplicate) sequence. `frame` is kept for ordered delivery
+    /// when `ordered` is set; `deliver` receives every frame released in order.
     pub fn accept(
         &mut self,
         sequence: u64,
-        record: &[u8],
+        frame: &[u8],
         ordered: bool,
-        reorder_records_max: usize,
+        reorder_frames_max: usize,
         mut deliver: impl FnMut(&[u8]),
     ) -> Outcome {
         debug_assert!(!self.is_duplicate(sequence));
@@ -124,7 +124,7 @@ impl ChainState {
         if sequence == self.next_sequence {
             self.top = self.top.max(sequence + 1);
             if ordered {
-                deliver(record);
+                deliver(frame);
                 outcome.delivered += 1;
             }
             self.next_sequence += 1;
@@ -135,16 +135,16 @@ impl ChainState {
                 self.skip_to(sequence + 1 - DEDUP_WINDOW, ordered, &mut deliver, &mut outcome);
             }
             self.top = self.top.max(sequence + 1);
-            if ordered && self.buffered.len() >= reorder_records_max {
+            if ordered && self.buffered.len() >= reorder_frames_max {
                 // Bounded: stop waiting for the oldest gap; what lies before the oldest
-                // waiting record (or before this one, if older) is given up.
+                // waiting frame (or before this one, if older) is given up.
                 let oldest = *self.buffered.keys().next().expect("non-empty");
                 self.skip_to(oldest.min(sequence), ordered, &mut deliver, &mut outcome);
                 outcome.reorder_dropped += 1;
             }
             if sequence == self.next_sequence {
                 if ordered {
-                    deliver(record);
+                    deliver(frame);
                     outcome.delivered += 1;
                 }
                 self.next_sequence += 1;
@@ -152,20 +152,20 @@ impl ChainState {
             } else {
                 self.set(sequence, true);
                 if ordered {
-                    self.buffered.insert(sequence, record.into());
+                    self.buffered.insert(sequence, frame.into());
                 }
             }
         }
         outcome
     }
 
-    /// Delivers buffered records that are now in order.
+    /// Delivers buffered frames that are now in order.
     fn release(&mut self, ordered: bool, deliver: &mut impl FnMut(&[u8]), outcome: &mut Outcome) {
         while self.next_sequence < self.top && self.is_set(self.next_sequence) {
             self.set(self.next_sequence, false);
-            if let Some(record) = self.buffered.remove(&self.next_sequence) {
+            if let Some(frame) = self.buffered.remove(&self.next_sequence) {
                 if ordered {
-                    deliver(&record);
+                    deliver(&frame);
                     outcome.delivered += 1;
                 }
             }
@@ -185,9 +185,9 @@ impl ChainState {
         while self.next_sequence < walk_end {
             if self.is_set(self.next_sequence) {
                 self.set(self.next_sequence, false);
-                if let Some(record) = self.buffered.remove(&self.next_sequence) {
+                if let Some(frame) = self.buffered.remove(&self.next_sequence) {
                     if ordered {
-                        deliver(&record);
+                        deliver(&frame);
                         outcome.delivered += 1;
                     }
                 }
@@ -252,11 +252,11 @@ mod tests {
     use super::*;
 
     fn run(chain: &mut ChainState, sequence: u64, out: &mut Vec<u64>) -> Outcome {
-        let record = sequence.to_le_bytes();
-        chain.accept(sequence, &record, true, 1024, |r| out.push(u64::from_le_bytes(r.try_into().unwrap())))
+        let frame = sequence.to_le_bytes();
+        chain.accept(sequence, &frame, true, 1024, |r| out.push(u64::from_le_bytes(r.try_into().unwrap())))
     }
 
-    // Goal: in-order records are delivered at once, out-of-order ones wait for the gap, and
+    // Goal: in-order frames are delivered at once, out-of-order ones wait for the gap, and
     // duplicates are recognized on both sides of the delivery point.
     #[test]
     fn delivers_in_order_and_detects_duplicates() {

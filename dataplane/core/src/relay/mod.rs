@@ -65,8 +65,8 @@ pub struct RelayConfig {
     pub nak_interval_us: Micros,
     /// NAKs per gap before it is given up and counted lost.
     pub nak_retries_max: u32,
-    /// Records one chain may hold back for ordered delivery.
-    pub reorder_records_max: usize,
+    /// Frames one chain may hold back for ordered delivery.
+    pub reorder_frames_max: usize,
     pub chains_per_stream_part_max: usize,
     pub stream_parts_max: usize,
     pub neighbors_per_stream_part_max: usize,
@@ -77,7 +77,7 @@ pub struct RelayConfig {
     pub subscribe_interval_us: Micros,
     /// Events waiting for the runtime; beyond this they are dropped and counted.
     pub events_max: usize,
-    /// A chain idle this long has its newest record resent to neighbors (flagged repair),
+    /// A chain idle this long has its newest frame resent to neighbors (flagged repair),
     /// so a lost tail is noticed: the probe either fills it or reveals the gap.
     pub tail_probe_us: Micros,
     /// Probes per idle chain (spaced by doubling intervals).
@@ -102,7 +102,7 @@ impl RelayConfig {
             nak_delay_us: 5_000,
             nak_interval_us: 20_000,
             nak_retries_max: 8,
-            reorder_records_max: 65_536,
+            reorder_frames_max: 65_536,
             chains_per_stream_part_max: 4096,
             stream_parts_max: 4096,
             neighbors_per_stream_part_max: 8,
@@ -130,7 +130,7 @@ pub struct Transmit {
 /// Things the runtime must act on outside the relay (e.g. quarantine in the XDP maps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A record failed signature verification. `publisher_proven` says the record came over a
+    /// A frame failed signature verification. `publisher_proven` says the frame came over a
     /// client link on which this publisher's signatures had verified before, so the publisher
     /// itself (not an impostor using its address) is at fault.
     SignatureFailure { link_id: u32, publisher: [u8; 20], publisher_proven: bool },
@@ -395,7 +395,7 @@ impl Relay {
 
     /// Leaves a stream part: forgets its state (interest, chains, repair ring, open gaps and
     /// tail probes), sends an Unsubscribe to every neighbor link, and has the filter drop its
-    /// neighbors' datagrams again. Records already packed for it still leave with this flush.
+    /// neighbors' datagrams again. Frames already packed for it still leave with this flush.
     /// Returns false if this shard had not joined it. Auto-joins still apply afterwards: a
     /// neighbor's Subscribe or a client's Data joins the stream part again.
     pub fn leave(&mut self, part: &StreamPartKey) -> bool {
@@ -637,8 +637,8 @@ impl Relay {
         let links = &mut self.links;
         let (outbox, counters) = (&mut self.outbox, &mut self.counters);
         let mut delivered_copies = 0u64;
-        let reorder_records_max = self.config.reorder_records_max;
-        let outcome = chain.accept(sequence, frame.bytes, ordered, reorder_records_max, |bytes| {
+        let reorder_frames_max = self.config.reorder_frames_max;
+        let outcome = chain.accept(sequence, frame.bytes, ordered, reorder_frames_max, |bytes| {
             for (&link_id, &expiry) in clients {
                 if link_id == source_link || expiry < now_us {
                     continue;
@@ -855,7 +855,7 @@ impl Relay {
                 self.gapped.remove(&(part, chain_id));
                 continue;
             };
-            // Ask the neighbor the record beyond the gap came from, then the others in turn.
+            // Ask the neighbor the frame beyond the gap came from, then the others in turn.
             let mut askable: Vec<u32> = state.neighbors.keys().copied().collect();
             askable.sort_unstable();
             // A chain published by a client of ours can only be repaired by that client.
@@ -883,7 +883,7 @@ impl Relay {
                 self.send_nak(target, part, chain_id, &ranges);
                 continue;
             }
-            // Given up: count the missing records lost and release what waits behind them.
+            // Given up: count the missing frames lost and release what waits behind them.
             let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
             let clients = &state.clients;
             let links = &mut self.links;

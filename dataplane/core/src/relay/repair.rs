@@ -1,18 +1,18 @@
-//! The repair ring: the last few seconds of records of one stream part, to answer NAKs.
+//! The repair ring: the last few seconds of frames of one stream part, to answer NAKs.
 //!
-//! Records are copied into one byte arena per stream part, written round and round (a record
+//! Frames are copied into one byte arena per stream part, written round and round (a frame
 //! never straddles the end: the writer skips to the start). Each chain keeps a small index of
-//! `(sequence, position, length, time)` in sequence order, so storing a record costs one
+//! `(sequence, position, length, time)` in sequence order, so storing a frame costs one
 //! memcpy and a deque push — no allocation and no large hash map on the hot path — and a NAK
 //! looks sequences up by binary search. An entry is valid while the arena has not wrapped
 //! over it and it is younger than the age bound.
 //!
 //! Bounds: `capacity` bytes per stream part (the arena grows to it as it is used, then
-//! reuses it); `age_max_us` per record; each chain's index is pruned as it grows.
+//! reuses it); `age_max_us` per frame; each chain's index is pruned as it grows.
 
 use std::collections::VecDeque;
 
-/// Where one stored record is.
+/// Where one stored frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RepairEntry {
     pub sequence: u64,
@@ -36,7 +36,7 @@ impl RepairArena {
         Self { bytes: Vec::new(), head: 0, capacity, age_max_us }
     }
 
-    /// Copies `record` in; returns where it went (None if it can never fit).
+    /// Copies `frame` in; returns where it went (None if it can never fit).
     pub fn store(&mut self, now_us: u64, sequence: u64, record: &[u8]) -> Option<RepairEntry> {
         if record.len() > self.capacity || record.is_empty() {
             return None;
@@ -61,7 +61,7 @@ impl RepairArena {
         entry.position + self.capacity as u64 >= self.head && now_us.saturating_sub(entry.inserted_us) <= self.age_max_us
     }
 
-    /// The stored record, if it is still there.
+    /// The stored frame, if it is still there.
     pub fn get(&self, entry: &RepairEntry, now_us: u64) -> Option<&[u8]> {
         if !self.is_valid(entry, now_us) {
             return None;
@@ -76,7 +76,7 @@ impl RepairArena {
     }
 }
 
-/// One chain's stored records, in sequence order.
+/// One chain's stored frames, in sequence order.
 #[derive(Debug, Default)]
 pub struct RepairIndex {
     entries: VecDeque<RepairEntry>,
@@ -90,7 +90,7 @@ impl RepairIndex {
         }
         match self.entries.back() {
             Some(back) if back.sequence >= entry.sequence => {
-                // A repaired (late) record: keep the index sorted.
+                // A repaired (late) frame: keep the index sorted.
                 let at = self.entries.partition_point(|e| e.sequence < entry.sequence);
                 if self.entries.get(at).is_some_and(|e| e.sequence == entry.sequence) {
                     self.entries[at] = entry;
@@ -120,8 +120,8 @@ impl RepairIndex {
 mod tests {
     use super::*;
 
-    // Goal: records are found by sequence while the arena has not wrapped over them and
-    // they are young enough; the arena never exceeds its capacity; late records stay sorted.
+    // Goal: frames are found by sequence while the arena has not wrapped over them and
+    // they are young enough; the arena never exceeds its capacity; late frames stay sorted.
     #[test]
     fn bounded_by_bytes_and_age() {
         let mut arena = RepairArena::new(250, 1_000_000);
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(arena.get(&index.find(4).unwrap(), 10).unwrap(), &[4u8; 100][..]);
         assert!(index.find(0).is_none_or(|e| arena.get(&e, 10).is_none()));
         assert!(arena.get(&index.find(4).unwrap(), 3_000_000).is_none(), "aged out");
-        // A late record is inserted in order.
+        // A late frame is inserted in order.
         let mut index = RepairIndex::default();
         let mut arena = RepairArena::new(10_000, 1_000_000);
         for sequence in [1u64, 2, 5, 3] {
