@@ -52,6 +52,15 @@ impl Default for RelayChainOptions {
     }
 }
 
+/// Nanoseconds of CPU per item: `cpu_percent` of one core spent on `items_per_s`.
+fn cpu_ns_per(cpu_percent: f64, items_per_s: f64) -> f64 {
+    if items_per_s > 0.0 {
+        cpu_percent / 100.0 * 1e9 / items_per_s
+    } else {
+        0.0
+    }
+}
+
 /// Results of one relay-chain run.
 #[derive(Clone, Debug)]
 pub struct RelayChainReport {
@@ -71,6 +80,21 @@ impl RelayChainReport {
         }
     }
 
+    /// Node CPU per datagram a node takes in and forwards, at the found rate: the nodes' CPU
+    /// (summed) over the datagrams all of them handled, counting the delivered messages at
+    /// v2's full packing ([`crate::messages_per_datagram`]) per node. Datagrams that leave
+    /// less than full make this an overestimate of the real per-datagram cost.
+    pub fn node_cpu_ns_per_datagram(&self) -> f64 {
+        let datagrams_per_s =
+            self.runnel.delivered_per_s / crate::messages_per_datagram(self.options.payload_length) as f64 * CHAIN_NODES as f64;
+        cpu_ns_per(self.runnel.cpu_percent, datagrams_per_s)
+    }
+
+    /// The ceiling forwarder's CPU per datagram it forwarded, measured in the same run.
+    pub fn ceiling_cpu_ns_per_datagram(&self) -> f64 {
+        cpu_ns_per(self.ceiling.forwarder_cpu_percent, self.ceiling.delivered_datagrams_per_s)
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "scenario": "relay_chain",
@@ -83,6 +107,8 @@ impl RelayChainReport {
             "ceiling": self.ceiling.to_json(),
             "ceiling_messages_per_s": self.ceiling.messages_per_s_at(self.options.payload_length),
             "fraction_of_ceiling": self.fraction_of_ceiling(),
+            "node_cpu_ns_per_datagram": self.node_cpu_ns_per_datagram(),
+            "ceiling_cpu_ns_per_datagram": self.ceiling_cpu_ns_per_datagram(),
         })
     }
 
@@ -106,6 +132,8 @@ impl RelayChainReport {
             ("latency p50 us (2 hops)", format!("{:.1}", r.latency.p50_us)),
             ("latency p99 us (2 hops)", format!("{:.1}", r.latency.p99_us)),
             ("nodes CPU % (sum, found rate)", format!("{:.1}", r.cpu_percent)),
+            ("node CPU ns per datagram", format!("{:.0}", self.node_cpu_ns_per_datagram())),
+            ("ceiling CPU ns per datagram", format!("{:.0}", self.ceiling_cpu_ns_per_datagram())),
             ("nodes RSS MiB (sum, found)", format!("{:.1}", r.rss_kib as f64 / 1024.0)),
             ("UDP ceiling msgs/s", format!("{:.0}", self.ceiling.messages_per_s_at(o.payload_length))),
             ("fraction of ceiling", format!("{:.3}", self.fraction_of_ceiling())),
