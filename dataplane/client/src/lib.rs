@@ -24,13 +24,5 @@ pub mod sockopt;
 mod udp;
 
 pub use crate::udp::{unix_time_ms, ClientOptions, UdpClient, PUBLISHERS_MAX};
-pub use runnel_core::client::{
-    ClientCore, ClientCounters, ClientError, CoreOptions, Delivery, OwnedDelivery, CHAINS_MAX, GSO_BYTES_MAX, GSO_SEGMENTS_MAX,
-    NAK_DELAY_US, NAK_INTERVAL_US, NAK_RANGES_ANSWERED_MAX, NAK_RANGE_SEQUENCES_MAX, NAK_RETRIES_MAX, REASSEMBLIES_MAX, REORDER_BYTES_MAX,
-    REORDER_SEQUENCES_MAX, SEND_QUEUE_BYTES_MAX, SUBSCRIBE_REFRESH_US, SUBSCRIPTIONS_MAX, TAIL_PROBES_MAX, TAIL_PROBE_US, TAIL_QUERIES_MAX,
-    TAIL_QUERY_US,
-};
-pub use runnel_core::client::{ClientLinkConfig, DATAGRAM_LENGTH_MIN};
-pub use runnel_core::client::{Outgoing, PublishError, Publisher, SigningMode, FRAMES_PENDING_BYTES_MAX, FRAMES_PER_ROOT_DEFAULT};
-pub use runnel_core::client::{SequenceWindow, WINDOW_LENGTH};
-pub use runnel_core::client::{REPAIR_AGE_MAX_US, REPAIR_RING_BYTES_MAX};
+// The sans-I/O layers, under the names this crate's users know them by (one list: core's).
+pub use runnel_core::client::*;
