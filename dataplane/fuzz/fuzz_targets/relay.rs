@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
     let mut config = RelayConfig::new(0, 1, 1472, verify);
     config.link_queue_datagrams_max = 64;
     config.repair_ring_bytes_max = 1 << 20;
-    config.reorder_records_max = 64;
+    config.reorder_frames_max = 64;
     config.chains_per_stream_part_max = 16;
     config.events_max = 16;
     let mut relay = Relay::new(config);
