@@ -73,7 +73,8 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "runnel_filter reads l
 /* 2 was v1's Fragment: a message larger than a frame now spans frames. */
 #define KIND_RETIRED 2
 #define KIND_NAK 3
-#define KIND_UNSUBSCRIBE 5
+/* 4 is Subscribe, 5 Unsubscribe, 6 Credit (a window grant): all bodiless or fixed-size. */
+#define KIND_LAST 6
 
 #define FLAG_SINGLE_PUBLISHER 0x0001
 #define FLAGS_KNOWN 0x0003
@@ -488,7 +489,7 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     if (header[OFFSET_VERSION] != PROTOCOL_VERSION)
         return VERDICT_MALFORMED;
     __u8 kind = header[OFFSET_KIND];
-    if (kind < KIND_DATA || kind > KIND_UNSUBSCRIBE || kind == KIND_RETIRED)
+    if (kind < KIND_DATA || kind > KIND_LAST || kind == KIND_RETIRED)
         return VERDICT_MALFORMED;
     __u16 flags = load_le16(header + OFFSET_FLAGS);
     if (flags & ~FLAGS_KNOWN)

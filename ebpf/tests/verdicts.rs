@@ -30,6 +30,7 @@ const KIND_RETIRED: u8 = 2;
 const KIND_NAK: u8 = 3;
 const KIND_SUBSCRIBE: u8 = 4;
 const KIND_UNSUBSCRIBE: u8 = 5;
+const KIND_CREDIT: u8 = 6;
 const FLAG_SINGLE_PUBLISHER: u16 = 0x0001;
 const FLAG_REPAIR: u16 = 0x0002;
 
@@ -364,7 +365,7 @@ fn malformed_cases() {
         ("kind 2 (retired Fragment)", edited(&|b| b[3] = KIND_RETIRED)),
         ("version 0", edited(&|b| b[2] = 0)),
         ("kind 0", edited(&|b| b[3] = 0)),
-        ("kind 6", edited(&|b| b[3] = 6)),
+        ("kind 7", edited(&|b| b[3] = 7)),
         ("flag bit 2", edited(&|b| b[48] |= 0x04)),
         ("flag bit 15", edited(&|b| b[49] |= 0x80)),
         ("reserved byte 54", edited(&|b| b[54] = 1)),
@@ -414,7 +415,7 @@ fn malformed_cases() {
         expect(&filter, frame, Verdict::Malformed, case);
     }
     // The kinds and flags the protocol defines are all accepted (the boundary of the rules).
-    for (seq, kind) in [KIND_DATA, KIND_NAK, KIND_SUBSCRIBE, KIND_UNSUBSCRIBE].into_iter().enumerate() {
+    for (seq, kind) in [KIND_DATA, KIND_NAK, KIND_SUBSCRIBE, KIND_UNSUBSCRIBE, KIND_CREDIT].into_iter().enumerate() {
         let mut datagram = Datagram::data(CLIENT_LINK, 100 + seq as u64).kind(kind);
         datagram.flags = FLAG_REPAIR;
         expect(&filter, &datagram.ipv4(), Verdict::Pass, &format!("kind {kind} with FLAG_REPAIR"));

@@ -23,6 +23,13 @@
 //! [`UdpClient::poll`], and should [`UdpClient::linger`] a moment before it exits so the
 //! last messages can still be repaired; a subscriber NAKs gaps in [`UdpClient::recv`].
 //!
+//! Flow control: the node grants the client a window of datagrams per shard; what is beyond it
+//! waits in the client. [`UdpClient::publish`] blocks while more than
+//! [`PUBLISH_QUEUE_BYTES_MAX`] wait (reading the node's grants meanwhile), so an unpaced
+//! publisher runs at the node's pace and loses nothing; [`UdpClient::try_publish`] returns
+//! `WouldBlock` instead. A client that also subscribes reads its socket only in `recv`, so its
+//! `publish` returns `WouldBlock` too when the window is used up: call `recv`, then retry.
+//!
 //! Limits: blocking, one thread; messages leave when a datagram fills or on [`UdpClient::flush`],
 //! which the caller calls every few milliseconds (or after each message when latency matters
 //! more than throughput). At most [`PUBLISHERS_MAX`] stream parts are published to. A client
@@ -49,6 +56,12 @@ const RECEIVE_BUFFER_BYTES: usize = 1 << 16;
 const RECEIVES_PER_CALL_MAX: usize = 64;
 /// Socket buffer size asked for (SO_SNDBUF/SO_RCVBUF; the FORCE variants when root).
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+/// Bytes of Data waiting for the node's credit beyond which `publish` waits.
+pub const PUBLISH_QUEUE_BYTES_MAX: usize = 1 << 20;
+/// `linger` stops waiting for queued Data to leave once the node granted nothing this long.
+const LINGER_STALL_MAX: Duration = Duration::from_secs(1);
+/// Longest one wait for the node's credit inside `publish` (a probe may be due sooner).
+const CREDIT_WAIT_MS_MAX: i32 = 5;
 
 /// How a [`UdpClient`] publishes and receives.
 #[derive(Clone, Debug)]
@@ -202,7 +215,12 @@ impl UdpClient {
     /// Binds an ephemeral UDP port of the node's address family, with GRO and large buffers.
     pub fn connect_with(link: &ClientLinkConfig, options: ClientOptions) -> io::Result<Self> {
         let bind: SocketAddr = if link.node.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-        let socket = UdpSocket::bind(bind)?;
+        Self::with_socket(UdpSocket::bind(bind)?, link, options)
+    }
+
+    /// A client on a socket the caller bound (to a chosen address or port); GRO and large
+    /// buffers are set as in [`UdpClient::connect_with`].
+    pub fn with_socket(socket: UdpSocket, link: &ClientLinkConfig, options: ClientOptions) -> io::Result<Self> {
         // Best effort: without GRO datagrams arrive one per recv; without the FORCE options
         // (not root) the buffers are capped at net.core.{r,w}mem_max.
         let _ = crate::sockopt::set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
@@ -267,8 +285,28 @@ impl UdpClient {
         Ok(&mut self.publishers[index])
     }
 
-    /// Publishes one message to `key`. It leaves when its datagram fills or on `flush`.
+    /// Publishes one message to `key`. It leaves when its datagram fills or on `flush`, as
+    /// far as the node's credit allows; while more than [`PUBLISH_QUEUE_BYTES_MAX`] wait for
+    /// credit this blocks until the node grants more (a client that also subscribes gets
+    /// `WouldBlock` instead, see the module docs).
     pub fn publish(&mut self, key: &StreamPartKey, message: &Outgoing<'_>) -> io::Result<()> {
+        loop {
+            match self.try_publish(key, message) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock && !self.core.is_subscribed() => self.wait_for_credit()?,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// [`UdpClient::publish`] without blocking: `WouldBlock` (the message not taken) while
+    /// more than [`PUBLISH_QUEUE_BYTES_MAX`] wait for the node's credit.
+    pub fn try_publish(&mut self, key: &StreamPartKey, message: &Outgoing<'_>) -> io::Result<()> {
+        if self.core.data_queue_bytes() >= PUBLISH_QUEUE_BYTES_MAX {
+            self.service()?;
+            if self.core.data_queue_bytes() >= PUBLISH_QUEUE_BYTES_MAX {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, "the node's credit is used up: wait, then retry"));
+            }
+        }
         let publisher = self.publisher(key)?;
         publisher.publish(message).map_err(invalid_input)?;
         if publisher.frame_count() > 0 {
@@ -281,6 +319,23 @@ impl UdpClient {
         Ok(())
     }
 
+    /// Waits until the socket has something to read (the node's Credit, or a NAK) or a timer
+    /// (a credit probe) is due, at most [`CREDIT_WAIT_MS_MAX`].
+    fn wait_for_credit(&mut self) -> io::Result<()> {
+        let due_ms = self.core.poll_timeout().map_or(CREDIT_WAIT_MS_MAX as u64, |due| due.saturating_sub(self.now_us()).div_ceil(1000));
+        let timeout = (due_ms as i32).clamp(0, CREDIT_WAIT_MS_MAX);
+        let mut poll = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for a live socket, and its count.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        self.service()
+    }
+
     fn queue_publisher(&mut self, index: usize) -> io::Result<()> {
         let now_us = self.now_us();
         let publisher = &mut self.publishers[index];
@@ -289,8 +344,9 @@ impl UdpClient {
         Ok(())
     }
 
-    /// Signs pending batches, closes open datagrams and sends everything queued; then
-    /// [`UdpClient::poll`]s.
+    /// Signs pending batches, closes open datagrams and sends what is queued, as far as the
+    /// node's credit allows (the rest leaves as credit arrives: in `publish`, `poll`,
+    /// `flush`, `recv` or `linger`).
     pub fn flush(&mut self) -> io::Result<()> {
         for index in 0..self.publishers.len() {
             self.publishers[index].flush();
@@ -309,10 +365,23 @@ impl UdpClient {
         self.service()
     }
 
-    /// Keeps answering NAKs and sends the tail probes for `duration`: call before closing a
+    /// Sends what still waits for credit, then keeps answering NAKs and sends the tail
+    /// probes for `duration`: call before closing a
     /// publisher so that its last messages can still be repaired (a few tens of ms covers
     /// the tail probe and a NAK round trip). Messages received meanwhile are dropped.
     pub fn linger(&mut self, duration: Duration) -> io::Result<()> {
+        // What still waits for the node's credit leaves first, for as long as the node keeps
+        // granting (a node that stopped granting for LINGER_STALL_MAX is given up on).
+        let mut queued = self.core.data_queue_bytes();
+        let mut progress = Instant::now();
+        while queued > 0 && progress.elapsed() < LINGER_STALL_MAX {
+            self.recv(Duration::from_millis(5), |_| {})?;
+            let now_queued = self.core.data_queue_bytes();
+            if now_queued < queued {
+                progress = Instant::now();
+            }
+            queued = now_queued;
+        }
         let deadline = Instant::now() + duration;
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             self.recv(left, |_| {})?;

@@ -15,31 +15,28 @@ fn link_to(node: std::net::SocketAddr, datagram_length_max: usize) -> ClientLink
 /// receiver's elapsed time for the messages.
 fn exchange(signing: SigningMode, gso: bool, count: u64, payload_length: usize, datagram_length_max: usize) -> Duration {
     let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/udp/test#0").unwrap().key();
-    // The receiver's "node" is never contacted (it does not subscribe); the sender's node is
-    // the receiver's socket, with one shard, so everything goes to that one port.
-    let receiver_link = link_to("127.0.0.1:9".parse().unwrap(), datagram_length_max);
-    let mut receiver = UdpClient::connect(&receiver_link).unwrap();
-    let sender_link =
-        link_to(receiver.local_addr().unwrap().to_string().replace("0.0.0.0", "127.0.0.1").parse().unwrap(), datagram_length_max);
+    // Each client is the other's "node", with one shard: the sender publishes to the
+    // receiver's socket, and the receiver grants the sender credit (flow control) back.
     let key = PublisherKey::generate();
     let address = key.address();
     let options = ClientOptions { publisher_key: Some(key), signing, verify: true, gso };
+    let sender_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let receiver_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender_link = link_to(receiver_socket.local_addr().unwrap(), datagram_length_max);
+    let receiver_link = link_to(sender_socket.local_addr().unwrap(), datagram_length_max);
+    let mut receiver = UdpClient::with_socket(receiver_socket, &receiver_link, ClientOptions::default()).unwrap();
+    let mut sender = UdpClient::with_socket(sender_socket, &sender_link, options).unwrap();
     let sender_thread = std::thread::spawn(move || {
-        let mut sender = UdpClient::connect_with(&sender_link, options).unwrap();
         let payload = vec![0x42u8; payload_length];
-        let burst = (128 * 1024 / (payload_length as u64 + 450)).max(1);
+        // Unpaced: the receiver's credit paces the sender, so its socket buffer never
+        // overflows however the two threads are scheduled.
         for i in 0..count {
             let mut message = payload.clone();
             message[..8].copy_from_slice(&i.to_le_bytes());
             sender.publish(&part, &Outgoing::binary(1_700_000_000_000 + i, &message)).unwrap();
-            // UDP has no flow control: pace bursts of ~128 KiB per millisecond so the
-            // receiver's socket buffer (8 MiB) survives scheduling stalls on a busy machine.
-            if i % burst == burst - 1 {
-                sender.flush().unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-            }
         }
         sender.flush().unwrap();
+        sender.linger(Duration::from_millis(100)).unwrap();
         sender.counters().clone()
     });
     let started = Instant::now();

@@ -75,6 +75,14 @@ counters! {
     FramesNotPermitted = "frames_not_permitted": "Frames (in multi-publisher datagrams) whose publisher lacks Publish permission.",
     FilterUpdatesRefused = "filter_updates_refused": "Policy updates (quarantine, permission) refused because a filter table was full.",
     FramesTooLarge = "frames_too_large": "Frames not forwarded because they do not fit this node's datagrams (a peer with a larger path MTU).",
+    CreditsSent = "credits_sent": "Credit datagrams sent (window grants to a link's sender).",
+    CreditsReceived = "credits_received": "Credit datagrams received (window grants from a link's receiver).",
+    CreditsWithheld = "credits_withheld": "Grants held back because a neighbor link's queue was backlogged (back-pressure upstream).",
+    CreditStalls = "credit_stalls": "Times a link had Data waiting and no credit left.",
+    CreditProbesSent = "credit_probes_sent": "Datagrams sent beyond a link's window after waiting for credit (a lost grant cannot stall a link).",
+    SlowConsumersCut = "slow_consumers_cut": "Subscribed clients cut off: no credit granted for the slow-consumer timeout.",
+    DropsSlowConsumer = "drops_slow_consumer": "Datagrams dropped from the queue of a client that was cut off as a slow consumer.",
+    RepairsRateLimited = "repairs_rate_limited": "Nak'ed frames not resent because the link's repair rate was used up.",
 }
 
 /// Number of counters.

@@ -66,6 +66,21 @@ impl RateLimit {
         let (emission_interval_ns, burst_tolerance_ns) = runnel_proto::rate::gcra_parameters(rate_datagrams_per_s, burst_datagrams);
         Self { emission_interval_ns, burst_tolerance_ns }
     }
+
+    /// One GCRA step: admits one unit at `now_ns` and advances the theoretical arrival time
+    /// `tat_ns`, or refuses it (leaving `tat_ns`) when the burst tolerance is used up.
+    #[inline]
+    pub fn admit(&self, tat_ns: &mut u64, now_ns: u64) -> bool {
+        if self.emission_interval_ns == 0 {
+            return true;
+        }
+        let tat = (*tat_ns).max(now_ns);
+        if tat - now_ns > self.burst_tolerance_ns {
+            return false;
+        }
+        *tat_ns = tat + self.emission_interval_ns;
+        true
+    }
 }
 
 /// A change to the policy both filters enforce; the policy thread sends each one to every
@@ -251,12 +266,8 @@ impl Filter {
         if carries_data && single_publisher && !may_publish(&self.restricted, &self.permissions, now_ns, &header.part, &header.publisher) {
             return Verdict::NotPermitted;
         }
-        if self.rate_limit && link.rate.emission_interval_ns != 0 {
-            let tat = link.tat_ns.max(now_ns);
-            if tat - now_ns > link.rate.burst_tolerance_ns {
-                return Verdict::RateLimited;
-            }
-            link.tat_ns = tat + link.rate.emission_interval_ns;
+        if self.rate_limit && !link.rate.admit(&mut link.tat_ns, now_ns) {
+            return Verdict::RateLimited;
         }
         Verdict::Pass
     }

@@ -9,11 +9,13 @@
 //! - [`relay`]: the relay one shard runs (dedup, ordered delivery, NAK repair).
 //! - [`client`]: the client side of a client link (publisher, subscriber, repair).
 //! - [`filter`]: the early-rejection checks (the XDP program's rules, run in userspace).
+//! - [`credit`]: flow control (window grants), shared by relay and client links.
 //! - [`counters`]: the closed set of dataplane counters.
 //! - [`link`]: links and shard ownership, as plain data.
 
 pub mod client;
 pub mod counters;
+pub mod credit;
 pub mod filter;
 pub mod link;
 pub mod relay;

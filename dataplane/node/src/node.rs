@@ -652,9 +652,12 @@ fn bind_sockets(config: &NodeConfig) -> Result<Vec<UdpSocket>, NodeError> {
                 option: "UDP_GRO",
                 source,
             })?;
-            // Best effort: the kernel silently caps this at net.core.rmem_max.
-            let _ =
-                runnel_client::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCKET_RECEIVE_BUFFER_LENGTH as libc::c_int);
+            // Best effort: as root the FORCE option ignores net.core.rmem_max; otherwise the
+            // kernel silently caps the size there. Credit windows are sized to this buffer.
+            let size = SOCKET_RECEIVE_BUFFER_LENGTH as libc::c_int;
+            if runnel_client::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+                let _ = runnel_client::sockopt::set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, size);
+            }
             Ok(socket)
         })
         .collect()

@@ -159,6 +159,8 @@ impl Policy {
                     self.counters.quarantines.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // The shard has counted and cut it; the node handle's reader hears of it below.
+            Event::SlowConsumer { .. } => {}
         }
         if self.events_out.try_send(event).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);

@@ -34,6 +34,8 @@ pub const TAGGED_HEADER_LENGTH: usize = 80;
 pub const SIGNATURE_LENGTH: usize = 65;
 /// Bytes of one NAK range.
 pub const NAK_RANGE_LENGTH: usize = 44;
+/// Bytes of a Credit datagram's body: the granted link sequence.
+pub const CREDIT_BODY_LENGTH: usize = 8;
 /// Largest payload a message may carry (DESIGN.md §1).
 pub const PAYLOAD_LENGTH_MAX: usize = 1 << 20;
 /// Default datagram size: the UDP payload that fits a 1500-byte Ethernet MTU.
@@ -55,6 +57,9 @@ pub enum Kind {
     Subscribe = 4,
     /// Withdraws a Subscribe.
     Unsubscribe = 5,
+    /// "You may send Data up to this link sequence": the receiver's window grant (flow
+    /// control). Body: [`CREDIT_BODY_LENGTH`] bytes, the granted link sequence (u64 LE).
+    Credit = 6,
 }
 
 impl Kind {
@@ -64,6 +69,7 @@ impl Kind {
             3 => Kind::Nak,
             4 => Kind::Subscribe,
             5 => Kind::Unsubscribe,
+            6 => Kind::Credit,
             _ => return None,
         })
     }
@@ -269,6 +275,13 @@ impl<'a> Datagram<'a> {
         }
         Ok(ranges.into_iter())
     }
+
+    /// The link sequence a Credit datagram grants: Data up to and including it may be sent.
+    pub fn credit(&self) -> Result<u64, WireError> {
+        need(self.body, CREDIT_BODY_LENGTH)?;
+        let granted = u64::from_le_bytes(self.body[..CREDIT_BODY_LENGTH].try_into().expect("length checked"));
+        Ok(granted)
+    }
 }
 
 /// Walks a receive buffer that may hold several datagrams (GRO) by their `total_length`.
@@ -352,7 +365,14 @@ impl HeaderFields {
 
 /// Writes the 88-byte header into `out[..88]`, computing the link tag with `key`.
 pub fn write_header(fields: &HeaderFields, key: &crate::linktag::LinkKey, out: &mut [u8]) {
-    let out = &mut out[..HEADER_LENGTH];
+    write_fields(fields, out);
+    let tag = crate::linktag::link_tag(key, &out[..TAGGED_HEADER_LENGTH]);
+    out[80..88].copy_from_slice(&tag.to_le_bytes());
+}
+
+/// Writes the header's fields into `out[..80]`; the tag is written later by [`restamp`].
+fn write_fields(fields: &HeaderFields, out: &mut [u8]) {
+    let out = &mut out[..TAGGED_HEADER_LENGTH];
     out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
     out[2] = VERSION;
     out[3] = fields.kind as u8;
@@ -364,8 +384,15 @@ pub fn write_header(fields: &HeaderFields, key: &crate::linktag::LinkKey, out: &
     out[52..54].copy_from_slice(&fields.total_length.to_le_bytes());
     out[54..60].fill(0);
     out[60..80].copy_from_slice(&fields.publisher);
-    let tag = crate::linktag::link_tag(key, &out[..TAGGED_HEADER_LENGTH]);
-    out[80..88].copy_from_slice(&tag.to_le_bytes());
+}
+
+/// Rewrites the link sequence of a finished datagram's header and its link tag: senders that
+/// hold datagrams back for flow control number them when they leave, so that a control
+/// datagram sent meanwhile never puts a held one behind the receiver's replay window.
+pub fn restamp(datagram: &mut [u8], link_seq: u64, key: &crate::linktag::LinkKey) {
+    datagram[8..16].copy_from_slice(&link_seq.to_le_bytes());
+    let tag = crate::linktag::link_tag(key, &datagram[..TAGGED_HEADER_LENGTH]);
+    datagram[80..88].copy_from_slice(&tag.to_le_bytes());
 }
 
 /// Appends one NAK range to a datagram body under construction.
@@ -484,6 +511,15 @@ impl DatagramBuilder {
         write_header(&fields, key, &mut self.buffer);
         &self.buffer
     }
+
+    /// Writes the header without its link sequence and tag: the sender numbers and tags the
+    /// datagram with [`restamp`] when it leaves.
+    pub fn finish_unstamped(&mut self, mut fields: HeaderFields) -> &[u8] {
+        fields.message_count = self.count;
+        fields.total_length = u16::try_from(self.buffer.len()).expect("capacity bounds the length");
+        write_fields(&fields, &mut self.buffer);
+        &self.buffer
+    }
 }
 
 #[cfg(test)]
@@ -597,6 +633,33 @@ mod tests {
         assert_eq!(datagrams[0].frames().count(), packed);
         assert_eq!(datagrams[1].frames().count(), 1);
         assert_eq!(datagrams[1].link_seq(), 2);
+    }
+
+    // Goal: a Credit datagram carries its grant, a short body is an error, and a datagram
+    // finished unstamped and numbered later is the same as one finished with its sequence.
+    #[test]
+    fn credit_grants_and_restamped_datagrams() {
+        let key = LinkKey([3; 32]);
+        let mut builder = DatagramBuilder::new(HEADER_LENGTH + CREDIT_BODY_LENGTH);
+        builder.body_mut().extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        let mut credit = builder.finish_unstamped(HeaderFields::new(Kind::Credit, 9, 0, [4; 32])).to_vec();
+        restamp(&mut credit, 77, &key);
+        let parsed = Datagram::parse(&credit).unwrap();
+        assert_eq!((parsed.kind, parsed.link_seq(), parsed.credit()), (Kind::Credit, 77, Ok(0x0102_0304_0506_0708)));
+        assert!(parsed.tag_matches(&key));
+        let mut short = credit[..HEADER_LENGTH + 7].to_vec();
+        short[52..54].copy_from_slice(&((HEADER_LENGTH + 7) as u16).to_le_bytes());
+        restamp(&mut short, 78, &key);
+        assert!(Datagram::parse(&short).unwrap().credit().is_err());
+
+        let record = sample_frame(20);
+        let fields = HeaderFields::new(Kind::Data, 5, 0, [6; 32]);
+        let mut builder = DatagramBuilder::new(512);
+        builder.try_push(&record);
+        let direct = builder.finish(HeaderFields { link_seq: 123, ..fields }, &key).to_vec();
+        let mut later = builder.finish_unstamped(fields).to_vec();
+        restamp(&mut later, 123, &key);
+        assert_eq!(direct, later);
     }
 
     // Goal: every truncation of a valid datagram is an error, never a panic, and bad

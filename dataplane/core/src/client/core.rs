@@ -50,7 +50,16 @@
 //! open a hole here that only the node's repair can fill, possibly after this client gave it
 //! up.
 //!
-//! Limits: one datagram is open at a time, so interleaving stream parts closes datagrams
+//! **Flow control** ([`crate::credit`]): the node grants each client link a window of link
+//! sequences per shard, and Data to a shard leaves only within it ([`ClientCore::poll_transmit`]
+//! returns nothing while the front datagram waits; [`ClientCore::data_queue_bytes`] tells the
+//! caller to stop publishing). Control datagrams (Subscribe, Nak, Credit) never wait.
+//! Datagrams are numbered as they leave. The other way round, the client grants the node a
+//! window as it processes what arrives, so a node never floods a subscriber that stopped
+//! reading (it cuts it off instead).
+//!
+//! Limits: Data waiting for one shard's credit holds back Data behind it for other shards;
+//! one datagram is open at a time, so interleaving stream parts closes datagrams
 //! early; a chain starts at the first frame seen (a lost first datagram is not repaired);
 //! frames given up and arriving later are dropped as duplicates; bounds are
 //! [`SEND_QUEUE_BYTES_MAX`], [`SUBSCRIPTIONS_MAX`], [`CHAINS_MAX`], [`REASSEMBLIES_MAX`],
@@ -60,14 +69,15 @@ use super::link::ClientLinkConfig;
 use super::order::{Gap, InboundChain};
 use super::repair::{ChainKey, RepairRing, REPAIR_AGE_MAX_US, REPAIR_RING_BYTES_MAX};
 use super::window::SequenceWindow;
+use crate::credit::{GrantCredit, SendCredit, CREDIT_WINDOW_DATAGRAMS};
 use crate::link::shard_of;
 use crate::relay::Transmit;
 use runnel_proto::crypto::Verifier;
 use runnel_proto::frame::{Frame, MessageView, FRAME_HEADER_LENGTH, MESSAGE_ENTRY_LENGTH};
 use runnel_proto::stream::StreamPartKey;
 use runnel_proto::wire::{
-    encode_nak_range, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, HeaderFields, Kind, NakRange, FLAG_REPAIR,
-    FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, NAK_RANGE_LENGTH, PAYLOAD_LENGTH_MAX,
+    encode_nak_range, restamp, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, HeaderFields, Kind, NakRange,
+    CREDIT_BODY_LENGTH, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, NAK_RANGE_LENGTH, PAYLOAD_LENGTH_MAX,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -173,6 +183,14 @@ pub struct ClientCounters {
     pub repair_ring_evictions: u64,
     /// Frames larger than this link's datagrams (not sent; the publisher sizes frames).
     pub frames_too_large: u64,
+    /// Credit datagrams sent to the node (window grants for what it sends us).
+    pub credits_sent: u64,
+    /// Credit datagrams received from the node.
+    pub credits_received: u64,
+    /// Times Data waited because the node's credit was used up.
+    pub credit_stalls: u64,
+    /// Datagrams sent beyond the window after waiting for credit.
+    pub credit_probes_sent: u64,
 }
 
 /// One received message, borrowed from the receive buffer.
@@ -255,12 +273,13 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Closed datagrams waiting to be sent, grouped into GSO-shaped [`Transmit`]s.
+/// Closed datagrams waiting to be sent, grouped into GSO-shaped [`Transmit`]s, each with the
+/// node shard it goes to (whose link sequences number it when it leaves).
 #[derive(Debug, Default)]
 struct SendQueue {
     bytes: Vec<u8>,
     read: usize,
-    transmits: VecDeque<Transmit>,
+    transmits: VecDeque<(Transmit, u16)>,
 }
 
 impl SendQueue {
@@ -268,11 +287,16 @@ impl SendQueue {
         self.bytes.len() - self.read
     }
 
+    /// The shard the next transmit goes to.
+    fn front_shard(&self) -> Option<u16> {
+        self.transmits.front().map(|(_, shard)| *shard)
+    }
+
     /// Appends one datagram, extending the last transmit when the GSO shape allows.
-    fn push(&mut self, destination: SocketAddr, datagram: &[u8]) {
+    fn push(&mut self, shard: u16, destination: SocketAddr, datagram: &[u8]) {
         let length = datagram.len();
         self.bytes.extend_from_slice(datagram);
-        if let Some(last) = self.transmits.back_mut() {
+        if let Some((last, _)) = self.transmits.back_mut() {
             let all_full = last.length == last.segments * last.segment_size;
             if last.destination == destination
                 && all_full
@@ -285,11 +309,22 @@ impl SendQueue {
                 return;
             }
         }
-        self.transmits.push_back(Transmit { destination, segment_size: length, segments: 1, length });
+        self.transmits.push_back((Transmit { destination, segment_size: length, segments: 1, length }, shard));
     }
 
-    fn pop(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
-        let transmit = self.transmits.pop_front()?;
+    /// Copies out at most `segments_max` (≥ 1) datagrams of the front transmit.
+    fn pop(&mut self, buffer: &mut Vec<u8>, segments_max: usize) -> Option<(Transmit, u16)> {
+        let (front, shard) = self.transmits.front_mut()?;
+        let shard = *shard;
+        let transmit = if front.segments > segments_max {
+            // Only full-size segments precede the last one, so the split is exact.
+            let taken = Transmit { segments: segments_max, length: segments_max * front.segment_size, ..*front };
+            front.segments -= segments_max;
+            front.length -= taken.length;
+            taken
+        } else {
+            self.transmits.pop_front().expect("front exists").0
+        };
         buffer.clear();
         buffer.extend_from_slice(&self.bytes[self.read..self.read + transmit.length]);
         self.read += transmit.length;
@@ -297,7 +332,7 @@ impl SendQueue {
             self.bytes.clear();
             self.read = 0;
         }
-        Some(transmit)
+        Some((transmit, shard))
     }
 }
 
@@ -407,14 +442,24 @@ pub struct ClientCore {
     link: ClientLinkConfig,
     options: CoreOptions,
     verifier: Verifier,
-    /// Next link sequence per destination shard.
+    /// Next link sequence per destination shard (taken as datagrams leave).
     send_link_seq: Vec<u64>,
+    /// What each node shard has granted us, and what we grant it (with the stream part its
+    /// Credit names, so it reaches that shard), and which shards are due a grant decision.
+    send_credit: Vec<SendCredit>,
+    grant: Vec<GrantCredit>,
+    grant_part: Vec<StreamPartKey>,
+    grant_pending: Vec<bool>,
+    /// The latest time the caller passed in.
+    now_us: u64,
     builder: DatagramBuilder,
     control_builder: DatagramBuilder,
     nak_builder: DatagramBuilder,
     nak_ranges_max: usize,
     open: Option<OpenDatagram>,
+    /// Data datagrams (they wait for credit) and control datagrams (they never do).
     send_queue: SendQueue,
+    control_queue: SendQueue,
     subscriptions: Vec<Subscription>,
     /// Replay window per node shard.
     receive_windows: Vec<SequenceWindow>,
@@ -444,12 +489,18 @@ impl ClientCore {
             options,
             verifier: Verifier::default(),
             send_link_seq: vec![options.link_seq_start; shards],
+            send_credit: vec![SendCredit::new(options.link_seq_start, CREDIT_WINDOW_DATAGRAMS); shards],
+            grant: vec![GrantCredit::default(); shards],
+            grant_part: vec![StreamPartKey([0; 32]); shards],
+            grant_pending: vec![false; shards],
+            now_us: 0,
             builder: DatagramBuilder::new(link.datagram_length_max),
             control_builder: DatagramBuilder::new(HEADER_LENGTH + 1),
             nak_builder: DatagramBuilder::new(HEADER_LENGTH + NAK_RANGE_LENGTH * nak_ranges_max),
             nak_ranges_max,
             open: None,
             send_queue: SendQueue::default(),
+            control_queue: SendQueue::default(),
             subscriptions: Vec::new(),
             receive_windows: vec![SequenceWindow::default(); shards],
             chains: HashMap::new(),
@@ -480,14 +531,19 @@ impl ClientCore {
 
     /// Bytes of closed datagrams not yet handed out by `poll_transmit`.
     pub fn send_queue_bytes(&self) -> usize {
+        self.send_queue.pending_bytes() + self.control_queue.pending_bytes()
+    }
+
+    /// Bytes of closed Data datagrams waiting (for the socket or for the node's credit): a
+    /// publisher stops publishing while this is large.
+    pub fn data_queue_bytes(&self) -> usize {
         self.send_queue.pending_bytes()
     }
 
-    fn next_link_seq(&mut self, key: &StreamPartKey) -> (SocketAddr, u64) {
+    /// The node shard that owns `key`, and its address.
+    fn destination(&self, key: &StreamPartKey) -> (u16, SocketAddr) {
         let shard = shard_of(key, self.link.node_shards);
-        let seq = self.send_link_seq[shard as usize];
-        self.send_link_seq[shard as usize] = seq.wrapping_add(1);
-        (self.link.shard_address(shard), seq)
+        (shard, self.link.shard_address(shard))
     }
 
     /// Closes the open Data datagram; `pad` makes it a full GSO segment (more follows).
@@ -496,16 +552,16 @@ impl ClientCore {
         if pad {
             self.builder.pad_to(self.link.datagram_length_max);
         }
-        let (destination, link_seq) = self.next_link_seq(&open.stream_part_key);
+        let (shard, destination) = self.destination(&open.stream_part_key);
         let fields = HeaderFields {
             flags: open.flags | if open.single_publisher { FLAG_SINGLE_PUBLISHER } else { 0 },
             publisher: if open.single_publisher { open.publisher } else { [0; 20] },
-            ..HeaderFields::new(Kind::Data, self.link.link_id, link_seq, open.stream_part_key.0)
+            ..HeaderFields::new(Kind::Data, self.link.link_id, 0, open.stream_part_key.0)
         };
         if open.flags & FLAG_REPAIR != 0 {
             self.counters.datagrams_repair += 1;
         }
-        self.send_queue.push(destination, self.builder.finish(fields, &self.link.key));
+        self.send_queue.push(shard, destination, self.builder.finish_unstamped(fields));
         self.builder.reset();
     }
 
@@ -513,6 +569,7 @@ impl ClientCore {
     /// stream part, published at `now_us`; they are kept in the repair ring too. Nothing is
     /// queued if the bytes are not all valid frames that fit this link's datagrams.
     pub fn queue_frames(&mut self, now_us: u64, stream_part_key: &StreamPartKey, frames: &[u8]) -> Result<usize, ClientError> {
+        self.now_us = self.now_us.max(now_us);
         if self.send_queue.pending_bytes() > SEND_QUEUE_BYTES_MAX {
             return Err(ClientError::SendQueueFull);
         }
@@ -572,27 +629,71 @@ impl ClientCore {
     }
 
     /// Writes the next send into `buffer` (cleared first): `segments` datagrams to one
-    /// destination, all `segment_size` bytes except possibly the last.
+    /// destination, all `segment_size` bytes except possibly the last. Control datagrams
+    /// first; then Data as far as the destination shard's credit allows (None while the
+    /// front Data waits for credit: `poll_timeout` says when a probe is due).
     pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
-        let transmit = self.send_queue.pop(buffer)?;
+        if let Some((transmit, shard)) = self.control_queue.pop(buffer, usize::MAX) {
+            self.stamp(buffer, &transmit, shard);
+            self.counters.datagrams_sent += transmit.segments as u64;
+            return Some(transmit);
+        }
+        let shard = self.send_queue.front_shard()?;
+        let credit = &mut self.send_credit[shard as usize];
+        let allowance = credit.allowance(self.send_link_seq[shard as usize]);
+        if allowance == 0 {
+            if credit.stall(self.now_us) {
+                self.counters.credit_stalls += 1;
+            }
+            return None;
+        }
+        let (transmit, shard) = self.send_queue.pop(buffer, usize::try_from(allowance).unwrap_or(usize::MAX))?;
+        self.stamp(buffer, &transmit, shard);
+        self.send_credit[shard as usize].sent(self.send_link_seq[shard as usize]);
         self.counters.datagrams_sent += transmit.segments as u64;
         Some(transmit)
     }
 
+    /// Numbers and tags each datagram of a transmit with its shard's next link sequences.
+    fn stamp(&mut self, buffer: &mut [u8], transmit: &Transmit, shard: u16) {
+        let sequence = &mut self.send_link_seq[shard as usize];
+        for datagram in buffer[..transmit.length].chunks_mut(transmit.segment_size) {
+            restamp(datagram, *sequence, &self.link.key);
+            *sequence = sequence.wrapping_add(1);
+        }
+    }
+
     fn send_control(&mut self, kind: Kind, stream_part_key: &StreamPartKey) {
-        let (destination, link_seq) = self.next_link_seq(stream_part_key);
-        let fields = HeaderFields::new(kind, self.link.link_id, link_seq, stream_part_key.0);
+        let (shard, destination) = self.destination(stream_part_key);
+        let fields = HeaderFields::new(kind, self.link.link_id, 0, stream_part_key.0);
         self.control_builder.reset();
-        self.send_queue.push(destination, self.control_builder.finish(fields, &self.link.key));
+        self.control_queue.push(shard, destination, self.control_builder.finish_unstamped(fields));
         if kind == Kind::Subscribe {
             self.counters.subscribes_sent += 1;
+        }
+    }
+
+    /// Grants each shard that sent us something this call what is due (a Credit datagram).
+    fn grant_credits(&mut self) {
+        for shard in 0..self.grant_pending.len() {
+            if !std::mem::take(&mut self.grant_pending[shard]) {
+                continue;
+            }
+            let Some(granted) = self.grant[shard].due(self.now_us, CREDIT_WINDOW_DATAGRAMS) else { continue };
+            let part = self.grant_part[shard];
+            let fields = HeaderFields::new(Kind::Credit, self.link.link_id, 0, part.0);
+            let mut builder = DatagramBuilder::from_buffer(std::mem::take(&mut self.repair_scratch), HEADER_LENGTH + CREDIT_BODY_LENGTH);
+            builder.body_mut().extend_from_slice(&granted.to_le_bytes());
+            self.control_queue.push(shard as u16, self.link.shard_address(shard as u16), builder.finish_unstamped(fields));
+            self.repair_scratch = builder.into_buffer();
+            self.counters.credits_sent += 1;
         }
     }
 
     /// Queues a Nak for `ranges` (inclusive) of one chain to the shard that owns its stream part.
     fn send_nak(&mut self, chain: &ChainKey, ranges: &[(u64, u64)]) {
         let stream_part_key = StreamPartKey(chain.0);
-        let (destination, link_seq) = self.next_link_seq(&stream_part_key);
+        let (shard, destination) = self.destination(&stream_part_key);
         self.nak_builder.reset();
         let count = ranges.len().min(self.nak_ranges_max);
         for &(first_sequence, last_sequence) in &ranges[..count] {
@@ -600,13 +701,14 @@ impl ClientCore {
             encode_nak_range(&range, self.nak_builder.body_mut());
         }
         self.nak_builder.set_count(count as u16);
-        let fields = HeaderFields::new(Kind::Nak, self.link.link_id, link_seq, chain.0);
-        self.send_queue.push(destination, self.nak_builder.finish(fields, &self.link.key));
+        let fields = HeaderFields::new(Kind::Nak, self.link.link_id, 0, chain.0);
+        self.control_queue.push(shard, destination, self.nak_builder.finish_unstamped(fields));
         self.counters.naks_sent += 1;
     }
 
     /// Subscribes to a stream part: a Subscribe now and one every second after.
     pub fn subscribe(&mut self, now_us: u64, stream_part_key: &StreamPartKey) -> Result<(), ClientError> {
+        self.now_us = self.now_us.max(now_us);
         let next_refresh_us = now_us + SUBSCRIBE_REFRESH_US;
         match self.subscriptions.iter().position(|s| s.stream_part_key == *stream_part_key) {
             Some(index) => self.subscriptions[index].next_refresh_us = next_refresh_us,
@@ -633,13 +735,20 @@ impl ClientCore {
     pub fn poll_timeout(&self) -> Option<u64> {
         let refresh = self.subscriptions.iter().map(|s| s.next_refresh_us);
         let chains = self.timers.iter().filter_map(|key| self.chains.get(key).and_then(InboundChain::next_timer_us));
-        refresh.chain(chains).chain(self.repair_ring.next_probe_due_us()).min()
+        let credit_probes = self.send_credit.iter().filter_map(SendCredit::probe_due_us);
+        refresh.chain(chains).chain(self.repair_ring.next_probe_due_us()).chain(credit_probes).min()
     }
 
     /// Refreshes due subscriptions, sends due tail probes,
     /// NAKs and tail queries, and gives up holes whose retries ran out (what they released
     /// is handed out by [`ClientCore::deliver_released`]).
     pub fn handle_timeout(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
+        for credit in &mut self.send_credit {
+            if credit.take_probe(now_us) {
+                self.counters.credit_probes_sent += 1;
+            }
+        }
         for index in 0..self.subscriptions.len() {
             let subscription = self.subscriptions[index];
             if subscription.next_refresh_us <= now_us {
@@ -703,7 +812,7 @@ impl ClientCore {
             let first = range.first_sequence.to_native();
             let last = range.last_sequence.to_native().min(first.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
             for sequence in first..=last {
-                if self.send_queue.pending_bytes() > SEND_QUEUE_BYTES_MAX {
+                if self.send_queue_bytes() > SEND_QUEUE_BYTES_MAX {
                     self.counters.repairs_dropped += last - sequence + 1;
                     break;
                 }
@@ -809,6 +918,7 @@ impl ClientCore {
     /// Feeds one receive buffer (one datagram or several coalesced by GRO); calls
     /// `on_delivery` for each new, valid message, in chain order.
     pub fn handle_receive(&mut self, now_us: u64, buffer: &[u8], on_delivery: &mut impl FnMut(Delivery<'_>)) {
+        self.now_us = self.now_us.max(now_us);
         if !self.released.is_empty() {
             self.deliver_released(on_delivery);
         }
@@ -835,12 +945,25 @@ impl ClientCore {
                 self.counters.datagrams_replayed += 1;
                 continue;
             }
+            self.grant[shard].received(datagram.link_seq());
+            if datagram.kind != Kind::Credit {
+                self.grant_part[shard] = stream_part_key;
+                self.grant_pending[shard] = true;
+            }
             match datagram.kind {
                 Kind::Data => self.receive_data(now_us, &datagram, on_delivery),
                 Kind::Nak => self.answer_nak(now_us, &datagram),
+                Kind::Credit => match datagram.credit() {
+                    Ok(granted) => {
+                        self.counters.credits_received += 1;
+                        self.send_credit[shard].grant(granted);
+                    }
+                    Err(_) => self.counters.datagrams_malformed += 1,
+                },
                 Kind::Subscribe | Kind::Unsubscribe => self.counters.datagrams_ignored += 1,
             }
         }
+        self.grant_credits();
     }
 
     fn receive_data(&mut self, now_us: u64, datagram: &Datagram<'_>, on_delivery: &mut impl FnMut(Delivery<'_>)) {

@@ -16,6 +16,14 @@
 //! given up after `nak_retries_max`. A message larger than a frame spans several frames,
 //! each authenticated on its own: the relay never reassembles anything.
 //!
+//! Flow control ([`crate::credit`]): every link's receiver grants its sender a window of link
+//! sequences. Data to a link waits for its credit (control datagrams never do), and a shard
+//! grants credit as it processes what arrives — but holds grants back (up to
+//! `credit_hold_max_us`) while a neighbor link's queue is backlogged, so a slow neighbor
+//! paces the senders upstream instead of overflowing. Client queues never hold grants back:
+//! a subscriber that grants nothing for `slow_consumer_timeout_us` is cut off (counted), so
+//! one slow subscriber never slows the others. NAK answers are rate-limited per link.
+//!
 //! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
 //! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
 //! events. Whatever a bound refuses is counted.
@@ -25,6 +33,7 @@ pub mod repair;
 pub mod replay;
 
 use crate::counters::{Counter, Counters};
+use crate::credit::{GrantCredit, SendCredit};
 use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
 use crate::link::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
 use chain::ChainState;
@@ -85,6 +94,19 @@ pub struct RelayConfig {
     /// Does this relay's filter enforce link rate limits? False when the XDP program does
     /// (metering twice would halve the rate).
     pub rate_limit_in_userspace: bool,
+    /// The window this relay grants each link's sender, in datagrams.
+    pub credit_window_datagrams: u64,
+    /// A neighbor link with more Data datagrams than this waiting is backlogged: grants to
+    /// every link are held back until it drains ...
+    pub backlog_datagrams: usize,
+    /// ... but never longer than this per link, so a cycle of backlogged nodes cannot
+    /// deadlock (what then overflows is dropped and counted).
+    pub credit_hold_max_us: Micros,
+    /// A subscribed client that has granted no credit for this long is cut off.
+    pub slow_consumer_timeout_us: Micros,
+    /// Frames resent per second per link to answer NAKs (sustained, then `repair_burst_frames`).
+    pub repair_frames_per_s: u64,
+    pub repair_burst_frames: u64,
 }
 
 impl RelayConfig {
@@ -113,6 +135,12 @@ impl RelayConfig {
             tail_probe_us: 30_000,
             tail_probes_max: 2,
             rate_limit_in_userspace: true,
+            credit_window_datagrams: crate::credit::CREDIT_WINDOW_DATAGRAMS,
+            backlog_datagrams: 2048,
+            credit_hold_max_us: 100_000,
+            slow_consumer_timeout_us: 1_000_000,
+            repair_frames_per_s: 50_000,
+            repair_burst_frames: 4096,
         }
     }
 }
@@ -136,6 +164,9 @@ pub enum Event {
     SignatureFailure { link_id: u32, publisher: [u8; 20], publisher_proven: bool },
     /// This shard joined a stream part (the XDP `joined` map must learn it).
     Joined { part: StreamPartKey },
+    /// A subscribed client granted no credit for the slow-consumer timeout and was cut off
+    /// (its interest dropped; it is served again once it subscribes and reads).
+    SlowConsumer { link_id: u32 },
 }
 
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64).
@@ -162,11 +193,29 @@ struct Link {
     client_address: Option<SocketAddr>,
     /// Client links: publishers whose signatures verified on this link (bounded).
     proven_publishers: Vec<[u8; 20]>,
+    /// The link sequence of the next datagram to leave (datagrams are numbered as they
+    /// leave, in [`Relay::poll_transmit`]).
     send_sequence: u64,
+    /// Data datagrams waiting to leave; they wait for credit.
     outbound: VecDeque<Outgoing>,
+    /// Subscribe, Unsubscribe, Nak and Credit datagrams; they never wait for credit.
+    control: VecDeque<Outgoing>,
     queue_datagrams_max: usize,
     /// Datagrams being packed: one per (stream part, header flags).
     packing: FastMap<(StreamPartKey, u16), DatagramBuilder>,
+    /// Listed in the outbox's `ready` round-robin.
+    in_ready: bool,
+    /// What the peer has granted this relay.
+    credit: SendCredit,
+    /// What this relay grants the peer, the stream part of the last datagram from it (its
+    /// Credit goes to the peer's shard of that part), and whether it is listed for a grant.
+    grant: GrantCredit,
+    grant_part: StreamPartKey,
+    grant_listed: bool,
+    /// Since when grants to this link are held back for a backlog.
+    withheld_since: Option<Micros>,
+    /// GCRA state of the link's NAK answers.
+    repair_tat_ns: u64,
 }
 
 impl Link {
@@ -181,11 +230,15 @@ impl Link {
         }
     }
 
-    /// The header of the next datagram this link sends; takes the next link sequence.
-    fn next_header(&mut self, kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
-        let link_seq = self.send_sequence;
-        self.send_sequence += 1;
-        HeaderFields { flags, publisher, ..HeaderFields::new(kind, self.config.id, link_seq, part.0) }
+    /// The header of a datagram on this link; its link sequence and tag are written when
+    /// it leaves.
+    fn header(&self, kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
+        HeaderFields { flags, publisher, ..HeaderFields::new(kind, self.config.id, 0, part.0) }
+    }
+
+    /// Whether `poll_transmit` has something it may send on this link now.
+    fn sendable(&self) -> bool {
+        !self.control.is_empty() || (!self.outbound.is_empty() && self.credit.allowance(self.send_sequence) > 0)
     }
 }
 
@@ -197,10 +250,16 @@ struct Outbox {
     datagram_length_max: usize,
     /// Datagram buffers kept for reuse (at most [`BUFFER_POOL_MAX`]).
     pool: Vec<Vec<u8>>,
-    /// Links with datagrams waiting in `outbound`, round-robin.
+    /// Links with datagrams they may send now, round-robin (each once: `Link::in_ready`).
     ready: VecDeque<u32>,
+    /// Links whose Data waits for credit.
+    stalled: FastSet<u32>,
     /// (link, stream part, flags) with a datagram being packed.
     dirty: Vec<(u32, StreamPartKey, u16)>,
+    /// Links that sent something this receive batch: grants are decided in `flush`.
+    grants: Vec<u32>,
+    /// Links whose grant is held back for a backlog.
+    withheld: Vec<u32>,
 }
 
 impl Outbox {
@@ -252,20 +311,60 @@ impl Outbox {
         // datagram; it is set when every frame is from one publisher.
         let single = builder.single_publisher();
         let flags = flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 };
-        builder.finish(link.next_header(Kind::Data, part, flags, single.unwrap_or([0; 20])), &link.config.key);
-        self.enqueue(counters, link, destination, builder.into_buffer());
+        builder.finish_unstamped(link.header(Kind::Data, part, flags, single.unwrap_or([0; 20])));
+        self.enqueue(counters, link, destination, builder.into_buffer(), false);
     }
 
-    fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>) {
-        if link.outbound.len() >= link.queue_datagrams_max {
+    /// Queues a finished (unstamped) datagram: Data waits for credit, control does not.
+    fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>, control: bool) {
+        let queue = if control { &mut link.control } else { &mut link.outbound };
+        if queue.len() >= link.queue_datagrams_max {
             counters.increment(Counter::DropsLinkQueueFull);
             self.recycle(bytes);
             return;
         }
-        if link.outbound.is_empty() {
+        queue.push_back(Outgoing { destination, bytes });
+        self.mark_ready(link);
+    }
+
+    /// Lists a link in the round-robin if it may send now.
+    fn mark_ready(&mut self, link: &mut Link) {
+        if !link.in_ready && link.sendable() {
+            link.in_ready = true;
             self.ready.push_back(link.config.id);
         }
-        link.outbound.push_back(Outgoing { destination, bytes });
+    }
+
+    /// Moves up to `allowance` datagrams of one run (same destination, GSO-shaped) from the
+    /// front of a queue into `buffer`, numbering and tagging each as it goes.
+    fn take_run(&mut self, link: &mut Link, control: bool, allowance: u64, buffer: &mut Vec<u8>) -> Transmit {
+        let queue = if control { &mut link.control } else { &mut link.outbound };
+        let first = queue.front().expect("a run starts at a queued datagram");
+        let destination = first.destination;
+        let segment_size = first.bytes.len();
+        let mut segments = 0;
+        while segments < GSO_SEGMENTS_MAX && (segments as u64) < allowance {
+            let Some(next) = queue.front() else { break };
+            if segments > 0
+                && (next.destination != destination || next.bytes.len() > segment_size || buffer.len() + next.bytes.len() > GSO_BYTES_MAX)
+            {
+                break;
+            }
+            let last = next.bytes.len() < segment_size;
+            let next = queue.pop_front().expect("front exists");
+            let start = buffer.len();
+            buffer.extend_from_slice(&next.bytes);
+            wire::restamp(&mut buffer[start..], link.send_sequence, &link.config.key);
+            link.send_sequence += 1;
+            segments += 1;
+            if self.pool.len() < BUFFER_POOL_MAX {
+                self.pool.push(next.bytes);
+            }
+            if last {
+                break;
+            }
+        }
+        Transmit { destination, segment_size, segments, length: buffer.len() }
     }
 }
 
@@ -296,6 +395,8 @@ pub struct Relay {
     gapped: FastSet<(StreamPartKey, ChainId)>,
     /// Chains with a pending tail probe.
     probing: FastSet<(StreamPartKey, ChainId)>,
+    /// Every link's NAK answers are metered by this.
+    repair_rate: RateLimit,
     next_housekeeping_us: Micros,
     now_us: Micros,
 }
@@ -303,8 +404,16 @@ pub struct Relay {
 impl Relay {
     pub fn new(config: RelayConfig) -> Self {
         let filter = Filter::new(config.rate_limit_in_userspace);
-        let outbox =
-            Outbox { datagram_length_max: config.datagram_length_max, pool: Vec::new(), ready: VecDeque::new(), dirty: Vec::new() };
+        let outbox = Outbox {
+            datagram_length_max: config.datagram_length_max,
+            pool: Vec::new(),
+            ready: VecDeque::new(),
+            stalled: FastSet::default(),
+            dirty: Vec::new(),
+            grants: Vec::new(),
+            withheld: Vec::new(),
+        };
+        let repair_rate = RateLimit::new(config.repair_frames_per_s, config.repair_burst_frames);
         Self {
             config,
             counters: Counters::default(),
@@ -317,6 +426,7 @@ impl Relay {
             outbox,
             gapped: FastSet::default(),
             probing: FastSet::default(),
+            repair_rate,
             next_housekeeping_us: 0,
             now_us: 0,
         }
@@ -346,8 +456,16 @@ impl Relay {
                 proven_publishers: Vec::new(),
                 send_sequence: 0,
                 outbound: VecDeque::new(),
+                control: VecDeque::new(),
                 queue_datagrams_max: self.config.link_queue_datagrams_max,
                 packing: FastMap::default(),
+                in_ready: false,
+                credit: SendCredit::new(0, self.config.credit_window_datagrams),
+                grant: GrantCredit::default(),
+                grant_part: StreamPartKey([0; 32]),
+                grant_listed: false,
+                withheld_since: None,
+                repair_tat_ns: 0,
             },
         );
     }
@@ -358,7 +476,10 @@ impl Relay {
         self.filter.remove_link(link_id);
         self.neighbor_links.retain(|id| *id != link_id);
         self.outbox.ready.retain(|id| *id != link_id);
+        self.outbox.stalled.remove(&link_id);
         self.outbox.dirty.retain(|(id, _, _)| *id != link_id);
+        self.outbox.grants.retain(|id| *id != link_id);
+        self.outbox.withheld.retain(|id| *id != link_id);
         for state in self.stream_parts.values_mut() {
             state.neighbors.remove(&link_id);
             state.clients.remove(&link_id);
@@ -483,7 +604,27 @@ impl Relay {
             link.client_address = Some(from);
         }
         let part = datagram.stream_part_key();
+        // Credit is decided once per receive batch (in `flush`), for what was processed.
+        link.grant.received(datagram.link_seq());
+        if datagram.kind != Kind::Credit {
+            link.grant_part = part;
+            if !link.grant_listed {
+                link.grant_listed = true;
+                self.outbox.grants.push(link_id);
+            }
+        }
         match datagram.kind {
+            Kind::Credit => {
+                let Ok(granted) = datagram.credit() else {
+                    self.counters.increment(Counter::DatagramsMalformed);
+                    return;
+                };
+                self.counters.increment(Counter::CreditsReceived);
+                if link.credit.grant(granted) {
+                    self.outbox.stalled.remove(&link_id);
+                }
+                self.outbox.mark_ready(link);
+            }
             Kind::Subscribe => {
                 self.counters.increment(Counter::SubscribesReceived);
                 if !self.owns(&part) || !self.join(self.now_us, part) {
@@ -669,17 +810,75 @@ impl Relay {
             return;
         };
         let mut builder = self.outbox.builder(HEADER_LENGTH + 1);
-        builder.finish(link.next_header(kind, part, 0, [0; 20]), &link.config.key);
-        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer());
+        builder.finish_unstamped(link.header(kind, part, 0, [0; 20]));
+        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer(), true);
+    }
+
+    /// Grants the link's sender `granted` (a Credit datagram to its shard of `grant_part`).
+    fn send_credit(outbox: &mut Outbox, counters: &mut Counters, link: &mut Link, granted: u64) {
+        let Some(destination) = link.destination(&link.grant_part) else {
+            counters.increment(Counter::DatagramsNoAddress);
+            return;
+        };
+        let mut builder = outbox.builder(HEADER_LENGTH + wire::CREDIT_BODY_LENGTH);
+        builder.body_mut().extend_from_slice(&granted.to_le_bytes());
+        builder.finish_unstamped(link.header(Kind::Credit, link.grant_part, 0, [0; 20]));
+        counters.increment(Counter::CreditsSent);
+        outbox.enqueue(counters, link, destination, builder.into_buffer(), true);
+    }
+
+    /// Whether a neighbor link has more Data waiting than `backlog_datagrams`.
+    fn backlogged(&self) -> bool {
+        self.neighbor_links.iter().any(|id| self.links.get(id).is_some_and(|link| link.outbound.len() > self.config.backlog_datagrams))
+    }
+
+    /// Sends the grants due for links heard from this batch (and, once no neighbor link is
+    /// backlogged, for those held back).
+    fn grant_credits(&mut self) {
+        if self.outbox.grants.is_empty() && self.outbox.withheld.is_empty() {
+            return;
+        }
+        let backlogged = self.backlogged();
+        let now_us = self.now_us;
+        let mut grants = std::mem::take(&mut self.outbox.grants);
+        if !backlogged {
+            grants.append(&mut self.outbox.withheld);
+        }
+        for link_id in grants.drain(..) {
+            let Some(link) = self.links.get_mut(&link_id) else { continue };
+            link.grant_listed = false;
+            if backlogged {
+                let since = *link.withheld_since.get_or_insert(now_us);
+                if now_us < since + self.config.credit_hold_max_us {
+                    if !self.outbox.withheld.contains(&link_id) {
+                        self.outbox.withheld.push(link_id);
+                        self.counters.increment(Counter::CreditsWithheld);
+                    }
+                    continue;
+                }
+            }
+            link.withheld_since = None;
+            self.outbox.withheld.retain(|id| *id != link_id);
+            if let Some(granted) = link.grant.due(now_us, self.config.credit_window_datagrams) {
+                Self::send_credit(&mut self.outbox, &mut self.counters, link, granted);
+            }
+        }
+        self.outbox.grants = grants;
     }
 
     fn answer_nak(&mut self, link_id: u32, part: StreamPartKey, ranges: &[NakRange]) {
         let Some(state) = self.stream_parts.get(&part) else { return };
         let Some(link) = self.links.get_mut(&link_id) else { return };
+        let now_ns = self.now_us.saturating_mul(1000);
         for range in ranges {
             let last = range.last_sequence.min(range.first_sequence.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
             let chain = state.chains.get(&(range.publisher, range.chain_id));
             for sequence in range.first_sequence..=last {
+                // Repair is load added when a node is already losing: it gets a budget.
+                if !self.repair_rate.admit(&mut link.repair_tat_ns, now_ns) {
+                    self.counters.add(Counter::RepairsRateLimited, last - sequence + 1);
+                    break;
+                }
                 let stored = chain.and_then(|c| c.repair.find(sequence)).and_then(|entry| state.repair.get(&entry, self.now_us));
                 match stored {
                     Some(frame) => {
@@ -706,40 +905,39 @@ impl Relay {
             self.outbox.seal(&mut self.counters, link, part, flags, full);
         }
         self.outbox.dirty = dirty;
+        self.grant_credits();
     }
 
     /// Writes the next send into `buffer` (cleared first): datagrams of one link to one
-    /// destination, equal-sized but for the last, at most [`GSO_SEGMENTS_MAX`].
+    /// destination, equal-sized but for the last, at most [`GSO_SEGMENTS_MAX`]. Control
+    /// datagrams go first; Data only as far as the link's credit allows.
     pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
         buffer.clear();
         while let Some(link_id) = self.outbox.ready.pop_front() {
             let Some(link) = self.links.get_mut(&link_id) else { continue };
-            let Some(first) = link.outbound.pop_front() else { continue };
-            let destination = first.destination;
-            let segment_size = first.bytes.len();
-            buffer.extend_from_slice(&first.bytes);
-            self.outbox.recycle(first.bytes);
-            let link = self.links.get_mut(&link_id).expect("present");
-            let mut segments = 1;
-            while segments < GSO_SEGMENTS_MAX {
-                let Some(next) = link.outbound.front() else { break };
-                if next.destination != destination || next.bytes.len() > segment_size || buffer.len() + next.bytes.len() > GSO_BYTES_MAX {
-                    break;
-                }
-                let last = next.bytes.len() < segment_size;
-                let next = link.outbound.pop_front().expect("front exists");
-                buffer.extend_from_slice(&next.bytes);
-                segments += 1;
-                self.outbox.recycle(next.bytes);
-                if last {
-                    break;
-                }
+            link.in_ready = false;
+            let control = !link.control.is_empty();
+            let allowance = if control { u64::MAX } else { link.credit.allowance(link.send_sequence) };
+            if allowance == 0 || (!control && link.outbound.is_empty()) {
+                continue;
             }
-            if !link.outbound.is_empty() {
-                self.outbox.ready.push_back(link_id);
+            let transmit = self.outbox.take_run(link, control, allowance, buffer);
+            if !control {
+                link.credit.sent(link.send_sequence);
             }
-            self.counters.add(Counter::DatagramsSent, segments as u64);
-            return Some(Transmit { destination, segment_size, segments, length: buffer.len() });
+            if !link.outbound.is_empty() && link.credit.allowance(link.send_sequence) == 0 && link.credit.stall(self.now_us) {
+                self.outbox.stalled.insert(link_id);
+                self.counters.increment(Counter::CreditStalls);
+            }
+            self.outbox.mark_ready(link);
+            self.counters.add(Counter::DatagramsSent, transmit.segments as u64);
+            let drained = !control && link.config.role == LinkRole::Neighbor && link.outbound.len() <= self.config.backlog_datagrams;
+            if drained && !self.outbox.withheld.is_empty() {
+                // A backlog drained: the grants held back for it leave now, not at the next
+                // receive (which a stalled upstream sends only as a probe).
+                self.grant_credits();
+            }
+            return Some(transmit);
         }
         None
     }
@@ -757,6 +955,11 @@ impl Relay {
                 next = next.min(due);
             }
         }
+        for link_id in &self.outbox.stalled {
+            if let Some(due) = self.links.get(link_id).and_then(|link| link.credit.probe_due_us()) {
+                next = next.min(due);
+            }
+        }
         Some(next)
     }
 
@@ -769,7 +972,56 @@ impl Relay {
         }
         self.service_gaps(now_us);
         self.service_tail_probes(now_us);
+        self.service_stalls(now_us);
         self.flush();
+    }
+
+    /// Links whose Data waits for credit: a subscribed client past the slow-consumer
+    /// timeout is cut off; any other stalled link sends a probe when one is due.
+    fn service_stalls(&mut self, now_us: Micros) {
+        let stalled: Vec<u32> = self.outbox.stalled.iter().copied().collect();
+        for link_id in stalled {
+            let Some(link) = self.links.get_mut(&link_id) else {
+                self.outbox.stalled.remove(&link_id);
+                continue;
+            };
+            if !link.credit.is_stalled() {
+                self.outbox.stalled.remove(&link_id);
+                continue;
+            }
+            let slow = link.config.role == LinkRole::Client
+                && link.credit.stalled_for(now_us).is_some_and(|waited| waited >= self.config.slow_consumer_timeout_us);
+            if slow {
+                self.cut_slow_consumer(link_id);
+                continue;
+            }
+            if link.credit.take_probe(now_us) {
+                self.counters.increment(Counter::CreditProbesSent);
+                self.outbox.mark_ready(link);
+            }
+        }
+    }
+
+    /// Drops a slow client's waiting Data and its interest in every stream part (it is
+    /// served again after its next Subscribe refresh, once it reads: skipping what it missed).
+    fn cut_slow_consumer(&mut self, link_id: u32) {
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        self.counters.add(Counter::DropsSlowConsumer, link.outbound.len() as u64);
+        for outgoing in link.outbound.drain(..) {
+            if self.outbox.pool.len() < BUFFER_POOL_MAX {
+                self.outbox.pool.push(outgoing.bytes);
+            }
+        }
+        for builder in link.packing.values_mut() {
+            builder.reset();
+        }
+        link.credit.clear_stall();
+        self.outbox.stalled.remove(&link_id);
+        for state in self.stream_parts.values_mut() {
+            state.clients.remove(&link_id);
+        }
+        self.counters.increment(Counter::SlowConsumersCut);
+        self.push_event(Event::SlowConsumer { link_id });
     }
 
     fn service_tail_probes(&mut self, now_us: Micros) {
@@ -931,9 +1183,9 @@ impl Relay {
             );
         }
         builder.set_count(ranges.len() as u16);
-        builder.finish(link.next_header(Kind::Nak, part, 0, [0; 20]), &link.config.key);
+        builder.finish_unstamped(link.header(Kind::Nak, part, 0, [0; 20]));
         self.counters.increment(Counter::NaksSent);
-        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer());
+        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer(), true);
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -56,8 +56,10 @@ pub const RECEIVE_BUFFER_COUNT: u16 = 64;
 pub const SEND_SLOTS: usize = 64;
 /// Longest the shard sleeps in the kernel before looking at commands and timers again.
 pub const WAIT_TIMEOUT_US_MAX: u64 = 5_000;
-/// `SO_RCVBUF` the shard asks for (the kernel caps it at `net.core.rmem_max`).
-pub const SOCKET_RECEIVE_BUFFER_LENGTH: usize = 4 << 20;
+/// `SO_RCVBUF` the shard asks for (`SO_RCVBUFFORCE` as root; otherwise the kernel caps it at
+/// `net.core.rmem_max`). It holds the credit window a shard grants each sender (2048
+/// datagrams) with room to spare.
+pub const SOCKET_RECEIVE_BUFFER_LENGTH: usize = 8 << 20;
 /// Commands that may wait for one shard.
 pub const COMMAND_QUEUE_LENGTH_MAX: usize = 1024;
 /// Events that may wait for the node handle's reader, all shards together.
