@@ -94,6 +94,7 @@ fn drain(relay: &mut Relay, buffer: &mut Vec<u8>) {
                     assert_eq!(frames.len(), datagram.message_count() as usize, "message_count differs from the frames sent");
                 }
                 Kind::Nak => assert!(datagram.nak_ranges().is_ok(), "relay emitted a bad NAK"),
+                Kind::Credit => assert!(datagram.credit().is_ok(), "relay emitted a bad Credit"),
                 Kind::Subscribe | Kind::Unsubscribe => {}
             }
         }
@@ -119,6 +120,9 @@ fuzz_target!(|data: &[u8]| {
     config.reorder_frames_max = 64;
     config.chains_per_stream_part_max = 16;
     config.events_max = 16;
+    // A small window and backlog, so that short inputs reach the stall, probe and hold paths.
+    config.credit_window_datagrams = 4;
+    config.backlog_datagrams = 4;
     let mut relay = Relay::new(config);
     let neighbor: SocketAddr = "127.0.0.1:7100".parse().expect("address");
     let client: SocketAddr = "127.0.0.1:40000".parse().expect("address");
