@@ -23,7 +23,7 @@ mod loss_window;
 use self::latency_histogram::LatencyHistogram;
 use self::loss_window::{Arrival, LossWindow};
 use crate::pubsub::{Pacer, Signatures};
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, PublisherThread, UdpClient};
 use runnel_node::config::{NodeConfig, VerifyPolicy};
 use runnel_node::node::{Node, NodeHandle};
 use runnel_proto::crypto::PublisherKey;
@@ -286,20 +286,21 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("publisher link: {e}"))?;
         let chain = client.publisher(&stream_key).map_err(|e| format!("publisher: {e}"))?;
         origin = (chain.address(), chain.chain_id());
+        // Signs and sends as soon as it is free; lingers 200 ms at the end to answer NAKs and
+        // probe the tail (the node may still be repairing).
+        let thread = PublisherThread::spawn(client, Duration::from_millis(200)).map_err(|e| format!("publisher thread: {e}"))?;
         std::thread::spawn(move || -> Result<(), String> {
             let mut payload = vec![0u8; size];
             let mut pacer = Pacer::new(rate);
             while !stop.load(Ordering::Relaxed) {
                 payload[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_le_bytes());
-                client
-                    .publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload))
-                    .map_err(|e| format!("publish: {e}"))?;
+                if thread.publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload)).is_err() {
+                    break;
+                }
                 published.fetch_add(1, Ordering::Relaxed);
-                pacer.after_one(|| client.flush()).map_err(|e| format!("send: {e}"))?;
+                pacer.after_one();
             }
-            client.flush().map_err(|e| format!("send: {e}"))?;
-            // Answer NAKs and probe the tail before leaving (the node may still be repairing).
-            client.linger(Duration::from_millis(200)).map_err(|e| format!("send: {e}"))
+            thread.finish().map(drop).map_err(|e| format!("send: {e}"))
         })
     };
 

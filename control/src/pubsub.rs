@@ -1,6 +1,6 @@
 //! `runnel pub` and `runnel sub`: a client link to one node.
 
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, SigningMode, UdpClient, FRAMES_PER_ROOT_DEFAULT};
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, PublisherThread, SigningMode, UdpClient, FRAMES_PER_ROOT_DEFAULT};
 use runnel_proto::crypto::{address_hex, PublisherKey};
 use runnel_proto::stream::StreamPart;
 use runnel_proto::wire::ContentType;
@@ -90,12 +90,23 @@ fn load_link(path: &std::path::Path) -> Result<ClientLinkConfig, String> {
     ClientLinkConfig::load(path).map_err(|e| e.to_string())
 }
 
+/// The publisher thread stopped on an error: say which (it ends the thread).
+fn sent_error(publisher: PublisherThread) -> String {
+    match publisher.finish() {
+        Err(error) => format!("send: {error}"),
+        Ok(_) => "send: the publisher thread stopped".to_string(),
+    }
+}
+
 pub fn run_pub(args: PubArgs) -> Result<(), String> {
     let part = StreamPart::parse(&args.stream).map_err(|e| format!("--stream: {e}"))?;
     let key = load_publisher_key(args.key_file.as_ref())?;
     let link = load_link(&args.link)?;
     let options = ClientOptions { publisher_key: Some(key.clone()), signing: args.signatures.mode(), verify: false, gso: true };
-    let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
+    let client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
+    // Stays 200 ms after the last message to answer the node's NAKs and probe a lost tail:
+    // the publisher holds the only other copy of its newest messages.
+    let publisher = PublisherThread::spawn(client, Duration::from_millis(200)).map_err(|e| format!("publisher thread: {e}"))?;
     let stream_key = part.key();
     eprintln!("runnel pub: publishing to {part} as {} via {}", address_hex(&key.address()), link.node);
     let started = Instant::now();
@@ -109,9 +120,11 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
             let stamp = published.to_le_bytes();
             let n = size.min(8);
             payload[..n].copy_from_slice(&stamp[..n]);
-            client.publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload)).map_err(|e| format!("publish: {e}"))?;
+            if publisher.publish(&stream_key, &Outgoing::binary(runnel_client::unix_time_ms(), &payload)).is_err() {
+                return Err(sent_error(publisher));
+            }
             published += 1;
-            pace.after_one(|| client.flush()).map_err(|e| format!("send: {e}"))?;
+            pace.after_one();
         }
     } else {
         let stdin = std::io::stdin();
@@ -123,83 +136,57 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
             let is_json = serde_json::from_str::<serde_json::Value>(&line).is_ok();
             let now = runnel_client::unix_time_ms();
             let message = if is_json { Outgoing::json(now, line.as_bytes()) } else { Outgoing::binary(now, line.as_bytes()) };
-            client.publish(&stream_key, &message).map_err(|e| format!("publish: {e}"))?;
-            // Flushed at once: the next line may be a long time coming.
-            client.flush().map_err(|e| format!("send: {e}"))?;
+            // The thread sends it at once if it is idle: the next line may be long in coming.
+            if publisher.publish(&stream_key, &message).is_err() {
+                return Err(sent_error(publisher));
+            }
             published += 1;
-            pace.after_one(|| Ok::<(), String>(()))?;
+            pace.after_one();
         }
     }
-    client.flush().map_err(|e| format!("send: {e}"))?;
-    // Stay a moment to answer the node's NAKs and probe a lost tail: the publisher holds
-    // the only other copy of its newest messages.
-    client.linger(Duration::from_millis(200)).map_err(|e| format!("send: {e}"))?;
+    publisher.finish().map_err(|e| format!("send: {e}"))?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("runnel pub: {published} messages in {seconds:.2} s ({:.0}/s)", published as f64 / seconds.max(1e-9));
     Ok(())
 }
 
-/// Paces a publishing loop to `rate` messages per second and decides when it flushes.
+/// Paces a publishing loop to `rate` messages per second (0: as fast as it can).
 ///
-/// A message waits in the client's open datagram (and batch) until a flush, so the pacer
-/// flushes whatever is pending *before* it sleeps: an idle publisher never holds a message
-/// for a timer. A loop that does not sleep (behind its rate, or `rate` 0) flushes once its
-/// oldest pending message has waited [`PENDING_AGE_MAX`], so datagrams still fill up at high
-/// rates. It sleeps only when at least [`SLEEP_MIN`] ahead, since shorter sleeps overshoot.
+/// It only sleeps: when messages leave is the [`PublisherThread`]'s business (at once when it
+/// is idle, together when they accumulate), so no timer holds a message back. It sleeps only
+/// when at least [`SLEEP_MIN`] ahead of the schedule, since shorter sleeps overshoot.
 pub struct Pacer {
     rate: u64,
     started: Instant,
     done: u64,
-    /// When the oldest message not yet flushed was counted (time since `started`).
-    pending_since: Option<Duration>,
 }
 
-/// The longest a message waits for a flush while the publishing loop is busy.
-pub const PENDING_AGE_MAX: Duration = Duration::from_millis(1);
 /// The shortest sleep the pacer takes (below it, it lets the loop run ahead a little).
 pub const SLEEP_MIN: Duration = Duration::from_micros(500);
 
-/// What a loop does after one message: flush first if `flush`, then sleep for `sleep`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PaceStep {
-    pub flush: bool,
-    pub sleep: Duration,
-}
-
 impl Pacer {
     pub fn new(rate: u64) -> Self {
-        Self { rate, started: Instant::now(), done: 0, pending_since: None }
+        Self { rate, started: Instant::now(), done: 0 }
     }
 
-    /// Counts one message (just published, not flushed); flushes with `flush` when it is
-    /// time, then sleeps if the loop is ahead of the rate.
-    pub fn after_one<E>(&mut self, flush: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
-        let step = self.step(self.started.elapsed());
-        if step.flush {
-            flush()?;
+    /// Counts one message and sleeps if the loop is ahead of the rate.
+    pub fn after_one(&mut self) {
+        let sleep = self.step(self.started.elapsed());
+        if !sleep.is_zero() {
+            std::thread::sleep(sleep);
         }
-        if !step.sleep.is_zero() {
-            std::thread::sleep(step.sleep);
-        }
-        Ok(())
     }
 
-    /// [`Pacer::after_one`]'s decision for a message counted `elapsed` after the start.
-    pub fn step(&mut self, elapsed: Duration) -> PaceStep {
+    /// [`Pacer::after_one`]'s sleep for a message counted `elapsed` after the start.
+    pub fn step(&mut self, elapsed: Duration) -> Duration {
         self.done += 1;
-        let pending_since = *self.pending_since.get_or_insert(elapsed);
-        let sleep = match self.rate {
+        match self.rate {
             0 => Duration::ZERO,
             rate => {
                 let due = Duration::from_secs_f64(self.done as f64 / rate as f64);
                 due.checked_sub(elapsed).filter(|ahead| *ahead >= SLEEP_MIN).unwrap_or(Duration::ZERO)
             }
-        };
-        let flush = !sleep.is_zero() || elapsed.saturating_sub(pending_since) >= PENDING_AGE_MAX;
-        if flush {
-            self.pending_since = None;
         }
-        PaceStep { flush, sleep }
     }
 }
 
@@ -269,43 +256,35 @@ mod tests {
         Duration::from_micros(micros)
     }
 
-    // Goal: at a low rate every message is flushed before the pacer sleeps, so it never waits
-    // out a sleep in the open datagram (the old pacer flushed after sleeping: ~1 ms at 1k/s).
+    // Goal: at 1k msgs/s each message is followed by the sleep to its successor's slot.
     #[test]
-    fn flushes_before_sleeping() {
+    fn sleeps_to_the_next_slot() {
         let mut pacer = Pacer::new(1000);
         for k in 0..5u64 {
             // Message k+1 is published right after the sleep for message k ended.
-            let step = pacer.step(us(k * 1000 + 20));
-            assert_eq!(step, PaceStep { flush: true, sleep: us(980) }, "message {}", k + 1);
+            assert_eq!(pacer.step(us(k * 1000 + 20)), us(980), "message {}", k + 1);
         }
     }
 
-    // Goal: a loop that runs ahead by less than SLEEP_MIN neither sleeps nor flushes; the
-    // message that takes it over SLEEP_MIN flushes everything pending, then sleeps.
+    // Goal: a loop that runs ahead by less than SLEEP_MIN does not sleep; the message that
+    // takes it over SLEEP_MIN sleeps off the whole lead.
     #[test]
-    fn batches_a_burst_then_flushes_it_before_the_sleep() {
+    fn runs_ahead_a_little_then_sleeps_the_lead_off() {
         let mut pacer = Pacer::new(10_000);
-        let idle = PaceStep { flush: false, sleep: Duration::ZERO };
-        let flush_and_sleep = PaceStep { flush: true, sleep: us(595) };
         for burst in 0..3u64 {
             // Messages 1..=5 of a burst are published 1 µs apart, 100 µs ahead of the rate each.
             let woke = burst * 600;
-            let steps: Vec<PaceStep> = (0..6).map(|i| pacer.step(us(woke + i))).collect();
-            assert_eq!(steps, [idle, idle, idle, idle, idle, flush_and_sleep], "burst {burst}");
+            let sleeps: Vec<Duration> = (0..6).map(|i| pacer.step(us(woke + i))).collect();
+            assert_eq!(sleeps, [Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, us(595)], "burst {burst}");
         }
     }
 
-    // Goal: a loop that never sleeps (as fast as possible, or behind its rate) flushes once
-    // the oldest pending message has waited PENDING_AGE_MAX, not on every message.
+    // Goal: rate 0, or a loop behind its schedule, never sleeps.
     #[test]
-    fn busy_loop_flushes_by_age() {
+    fn never_sleeps_when_unpaced_or_behind() {
         for rate in [0, 1_000_000] {
             let mut pacer = Pacer::new(rate);
-            // 50 ms into the run, 1 µs per message: behind even a 1M msgs/s schedule.
-            let start = us(50_000);
-            let flushes: Vec<u64> = (0..3000u64).filter(|i| pacer.step(start + us(*i)).flush).collect();
-            assert_eq!(flushes, vec![1000, 2001], "rate {rate}: flush when the first pending message is 1 ms old");
+            assert!((0..3000u64).all(|i| pacer.step(us(50_000 + i)).is_zero()), "rate {rate}");
         }
     }
 }

@@ -16,13 +16,17 @@
 //!   NAKs from it and probes idle chains' tails; as a subscriber it detects gaps on the
 //!   node→client hop, NAKs them, and delivers every chain in order.
 //! - [`UdpClient`]: the two above on a blocking UDP socket with GSO sends and GRO receives.
+//! - [`PublisherThread`]: a publishing `UdpClient` on its own thread that signs and sends as
+//!   soon as it is free, so batches are as large as the load makes them (no flush timers).
 //!
 //! Limits: repair covers the last few seconds ([`REPAIR_AGE_MAX_US`]) and a bounded number
 //! of bytes; a subscriber gives a hole up after [`NAK_RETRIES_MAX`] NAKs and counts it lost.
 
+mod pipeline;
 pub mod sockopt;
 mod udp;
 
-pub use crate::udp::{unix_time_ms, ClientOptions, UdpClient, PUBLISHERS_MAX};
+pub use crate::pipeline::{PublisherThread, BATCH_MESSAGES_MAX, QUEUE_MESSAGES_MAX};
+pub use crate::udp::{unix_time_ms, ClientOptions, UdpClient, PUBLISHERS_MAX, PUBLISH_QUEUE_BYTES_MAX};
 // The sans-I/O layers, under the names this crate's users know them by (one list: core's).
 pub use runnel_core::client::*;

@@ -1,5 +1,5 @@
 use rand::{Rng, SeedableRng};
-use runnel_client::{ClientCore, ClientLinkConfig, ClientOptions, CoreOptions, Outgoing, SigningMode, UdpClient};
+use runnel_client::{ClientCore, ClientLinkConfig, ClientOptions, CoreOptions, Outgoing, PublisherThread, SigningMode, UdpClient};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPart;
@@ -170,4 +170,57 @@ fn publisher_answers_naks_over_loopback() {
     assert!(dropped > 0 && got.naks_sent > 0 && got.frames_repaired > 0);
     assert!(sent.naks_received > 0 && sent.repairs_sent > 0);
     assert_eq!(got.frames_lost + got.frames_bad_signature + sent.datagrams_send_failed, 0);
+}
+
+// Goal: the publisher thread batches adaptively. A message published while the thread is idle
+// leaves on its own, with no flush call and no timer (each is received before the next is
+// published: 20 messages, 20 frames); messages published flat out accumulate while the thread
+// signs and leave in batches (far fewer frames than messages), every one delivered in order.
+#[test]
+fn publisher_thread_sends_at_once_when_idle_and_batches_under_load() {
+    let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/udp/pipeline#0").unwrap().key();
+    let sender_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let receiver_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender_link = link_to(receiver_socket.local_addr().unwrap(), 1472);
+    let receiver_link = link_to(sender_socket.local_addr().unwrap(), 1472);
+    let mut receiver = UdpClient::with_socket(receiver_socket, &receiver_link, ClientOptions::default()).unwrap();
+    let options = ClientOptions {
+        publisher_key: Some(PublisherKey::generate()),
+        signing: SigningMode::Batch { frames_per_root_max: 64 },
+        verify: false,
+        gso: true,
+    };
+    let sender = UdpClient::with_socket(sender_socket, &sender_link, options).unwrap();
+    let publisher = PublisherThread::spawn(sender, Duration::from_millis(50)).unwrap();
+    let mut next = 0u64;
+    let mut receive_until = |receiver: &mut UdpClient, count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while next < count && Instant::now() < deadline {
+            receiver
+                .recv(Duration::from_millis(20), |delivery| {
+                    assert_eq!(delivery.sequence, next, "in order, none missing");
+                    next += 1;
+                })
+                .unwrap();
+        }
+        assert_eq!(next, count, "delivered");
+    };
+    const IDLE: u64 = 20;
+    for sequence in 0..IDLE {
+        publisher.publish(&part, &Outgoing::binary(1_700_000_000_000, &sequence.to_le_bytes())).unwrap();
+        receive_until(&mut receiver, sequence + 1);
+    }
+    const LOADED: u64 = 20_000;
+    for sequence in IDLE..IDLE + LOADED {
+        publisher.publish(&part, &Outgoing::binary(1_700_000_000_000, &sequence.to_le_bytes())).unwrap();
+    }
+    receive_until(&mut receiver, IDLE + LOADED);
+    let counters = publisher.finish().unwrap();
+    println!("publisher {counters:?}");
+    assert!(counters.frames_queued >= IDLE + 1, "the idle messages left one frame each");
+    assert!(
+        counters.frames_queued < IDLE + LOADED / 4,
+        "{} frames for {LOADED} loaded messages: no batching",
+        counters.frames_queued - IDLE
+    );
 }
