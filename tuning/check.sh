@@ -59,9 +59,11 @@ else
 fi
 
 # --- socket buffers -----------------------------------------------------------------------
-# Shards ask for SO_RCVBUF = 4 MiB (dataplane/src/shard/mod.rs); the kernel caps the request
-# at net.core.rmem_max. Sends keep up to 64 GSO sends of 64 KiB in flight per shard.
-buffer_min_bytes=$((4 << 20))
+# Shards ask for an 8 MiB receive buffer (dataplane/node/src/shard/mod.rs): SO_RCVBUFFORCE as
+# root, which ignores net.core.rmem_max; otherwise SO_RCVBUF, which the kernel caps there. The
+# credit window each shard grants a sender (2048 datagrams, 3 MB) must fit in it. Sends keep up
+# to 64 GSO sends of 64 KiB in flight per shard.
+buffer_min_bytes=$((8 << 20))
 for name in rmem_max wmem_max; do
     value="$(sysctl_value "net.core.$name")"
     if [ -z "$value" ]; then
