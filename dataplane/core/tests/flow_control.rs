@@ -277,3 +277,22 @@ fn a_client_stops_at_the_nodes_window() {
     assert_eq!(probe.len(), 1);
     assert_eq!(core.counters().credit_probes_sent, 1);
 }
+
+// Goal: Data queued onto a link whose window is already used up (it went out exactly to the
+// limit, leaving nothing queued) still gets its probe: the stall begins when it is queued.
+#[test]
+fn data_queued_after_the_window_ran_out_is_probed() {
+    let mut relay = relay(|_| {});
+    let frames = frames(WINDOW as usize + 4);
+    // The relay's Credit for the Subscribe took sequence 0: WINDOW − 1 frames fill the window.
+    publish(&mut relay, START_US, &frames[..WINDOW as usize - 1], 100);
+    let first = sent(&mut relay);
+    let to_subscriber: Vec<u64> = first.iter().filter(|(to, _, _)| *to == address(SUBSCRIBER)).map(|(_, _, seq)| *seq).collect();
+    assert_eq!(to_subscriber, (0..WINDOW).collect::<Vec<_>>(), "the window, exactly, and nothing left queued");
+    assert_eq!(relay.counters().get(Counter::CreditStalls), 0);
+    publish(&mut relay, START_US + 1, &frames[WINDOW as usize - 1..], 200);
+    assert!(data_to(&sent(&mut relay), address(SUBSCRIBER)).is_empty(), "no credit");
+    assert_eq!(relay.counters().get(Counter::CreditStalls), 1, "the stall begins with the queued Data");
+    relay.handle_timeout(START_US + 1 + CREDIT_PROBE_US);
+    assert_eq!(data_to(&sent(&mut relay), address(SUBSCRIBER)), vec![WINDOW], "probed after CREDIT_PROBE_US");
+}

@@ -260,6 +260,8 @@ struct Outbox {
     grants: Vec<u32>,
     /// Links whose grant is held back for a backlog.
     withheld: Vec<u32>,
+    /// The relay's clock, for stalls that begin when Data is queued.
+    now_us: Micros,
 }
 
 impl Outbox {
@@ -324,6 +326,11 @@ impl Outbox {
             return;
         }
         queue.push_back(Outgoing { destination, bytes });
+        if !control && link.credit.allowance(link.send_sequence) == 0 && link.credit.stall(self.now_us) {
+            // Queued onto a link already out of credit: it probes from now on.
+            self.stalled.insert(link.config.id);
+            counters.increment(Counter::CreditStalls);
+        }
         self.mark_ready(link);
     }
 
@@ -412,6 +419,7 @@ impl Relay {
             dirty: Vec::new(),
             grants: Vec::new(),
             withheld: Vec::new(),
+            now_us: 0,
         };
         let repair_rate = RateLimit::new(config.repair_frames_per_s, config.repair_burst_frames);
         Self {
@@ -490,6 +498,7 @@ impl Relay {
     /// Returns false (counted) when the stream part bound is reached.
     pub fn join(&mut self, now_us: Micros, part: StreamPartKey) -> bool {
         self.now_us = self.now_us.max(now_us);
+        self.outbox.now_us = self.now_us;
         if self.stream_parts.contains_key(&part) {
             return true;
         }
@@ -567,6 +576,7 @@ impl Relay {
     /// Feeds one receive buffer: one datagram, or several coalesced by GRO.
     pub fn handle_receive(&mut self, now_us: Micros, from: SocketAddr, buffer: &[u8]) {
         self.now_us = self.now_us.max(now_us);
+        self.outbox.now_us = self.now_us;
         for datagram in wire::split_datagrams(buffer) {
             self.counters.increment(Counter::DatagramsReceived);
             match datagram {
@@ -965,6 +975,7 @@ impl Relay {
 
     pub fn handle_timeout(&mut self, now_us: Micros) {
         self.now_us = self.now_us.max(now_us);
+        self.outbox.now_us = self.now_us;
         let now_us = self.now_us;
         if now_us >= self.next_housekeeping_us {
             self.next_housekeeping_us = now_us + self.config.subscribe_interval_us;
