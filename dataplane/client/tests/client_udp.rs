@@ -217,7 +217,7 @@ fn publisher_thread_sends_at_once_when_idle_and_batches_under_load() {
     receive_until(&mut receiver, IDLE + LOADED);
     let counters = publisher.finish().unwrap();
     println!("publisher {counters:?}");
-    assert!(counters.frames_queued >= IDLE + 1, "the idle messages left one frame each");
+    assert!(counters.frames_queued > IDLE, "the idle messages left one frame each");
     assert!(
         counters.frames_queued < IDLE + LOADED / 4,
         "{} frames for {LOADED} loaded messages: no batching",
