@@ -177,12 +177,39 @@ fn against(text: &str) -> Result<(), BenchError> {
     }
 }
 
+/// `runnel bench fanout --against nats|zenoh|nats,zenoh`: which baselines run, as
+/// (NATS, Zenoh). Zenoh needs the cargo feature `zenoh`; without it the error says how to
+/// build with it.
+fn fanout_against(text: &str) -> Result<(bool, bool), BenchError> {
+    let (mut nats, mut zenoh) = (false, false);
+    for name in text.split(',') {
+        match name {
+            "nats" => nats = true,
+            "zenoh" => zenoh = true,
+            other => return Err(BenchError::new(format!("{other:?}: use nats, zenoh or nats,zenoh"))),
+        }
+    }
+    if zenoh {
+        crate::fanout::zenoh_available()?;
+    }
+    Ok((nats, zenoh))
+}
+
 fn show_seconds(duration: Duration) -> String {
     format!("{}", duration.as_secs_f64())
 }
 
 fn show_against(against_nats: bool) -> String {
     if against_nats { "nats" } else { "none: Runnel only" }.to_string()
+}
+
+fn show_fanout_against(options: &FanoutOptions) -> String {
+    match (options.against_nats, options.against_zenoh) {
+        (false, false) => show_against(false),
+        (true, false) => "nats".to_string(),
+        (false, true) => "zenoh".to_string(),
+        (true, true) => "nats,zenoh".to_string(),
+    }
 }
 
 fn path(text: &str) -> Result<Option<PathBuf>, BenchError> {
@@ -208,7 +235,7 @@ const NATS_ON_PATH: &str = "nats-server on PATH, then in /usr/sbin";
 
 static FANOUT: Subcommand<FanoutOptions> = Subcommand {
     name: "fanout",
-    summary: "one publisher -> one node -> N subscribers: throughput search, then latency (--against nats: also NATS)",
+    summary: "one publisher -> one node -> N subscribers: throughput search, then latency (--against nats|zenoh: also NATS, Zenoh)",
     defaults: || FanoutOptions { against_nats: false, ..FanoutOptions::default() },
     run: |options| crate::fanout(options).map(|report| (report.to_json(), report.table())),
     flags: &[
@@ -232,9 +259,14 @@ static FANOUT: Subcommand<FanoutOptions> = Subcommand {
         },
         Flag {
             name: "--against",
-            takes: Takes::Value("nats", |o, v| against(v).map(|()| o.against_nats = true)),
-            help: "also run the NATS baseline (a nats-server child) under the same workload",
-            default: |o| show_against(o.against_nats),
+            takes: Takes::Value("nats|zenoh|nats,zenoh", |o, v| {
+                fanout_against(v).map(|(nats, zenoh)| {
+                    o.against_nats = nats;
+                    o.against_zenoh = zenoh;
+                })
+            }),
+            help: "also run these baselines under the same workload: nats (a nats-server child), zenoh (peer sessions over loopback TCP, publisher's session routing; needs a build with `--features zenoh`)",
+            default: show_fanout_against,
         },
         Flag {
             name: "--only-nats",
@@ -457,5 +489,31 @@ mod tests {
         assert!(error(&latency, "--signatures many").contains("--signatures \"many\": use single or batch"));
         assert!(error(&latency, "--against kafka").contains("only nats"));
         assert!(error(&run, "nosuch").contains("unknown benchmark"));
+        let fanout = |a: &[String]| FANOUT.parse(a).map(|_| ());
+        assert!(error(&fanout, "--against kafka").contains("--against \"kafka\": use nats, zenoh or nats,zenoh"));
+        assert!(error(&fanout, "--against nats,").contains("use nats, zenoh or nats,zenoh"));
+    }
+
+    // Goal: `--against` takes nats, zenoh or both; without the `zenoh` feature asking for
+    // Zenoh fails at once with the build command to use.
+    #[test]
+    fn fanout_against_lists() {
+        let (options, _) = FANOUT.parse(&args("--against nats")).unwrap();
+        assert!(options.runnel && options.against_nats && !options.against_zenoh);
+        assert!(FANOUT.help().contains("--against nats|zenoh|nats,zenoh"));
+        for text in ["--against nats,zenoh", "--against zenoh,nats"] {
+            match (FANOUT.parse(&args(text)), cfg!(feature = "zenoh")) {
+                (Ok((options, _)), true) => assert!(options.runnel && options.against_nats && options.against_zenoh),
+                (Err(error), false) => {
+                    assert!(error.0.contains("cargo build --release -p runnel --features zenoh"), "{error}");
+                    assert!(error.0.contains("cargo build --release -p runnel-bench --features zenoh"), "{error}");
+                }
+                (outcome, built_with_zenoh) => panic!("{text} with zenoh built in: {built_with_zenoh}: {:?}", outcome.map(|_| ())),
+            }
+        }
+        if cfg!(feature = "zenoh") {
+            let (options, _) = FANOUT.parse(&args("--against zenoh")).unwrap();
+            assert!(!options.against_nats && options.against_zenoh);
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! `runnel bench fanout`: one publisher → one server → N subscribers, Runnel against NATS.
+//! `runnel bench fanout`: one publisher → one server → N subscribers, Runnel against NATS
+//! and, with the cargo feature `zenoh`, against Zenoh (peer sessions, no server: see
+//! module `zenoh`).
 //!
 //! Both systems get the same [`Workload`](crate::workload::Workload): same payload size,
 //! subscriber count, throughput search (unpaced probe, then paced steps bisecting for the
@@ -7,7 +9,8 @@
 //! same latency rate. Each server runs as its own child process, measured the same way (see
 //! [`crate::process`]).
 //! NATS messages carry no signatures; Runnel's carry per-message or batch signatures
-//! ([`SignatureMode`]), so the comparison favours NATS by that work.
+//! ([`SignatureMode`]), so the comparison favours NATS by that work; Zenoh's carry none
+//! either.
 
 use crate::measure::LatencySummary;
 use crate::nats::NatsServer;
@@ -60,6 +63,8 @@ pub struct FanoutOptions {
     pub duration: Duration,
     /// `--against nats`: also run the NATS baseline.
     pub against_nats: bool,
+    /// `--against zenoh`: also run the Zenoh peer (needs the cargo feature `zenoh`).
+    pub against_zenoh: bool,
     /// Run the Runnel side (false only to measure the baseline alone).
     pub runnel: bool,
     /// `--signatures single|batch`
@@ -81,6 +86,7 @@ impl Default for FanoutOptions {
             payload_length: 64,
             duration: Duration::from_secs(5),
             against_nats: true,
+            against_zenoh: false,
             runnel: true,
             signatures: SignatureMode::Single,
             latency_duration: Duration::from_secs(3),
@@ -114,16 +120,34 @@ pub struct FanoutReport {
     pub options: FanoutOptions,
     pub runnel: Option<SystemResult>,
     pub nats: Option<SystemResult>,
+    /// Only with `against_zenoh`.
+    pub zenoh: Option<SystemResult>,
 }
 
-/// Runs the fan-out benchmark: Runnel first, then NATS, each with its server started and
-/// stopped inside this call.
+/// What to do when Zenoh is asked for but not compiled in.
+pub const ZENOH_NOT_BUILT: &str = "zenoh: this build has no Zenoh peer; build the runnel binary with `cargo build --release -p runnel --features zenoh` (the library alone: `cargo build --release -p runnel-bench --features zenoh`)";
+
+/// Whether this build has the Zenoh peer (cargo feature `zenoh`); if not, the error saying
+/// how to build it.
+pub fn zenoh_available() -> Result<(), BenchError> {
+    if cfg!(feature = "zenoh") {
+        Ok(())
+    } else {
+        Err(BenchError::new(ZENOH_NOT_BUILT))
+    }
+}
+
+/// Runs the fan-out benchmark: Runnel first, then NATS, then Zenoh, each with its server (for
+/// Zenoh: its peer sessions) started and stopped inside this call.
 pub fn fanout(options: FanoutOptions) -> Result<FanoutReport, BenchError> {
     if options.subscribers == 0 || options.subscribers > 1000 {
         return Err(BenchError::new(format!("--subscribers {}: use 1..=1000", options.subscribers)));
     }
-    if !options.runnel && !options.against_nats {
-        return Err(BenchError::new("nothing to run: enable Runnel or --against nats"));
+    if !options.runnel && !options.against_nats && !options.against_zenoh {
+        return Err(BenchError::new("nothing to run: enable Runnel or --against nats|zenoh"));
+    }
+    if options.against_zenoh {
+        zenoh_available()?;
     }
     let workload = options.workload();
     let runnel = if options.runnel { Some(run_runnel(&options, &workload)?) } else { None };
@@ -134,7 +158,19 @@ pub fn fanout(options: FanoutOptions) -> Result<FanoutReport, BenchError> {
     } else {
         None
     };
-    Ok(FanoutReport { options, runnel, nats })
+    let zenoh = if options.against_zenoh { Some(run_zenoh(&workload)?) } else { None };
+    Ok(FanoutReport { options, runnel, nats, zenoh })
+}
+
+#[cfg(feature = "zenoh")]
+fn run_zenoh(workload: &Workload) -> Result<SystemResult, BenchError> {
+    let mut peers = crate::zenoh::ZenohPeers::start()?;
+    workload::measure(&mut peers, workload)
+}
+
+#[cfg(not(feature = "zenoh"))]
+fn run_zenoh(_workload: &Workload) -> Result<SystemResult, BenchError> {
+    Err(BenchError::new(ZENOH_NOT_BUILT))
 }
 
 fn run_runnel(options: &FanoutOptions, workload: &Workload) -> Result<SystemResult, BenchError> {
@@ -205,6 +241,24 @@ pub fn system_json(result: &SystemResult) -> Value {
     })
 }
 
+/// [`system_json`] of a system without a server process (Zenoh's peers): the server CPU and
+/// RSS fields, its own and each step's, are `null` (not measured) rather than 0.
+fn serverless_json(result: &SystemResult) -> Value {
+    let mut value = system_json(result);
+    let unmeasured = |object: &mut Value| {
+        for key in ["cpu_percent", "rss_kib"] {
+            if let Some(field) = object.get_mut(key) {
+                *field = Value::Null;
+            }
+        }
+    };
+    unmeasured(&mut value);
+    if let Some(Value::Array(steps)) = value.get_mut("search_steps") {
+        steps.iter_mut().for_each(unmeasured);
+    }
+    value
+}
+
 /// The search steps in one line: `rate→delivered fraction` per step, `*` marking the passes.
 pub fn steps_line(result: &SystemResult) -> String {
     let steps: Vec<String> = result
@@ -224,8 +278,15 @@ impl FanoutReport {
         ratio(self.runnel.as_ref().map(|r| r.delivered_per_s), self.nats.as_ref().map(|r| r.delivered_per_s))
     }
 
+    /// Runnel delivered msgs/s over Zenoh delivered msgs/s, when both ran.
+    pub fn ratio_delivered_zenoh(&self) -> Option<f64> {
+        ratio(self.runnel.as_ref().map(|r| r.delivered_per_s), self.zenoh.as_ref().map(|r| r.delivered_per_s))
+    }
+
     /// One JSON object: `runnel.delivered_per_s`, `nats.delivered_per_s`, `ratio_delivered`,
-    /// `runnel.latency_us_p99`, `nats.latency_us_p99`, and the rest of each side's numbers.
+    /// `runnel.latency_us_p99`, `nats.latency_us_p99`, and the rest of each side's numbers;
+    /// `zenoh` (null unless it ran) with the same fields, and `ratio_delivered_zenoh`,
+    /// `ratio_published_zenoh`, `ratio_probe_delivered_zenoh` (Runnel/Zenoh).
     pub fn to_json(&self) -> Value {
         let o = &self.options;
         json!({
@@ -245,10 +306,18 @@ impl FanoutReport {
                 self.runnel.as_ref().map(|r| r.probe.delivered_per_s),
                 self.nats.as_ref().map(|r| r.probe.delivered_per_s)
             ),
+            "zenoh": self.zenoh.as_ref().map(serverless_json),
+            "ratio_delivered_zenoh": self.ratio_delivered_zenoh(),
+            "ratio_published_zenoh": ratio(self.runnel.as_ref().map(|r| r.published_per_s), self.zenoh.as_ref().map(|r| r.published_per_s)),
+            "ratio_probe_delivered_zenoh": ratio(
+                self.runnel.as_ref().map(|r| r.probe.delivered_per_s),
+                self.zenoh.as_ref().map(|r| r.probe.delivered_per_s)
+            ),
         })
     }
 
-    /// A table on stdout: one column per system and the Runnel/NATS ratio.
+    /// A table on stdout: one column per system and the Runnel/NATS ratio (and, when Zenoh ran,
+    /// a Zenoh column and the Runnel/Zenoh ratio).
     pub fn print_table(&self) {
         print!("{}", self.table());
     }
@@ -280,23 +349,85 @@ impl FanoutReport {
             ("server CPU % (found rate)", |r| r.cpu_percent, 1),
             ("server RSS MiB (found rate)", |r| r.rss_kib as f64 / 1024.0, 1),
         ];
-        out += &format!("{:<30}{:>16}{:>16}{:>14}\n", "", "runnel", "nats", "runnel/nats");
+        let with_zenoh = self.zenoh.is_some();
+        out += &format!("{:<30}{:>16}{:>16}{:>14}", "", "runnel", "nats", "runnel/nats");
+        if with_zenoh {
+            out += &format!("{:>16}{:>14}", "zenoh", "runnel/zenoh");
+        }
+        out += "\n";
         for (name, value, decimals) in rows {
             let cell = |result: &Option<SystemResult>| result.as_ref().map_or("-".to_string(), |r| format!("{:.*}", decimals, value(r)));
-            let ratio =
-                ratio(self.runnel.as_ref().map(value), self.nats.as_ref().map(value)).map_or("-".to_string(), |x| format!("{x:.2}"));
-            out += &format!("{name:<30}{:>16}{:>16}{:>14}\n", cell(&self.runnel), cell(&self.nats), ratio);
+            let ratio_to = |baseline: &Option<SystemResult>| {
+                ratio(self.runnel.as_ref().map(value), baseline.as_ref().map(value)).map_or("-".to_string(), |x| format!("{x:.2}"))
+            };
+            out += &format!("{name:<30}{:>16}{:>16}{:>14}", cell(&self.runnel), cell(&self.nats), ratio_to(&self.nats));
+            if with_zenoh {
+                // Zenoh's peers have no server process to measure (see `crate::zenoh`).
+                let (zenoh, ratio) = if name.starts_with("server ") {
+                    ("-".to_string(), "-".to_string())
+                } else {
+                    (cell(&self.zenoh), ratio_to(&self.zenoh))
+                };
+                out += &format!("{zenoh:>16}{ratio:>14}");
+            }
+            out += "\n";
         }
-        for (system, result) in [("runnel", &self.runnel), ("nats", &self.nats)] {
+        let systems = [("runnel", &self.runnel), ("nats", &self.nats), ("zenoh", &self.zenoh)];
+        for (system, result) in systems {
             if let Some(result) = result {
                 out += &format!("{system} {}\n", steps_line(result));
             }
         }
-        for (system, result) in [("runnel", &self.runnel), ("nats", &self.nats)] {
+        if with_zenoh {
+            out += "zenoh: peer sessions in this process (publisher's session listening, subscribers connected over loopback TCP), no server process: server CPU and RSS not measured\n";
+        }
+        for (system, result) in systems {
             for error in result.iter().flat_map(|r| &r.subscriber_errors) {
                 out += &format!("{system}: {error}\n");
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(delivered_per_s: f64) -> SystemResult {
+        let step = StepResult { delivered_per_s, delivered_fraction: 1.0, cpu_percent: 50.0, ..StepResult::default() };
+        SystemResult {
+            delivered_per_s,
+            cpu_percent: 50.0,
+            rss_kib: 1024,
+            probe: step.clone(),
+            steps: vec![step],
+            ..SystemResult::default()
+        }
+    }
+
+    // Goal: a Zenoh result gets its own JSON object and Runnel/Zenoh ratios next to the NATS
+    // ones (which keep their names), its unmeasured server fields are null, and the table
+    // grows a Zenoh column only when Zenoh ran.
+    #[test]
+    fn zenoh_in_json_and_table() {
+        let mut report = FanoutReport {
+            options: FanoutOptions { against_zenoh: true, ..FanoutOptions::default() },
+            runnel: Some(result(300.0)),
+            nats: Some(result(200.0)),
+            zenoh: Some(result(100.0)),
+        };
+        let json = report.to_json();
+        assert_eq!(json["ratio_delivered"], 1.5);
+        assert_eq!(json["ratio_delivered_zenoh"], 3.0);
+        assert_eq!(json["zenoh"]["delivered_per_s"], 100.0);
+        assert!(json["zenoh"]["cpu_percent"].is_null() && json["zenoh"]["search_steps"][0]["rss_kib"].is_null());
+        assert_eq!(json["nats"]["cpu_percent"], 50.0);
+        let table = report.table();
+        assert!(table.lines().nth(1).unwrap().ends_with("zenoh  runnel/zenoh"), "{table}");
+        assert!(table.contains("zenoh search steps"));
+        report.zenoh = None;
+        assert!(report.to_json()["zenoh"].is_null() && report.to_json()["ratio_delivered_zenoh"].is_null());
+        assert!(!report.table().contains("zenoh"));
     }
 }

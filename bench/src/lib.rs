@@ -5,7 +5,8 @@
 //!
 //! - [`fanout()`]: one publisher → one node → N subscribers, against `nats-server` under the
 //!   same workload with an equally lean client ([`nats`]). Delivered and publish msgs/s, p50/p99
-//!   latency at a fixed 10k msgs/s, server CPU% and RSS, and the Runnel/NATS ratio.
+//!   latency at a fixed 10k msgs/s, server CPU% and RSS, and the Runnel/NATS ratio; with the
+//!   cargo feature `zenoh` also against Zenoh peer sessions (module `zenoh`, in that build only).
 //! - [`latency()`]: one-hop latency, publisher → one node → one subscriber, each publisher
 //!   flushing after every message, against `nats-server` in the same mode; with the cost of
 //!   one signature and one verification measured in the same run, Runnel's target.
@@ -43,6 +44,8 @@ pub mod runnel;
 pub mod udp_ceiling;
 pub mod workload;
 pub mod xdp;
+#[cfg(feature = "zenoh")]
+pub mod zenoh;
 
 pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
 pub use latency::{latency, LatencyOptions, LatencyReport};
