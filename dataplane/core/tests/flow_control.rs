@@ -182,6 +182,8 @@ fn a_stalled_link_probes_and_a_silent_subscriber_is_cut_off() {
 #[test]
 fn a_backlogged_neighbor_holds_back_the_publishers_credit() {
     let mut relay = relay(|config| config.backlog_datagrams = 4);
+    // Only the neighbor is downstream here (a backlog of subscribers is the next test's).
+    relay.handle_receive(START_US, address(SUBSCRIBER), &datagram(Kind::Unsubscribe, SUBSCRIBER, 2, &[], 0));
     relay.add_link(&link(NEIGHBOR, LinkRole::Neighbor));
     relay.handle_receive(START_US, address(NEIGHBOR), &datagram(Kind::Subscribe, NEIGHBOR, 1, &[], 0));
     relay.flush();
@@ -295,4 +297,38 @@ fn data_queued_after_the_window_ran_out_is_probed() {
     assert_eq!(relay.counters().get(Counter::CreditStalls), 1, "the stall begins with the queued Data");
     relay.handle_timeout(START_US + 1 + CREDIT_PROBE_US);
     assert_eq!(data_to(&sent(&mut relay), address(SUBSCRIBER)), vec![WINDOW], "probed after CREDIT_PROBE_US");
+}
+
+// Goal: when every subscriber of a stream part is behind (here the only one), the publisher
+// is paced to them — its grant is held back — so nothing overflows; with a second subscriber
+// that keeps up, the slow one no longer holds anyone back.
+#[test]
+fn publishers_are_paced_to_the_fastest_subscriber() {
+    const SECOND: u32 = 4;
+    for with_fast_subscriber in [false, true] {
+        let mut relay = relay(|config| config.backlog_datagrams = 4);
+        if with_fast_subscriber {
+            relay.add_link(&link(SECOND, LinkRole::Client));
+            relay.handle_receive(START_US, address(SECOND), &datagram(Kind::Subscribe, SECOND, 1, &[], 0));
+        }
+        let mut link_seq = 2;
+        for (index, frame) in frames(30).iter().enumerate() {
+            relay.handle_receive(START_US, address(PUBLISHER), &datagram(Kind::Data, PUBLISHER, 100 + index as u64, frame, 1));
+            relay.flush();
+            let out = sent(&mut relay);
+            if with_fast_subscriber {
+                // The second subscriber grants everything it is sent, at once.
+                if let Some(highest) = out.iter().filter(|(to, _, _)| *to == address(SECOND)).map(|(_, _, seq)| *seq).max() {
+                    relay.handle_receive(START_US, address(SECOND), &credit(SECOND, link_seq, highest + WINDOW));
+                    link_seq += 1;
+                }
+            }
+        }
+        let withheld = relay.counters().get(Counter::CreditsWithheld);
+        if with_fast_subscriber {
+            assert_eq!(withheld, 0, "a subscriber keeps up: nobody is held back");
+        } else {
+            assert!(withheld >= 1, "the only subscriber is behind: the publisher's grant is held back");
+        }
+    }
 }

@@ -19,10 +19,12 @@
 //! Flow control ([`crate::credit`]): every link's receiver grants its sender a window of link
 //! sequences. Data to a link waits for its credit (control datagrams never do), and a shard
 //! grants credit as it processes what arrives — but holds grants back (up to
-//! `credit_hold_max_us`) while a neighbor link's queue is backlogged, so a slow neighbor
-//! paces the senders upstream instead of overflowing. Client queues never hold grants back:
-//! a subscriber that grants nothing for `slow_consumer_timeout_us` is cut off (counted), so
-//! one slow subscriber never slows the others. NAK answers are rate-limited per link.
+//! `credit_hold_max_us`) while a neighbor link's queue is backlogged, or every subscriber of
+//! a stream part is, so a slow neighbor (or a stream part whose subscribers are all slower
+//! than its publishers) paces the senders upstream instead of overflowing. While one
+//! subscriber keeps up, the slower ones never hold grants back: a subscriber that grants
+//! nothing for `slow_consumer_timeout_us` is cut off (counted), so one slow subscriber never
+//! slows the others. NAK answers are rate-limited per link.
 //!
 //! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
 //! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
@@ -838,8 +840,19 @@ impl Relay {
     }
 
     /// Whether a neighbor link has more Data waiting than `backlog_datagrams`.
+    /// Whether grants must be held back: a neighbor link has more than `backlog_datagrams`
+    /// Data waiting, or every subscribed client of some stream part has (then the publishers
+    /// are faster than all of that part's subscribers, and pacing them slows nobody; while
+    /// one subscriber keeps up, the slower ones are left to their queues and the cut-off).
     fn backlogged(&self) -> bool {
-        self.neighbor_links.iter().any(|id| self.links.get(id).is_some_and(|link| link.outbound.len() > self.config.backlog_datagrams))
+        let backlog = |id: &u32| self.links.get(id).is_some_and(|link| link.outbound.len() > self.config.backlog_datagrams);
+        if self.neighbor_links.iter().any(backlog) {
+            return true;
+        }
+        self.stream_parts.values().any(|state| {
+            let mut live = state.clients.iter().filter(|(_, expiry)| **expiry >= self.now_us).map(|(id, _)| id).peekable();
+            live.peek().is_some() && live.all(backlog)
+        })
     }
 
     /// Sends the grants due for links heard from this batch (and, once no neighbor link is
