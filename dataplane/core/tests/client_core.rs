@@ -1181,3 +1181,24 @@ fn chains_beyond_the_bound_evict_the_idlest() {
     let counters = receiver.counters();
     assert_eq!((counters.chains_evicted, counters.frames_lost, counters.frames_held), (1, 1, 1));
 }
+
+// Goal: a frame numbered u64::MAX (no sequence can follow it) is given up and counted, never
+// held: holding it made the gap's NAK ranges overflow (found by the client fuzz target).
+#[test]
+fn the_last_possible_frame_sequence_is_given_up() {
+    let link = link(1472);
+    let key = key(12);
+    let mut sender = ClientCore::new(&link, CoreOptions::default());
+    let mut receiver = ClientCore::new(&link, CoreOptions::default());
+    // A publisher never numbers a frame u64::MAX; a single frame's frame sequence is not
+    // covered by its signature (protocol.md §8.3), so a forger can.
+    let mut last = lone_frame(&key, 1, 5);
+    last[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+    let frames = vec![lone_frame(&key, 1, 0), last];
+    assert_eq!(send_frames(&mut sender, &mut receiver, 0, &frames), vec![(1, 0)]);
+    assert_eq!(receiver.counters().frames_lost, 1);
+    assert_eq!(receiver.counters().frames_held, 0, "nothing waits behind it");
+    receiver.handle_timeout(NAK_DELAY_US);
+    let naks = nak_ranges(&drain(&mut receiver, 1472));
+    assert!(naks.iter().all(|&(first, last)| first <= last && last < u64::MAX), "no overflowing range: {naks:?}");
+}

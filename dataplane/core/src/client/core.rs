@@ -405,7 +405,7 @@ impl Joiner {
         if partial.next_frame_sequence != frame_sequence || too_long {
             partial.payload = None;
         }
-        partial.next_frame_sequence = frame_sequence + 1;
+        partial.next_frame_sequence = frame_sequence.saturating_add(1);
         if let Some(payload) = &mut partial.payload {
             payload.extend_from_slice(message.payload);
         }
@@ -997,6 +997,12 @@ impl ClientCore {
     ) {
         let key = (stream_part_key.0, frame.header.publisher, frame.chain_id());
         let sequence = frame.sequence();
+        if sequence == u64::MAX {
+            // No sequence follows it, so a chain cannot advance past it (the relay drops it
+            // too); no real chain gets here.
+            self.counters.frames_lost += 1;
+            return;
+        }
         // Check before verifying, record after: a forged frame must not mark its sequence.
         if self.chains.get(&key).is_some_and(|c| c.is_duplicate(sequence)) {
             self.counters.frames_duplicate += 1;

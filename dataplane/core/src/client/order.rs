@@ -129,7 +129,7 @@ impl InboundChain {
             if sequence > expected {
                 out.push((expected, sequence - 1));
             }
-            expected = sequence + 1;
+            expected = sequence.saturating_add(1);
         }
     }
 
