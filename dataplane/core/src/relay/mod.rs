@@ -366,9 +366,7 @@ impl Outbox {
             wire::restamp(&mut buffer[start..], link.send_sequence, &link.config.key);
             link.send_sequence += 1;
             segments += 1;
-            if self.pool.len() < BUFFER_POOL_MAX {
-                self.pool.push(next.bytes);
-            }
+            self.recycle(next.bytes);
             if last {
                 break;
             }
@@ -1032,9 +1030,7 @@ impl Relay {
         let Some(link) = self.links.get_mut(&link_id) else { return };
         self.counters.add(Counter::DropsSlowConsumer, link.outbound.len() as u64);
         for outgoing in link.outbound.drain(..) {
-            if self.outbox.pool.len() < BUFFER_POOL_MAX {
-                self.outbox.pool.push(outgoing.bytes);
-            }
+            self.outbox.recycle(outgoing.bytes);
         }
         for builder in link.packing.values_mut() {
             builder.reset();
