@@ -370,7 +370,7 @@ pub fn write_header(fields: &HeaderFields, key: &crate::linktag::LinkKey, out: &
     out[80..88].copy_from_slice(&tag.to_le_bytes());
 }
 
-/// Writes the header's fields into `out[..80]`; the tag is written later by [`restamp`].
+/// Writes the header's fields into `out[..80]`; the tag is written later by [`stamp`].
 fn write_fields(fields: &HeaderFields, out: &mut [u8]) {
     let out = &mut out[..TAGGED_HEADER_LENGTH];
     out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
@@ -386,13 +386,17 @@ fn write_fields(fields: &HeaderFields, out: &mut [u8]) {
     out[60..80].copy_from_slice(&fields.publisher);
 }
 
-/// Rewrites the link sequence of a finished datagram's header and its link tag: senders that
-/// hold datagrams back for flow control number them when they leave, so that a control
-/// datagram sent meanwhile never puts a held one behind the receiver's replay window.
-pub fn restamp(datagram: &mut [u8], link_seq: u64, key: &crate::linktag::LinkKey) {
-    datagram[8..16].copy_from_slice(&link_seq.to_le_bytes());
-    let tag = crate::linktag::link_tag(key, &datagram[..TAGGED_HEADER_LENGTH]);
-    datagram[80..88].copy_from_slice(&tag.to_le_bytes());
+/// Writes a finished datagram header's link id and link sequence, then its link tag.
+///
+/// Senders number datagrams as they leave (flow control holds Data back, so a control
+/// datagram sent meanwhile must never put a held one behind the receiver's replay window),
+/// and a relay stamps one shared header template per link it sends a datagram to: the body
+/// is never copied per link. `header` is at least the first [`HEADER_LENGTH`] bytes.
+pub fn stamp(header: &mut [u8], link_id: u32, link_seq: u64, key: &crate::linktag::LinkKey) {
+    header[4..8].copy_from_slice(&link_id.to_le_bytes());
+    header[8..16].copy_from_slice(&link_seq.to_le_bytes());
+    let tag = crate::linktag::link_tag(key, &header[..TAGGED_HEADER_LENGTH]);
+    header[80..88].copy_from_slice(&tag.to_le_bytes());
 }
 
 /// Appends one NAK range to a datagram body under construction.
@@ -513,7 +517,7 @@ impl DatagramBuilder {
     }
 
     /// Writes the header without its link sequence and tag: the sender numbers and tags the
-    /// datagram with [`restamp`] when it leaves.
+    /// datagram with [`stamp`] when it leaves.
     pub fn finish_unstamped(&mut self, mut fields: HeaderFields) -> &[u8] {
         fields.message_count = self.count;
         fields.total_length = u16::try_from(self.buffer.len()).expect("capacity bounds the length");
@@ -638,18 +642,18 @@ mod tests {
     // Goal: a Credit datagram carries its grant, a short body is an error, and a datagram
     // finished unstamped and numbered later is the same as one finished with its sequence.
     #[test]
-    fn credit_grants_and_restamped_datagrams() {
+    fn credit_grants_and_datagrams_stamped_later() {
         let key = LinkKey([3; 32]);
         let mut builder = DatagramBuilder::new(HEADER_LENGTH + CREDIT_BODY_LENGTH);
         builder.body_mut().extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
         let mut credit = builder.finish_unstamped(HeaderFields::new(Kind::Credit, 9, 0, [4; 32])).to_vec();
-        restamp(&mut credit, 77, &key);
+        stamp(&mut credit, 9, 77, &key);
         let parsed = Datagram::parse(&credit).unwrap();
         assert_eq!((parsed.kind, parsed.link_seq(), parsed.credit()), (Kind::Credit, 77, Ok(0x0102_0304_0506_0708)));
         assert!(parsed.tag_matches(&key));
         let mut short = credit[..HEADER_LENGTH + 7].to_vec();
         short[52..54].copy_from_slice(&((HEADER_LENGTH + 7) as u16).to_le_bytes());
-        restamp(&mut short, 78, &key);
+        stamp(&mut short, 9, 78, &key);
         assert!(Datagram::parse(&short).unwrap().credit().is_err());
 
         let record = sample_frame(20);
@@ -658,8 +662,12 @@ mod tests {
         builder.try_push(&record);
         let direct = builder.finish(HeaderFields { link_seq: 123, ..fields }, &key).to_vec();
         let mut later = builder.finish_unstamped(fields).to_vec();
-        restamp(&mut later, 123, &key);
+        stamp(&mut later, 5, 123, &key);
         assert_eq!(direct, later);
+        // A template finished for no link, stamped for link 5, is the same datagram.
+        let mut template = builder.finish_unstamped(HeaderFields::new(Kind::Data, 0, 0, [6; 32])).to_vec();
+        stamp(&mut template, 5, 123, &key);
+        assert_eq!(direct, template);
     }
 
     // Goal: every truncation of a valid datagram is an error, never a panic, and bad

@@ -76,7 +76,7 @@ use runnel_proto::crypto::Verifier;
 use runnel_proto::frame::{Frame, MessageView, FRAME_HEADER_LENGTH, MESSAGE_ENTRY_LENGTH};
 use runnel_proto::stream::StreamPartKey;
 use runnel_proto::wire::{
-    encode_nak_range, restamp, split_datagrams, ContentType, Datagram, DatagramBuilder, Encryption, HeaderFields, Kind, NakRange,
+    encode_nak_range, split_datagrams, stamp, ContentType, Datagram, DatagramBuilder, Encryption, HeaderFields, Kind, NakRange,
     CREDIT_BODY_LENGTH, FLAG_REPAIR, FLAG_SINGLE_PUBLISHER, HEADER_LENGTH, NAK_RANGE_LENGTH, PAYLOAD_LENGTH_MAX,
 };
 use std::collections::{HashMap, VecDeque};
@@ -658,7 +658,7 @@ impl ClientCore {
     fn stamp(&mut self, buffer: &mut [u8], transmit: &Transmit, shard: u16) {
         let sequence = &mut self.send_link_seq[shard as usize];
         for datagram in buffer[..transmit.length].chunks_mut(transmit.segment_size) {
-            restamp(datagram, *sequence, &self.link.key);
+            stamp(datagram, self.link.link_id, *sequence, &self.link.key);
             *sequence = sequence.wrapping_add(1);
         }
     }

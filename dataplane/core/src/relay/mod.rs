@@ -2,7 +2,8 @@
 //!
 //! Modeled on quinn-proto: the caller feeds received bytes with [`Relay::handle_receive`],
 //! closes the datagrams being packed with [`Relay::flush`] once per receive batch, drains
-//! sends with [`Relay::poll_transmit`], and drives timers with [`Relay::poll_timeout`] /
+//! sends with [`Relay::poll_gather`] (scatter-gather parts) or [`Relay::poll_transmit`] (one
+//! flat buffer), and drives timers with [`Relay::poll_timeout`] /
 //! [`Relay::handle_timeout`]. Time is an argument (`now_us`, microseconds on any monotonic
 //! clock), so a seeded simulation drives many relays deterministically and the shard runtime
 //! drives one per core.
@@ -12,7 +13,9 @@
 //! before any hashing; the signature is verified once (policy [`VerifyPolicy`]); the frame goes
 //! to the repair ring, is appended byte for byte to a datagram being packed for every
 //! interested neighbor except the one it came from, and is released in chain order to local
-//! subscribers (clients). A gap in a chain is NAKed to a neighbor after `nak_delay_us` and
+//! subscribers (clients). A datagram is packed once per audience and its body shared by every
+//! link it goes to; each link gets its own stamped header ([`Relay::poll_gather`],
+//! docs/decisions-forwarding.md). A gap in a chain is NAKed to a neighbor after `nak_delay_us` and
 //! given up after `nak_retries_max`. A message larger than a frame spans several frames,
 //! each authenticated on its own: the relay never reassembles anything.
 //!
@@ -49,6 +52,7 @@ use runnel_proto::wire::{
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -147,8 +151,9 @@ impl RelayConfig {
     }
 }
 
-/// One send: `segments` datagrams in the caller's buffer, each `segment_size` bytes except
-/// possibly the last — exactly the shape of one UDP GSO send (`UDP_SEGMENT`).
+/// One send: `segments` datagrams to one destination, each `segment_size` bytes except
+/// possibly the last — exactly the shape of one UDP GSO send (`UDP_SEGMENT`). `length` is
+/// their total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub destination: SocketAddr,
@@ -184,9 +189,54 @@ const NAK_RANGE_SEQUENCES_MAX: u64 = 4096;
 /// Publishers remembered per client link as proven by a verified signature.
 const PROVEN_PUBLISHERS_MAX: usize = 8;
 
+/// A finished datagram: a header template (link id, link sequence and tag are stamped per
+/// link as it leaves, [`wire::stamp`]) and a body shared by every link it goes to, so a frame
+/// forwarded to a hundred subscribers is packed once, not a hundred times.
+type SharedDatagram = Rc<Vec<u8>>;
+
+/// The link id in a datagram template: the real one is stamped as it leaves.
+const TEMPLATE_LINK_ID: u32 = 0;
+/// `Audience::*::except` when no link is left out.
+const NO_LINK: u32 = u32::MAX;
+
 struct Outgoing {
     destination: SocketAddr,
-    bytes: Vec<u8>,
+    datagram: SharedDatagram,
+}
+
+/// One send's datagrams as scatter-gather parts, filled by [`Relay::poll_gather`]: per
+/// datagram its header stamped for the link (in one buffer, [`HEADER_LENGTH`] bytes each) and
+/// its body, shared with every other link the datagram went to. A runtime points one
+/// `sendmsg` iovec at each part (two per datagram; with `UDP_SEGMENT` the kernel cuts the
+/// concatenation at the segment size), keeps the `Gather` until the send completed, and then
+/// hands it back to [`Relay::poll_gather`], which returns its bodies to the relay's pool.
+#[derive(Default)]
+pub struct Gather {
+    headers: Vec<u8>,
+    datagrams: Vec<SharedDatagram>,
+}
+
+impl Gather {
+    /// Datagrams in this send.
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Each datagram's stamped header and its body (padding included).
+    pub fn segments(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers.chunks_exact(HEADER_LENGTH).zip(self.datagrams.iter().map(|datagram| &datagram[HEADER_LENGTH..]))
+    }
+
+    fn push(&mut self, datagram: SharedDatagram, link_id: u32, link_seq: u64, key: &LinkKey) {
+        let start = self.headers.len();
+        self.headers.extend_from_slice(&datagram[..HEADER_LENGTH]);
+        wire::stamp(&mut self.headers[start..], link_id, link_seq, key);
+        self.datagrams.push(datagram);
+    }
 }
 
 struct Link {
@@ -196,15 +246,13 @@ struct Link {
     /// Client links: publishers whose signatures verified on this link (bounded).
     proven_publishers: Vec<[u8; 20]>,
     /// The link sequence of the next datagram to leave (datagrams are numbered as they
-    /// leave, in [`Relay::poll_transmit`]).
+    /// leave, in [`Relay::poll_gather`]).
     send_sequence: u64,
     /// Data datagrams waiting to leave; they wait for credit.
     outbound: VecDeque<Outgoing>,
     /// Subscribe, Unsubscribe, Nak and Credit datagrams; they never wait for credit.
     control: VecDeque<Outgoing>,
     queue_datagrams_max: usize,
-    /// Datagrams being packed: one per (stream part, header flags).
-    packing: FastMap<(StreamPartKey, u16), DatagramBuilder>,
     /// Listed in the outbox's `ready` round-robin.
     in_ready: bool,
     /// What the peer has granted this relay.
@@ -232,21 +280,145 @@ impl Link {
         }
     }
 
-    /// The header of a datagram on this link; its link sequence and tag are written when
-    /// it leaves.
-    fn header(&self, kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
-        HeaderFields { flags, publisher, ..HeaderFields::new(kind, self.config.id, 0, part.0) }
-    }
-
-    /// Whether `poll_transmit` has something it may send on this link now.
+    /// Whether `poll_gather` has something it may send on this link now.
     fn sendable(&self) -> bool {
         !self.control.is_empty() || (!self.outbound.is_empty() && self.credit.allowance(self.send_sequence) > 0)
     }
 }
 
+/// The header template of a datagram: link id, link sequence and tag are stamped as it leaves.
+fn template(kind: Kind, part: StreamPartKey, flags: u16, publisher: [u8; 20]) -> HeaderFields {
+    HeaderFields { flags, publisher, ..HeaderFields::new(kind, TEMPLATE_LINK_ID, 0, part.0) }
+}
+
+/// Which links a Data datagram being packed goes to. Part of the packing key, so frames with
+/// different audiences (from another source, or a repair for one link) never share a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Audience {
+    /// Interested neighbors but `except` (the neighbor the frames came from, or [`NO_LINK`]).
+    Neighbors { except: u32 },
+    /// Subscribed clients but `except` (a subscribed client that published them, or [`NO_LINK`]).
+    Clients { except: u32 },
+    /// One link: NAK answers.
+    Link(u32),
+}
+
+type PackKey = (StreamPartKey, u16, Audience);
+
+struct Packing {
+    builder: DatagramBuilder,
+    /// The links the datagram being packed goes to (fixed while it holds frames).
+    links: Vec<u32>,
+}
+
+/// The Data datagrams being packed: one per (stream part, header flags, audience), each sent
+/// to all of its audience's links when sealed.
+#[derive(Default)]
+struct Packer {
+    packing: FastMap<PackKey, Packing>,
+    /// Keys whose datagram holds frames: sealed by `flush`.
+    dirty: Vec<PackKey>,
+}
+
+impl Packer {
+    /// Appends `frame` (its bytes unchanged) to the datagram being packed for `key`, bound
+    /// for `audience`; seals that datagram first if the frame does not fit, or if it was
+    /// packed for other links (interest changed within the batch).
+    fn append(
+        &mut self,
+        outbox: &mut Outbox,
+        links: &mut FastMap<u32, Link>,
+        counters: &mut Counters,
+        key: PackKey,
+        audience: &[u32],
+        frame: &[u8],
+    ) {
+        if audience.is_empty() {
+            return;
+        }
+        let capacity = outbox.datagram_length_max;
+        if frame.len() > capacity - HEADER_LENGTH {
+            // Sized for a larger path MTU than this node's: it cannot be sent whole, and a
+            // frame is never cut (its authentication covers it whole).
+            counters.increment(Counter::FramesTooLarge);
+            return;
+        }
+        // Packings stay in the map between batches (empty, buffer kept), so the steady state
+        // neither allocates nor rehashes; housekeeping prunes the idle ones.
+        let packing = self.packing.entry(key).or_insert_with(|| Packing { builder: outbox.builder(capacity), links: Vec::new() });
+        if !packing.builder.is_empty() && packing.links != audience {
+            let sealed = std::mem::replace(&mut packing.builder, outbox.builder(capacity));
+            outbox.seal(counters, links, key, sealed, &packing.links);
+        }
+        if packing.builder.is_empty() {
+            if packing.links != audience {
+                packing.links.clear();
+                packing.links.extend_from_slice(audience);
+            }
+            self.dirty.push(key);
+        }
+        if packing.builder.try_push(frame) {
+            return;
+        }
+        // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
+        let mut full = std::mem::replace(&mut packing.builder, outbox.builder(capacity));
+        let pushed = packing.builder.try_push(frame);
+        debug_assert!(pushed, "a frame that fits an empty datagram");
+        full.pad_to(capacity);
+        outbox.seal(counters, links, key, full, &packing.links);
+    }
+
+    /// Seals every datagram holding frames.
+    fn flush(&mut self, outbox: &mut Outbox, links: &mut FastMap<u32, Link>, counters: &mut Counters) {
+        for key in self.dirty.drain(..) {
+            let Some(packing) = self.packing.get_mut(&key) else { continue };
+            if packing.builder.is_empty() {
+                continue;
+            }
+            let capacity = packing.builder.capacity();
+            let sealed = std::mem::replace(&mut packing.builder, outbox.builder(capacity));
+            outbox.seal(counters, links, key, sealed, &packing.links);
+        }
+    }
+
+    /// Drops `link_id` from every audience (its frames being packed are not sent to it).
+    fn forget_link(&mut self, link_id: u32) {
+        self.packing.retain(|(_, _, audience), packing| {
+            packing.links.retain(|id| *id != link_id);
+            !matches!(audience, Audience::Link(id) if *id == link_id)
+        });
+    }
+
+    /// Forgets the packings of `part` (after `flush`, so they hold nothing).
+    fn forget_part(&mut self, outbox: &mut Outbox, part: &StreamPartKey) {
+        self.packing.retain(|(packing_part, _, _), packing| {
+            if packing_part != part {
+                return true;
+            }
+            outbox.recycle(
+                std::mem::replace(&mut packing.builder, DatagramBuilder::from_buffer(Vec::new(), HEADER_LENGTH + 1)).into_buffer(),
+            );
+            false
+        });
+    }
+
+    /// Drops the packings holding nothing (each keeps a buffer; the busy ones come back).
+    fn prune(&mut self, outbox: &mut Outbox) {
+        self.packing.retain(|_, packing| {
+            if !packing.builder.is_empty() {
+                return true;
+            }
+            outbox.recycle(
+                std::mem::replace(&mut packing.builder, DatagramBuilder::from_buffer(Vec::new(), HEADER_LENGTH + 1)).into_buffer(),
+            );
+            false
+        });
+    }
+}
+
 /// The sending side of a relay apart from the links themselves: reused datagram buffers, the
-/// round-robin of links with queued datagrams, and which datagrams are being packed. Kept out
-/// of [`Relay`]'s other fields so a link (borrowed from the link table) and the outbox can be
+/// round-robin of links with queued datagrams, and the grant bookkeeping. Kept out of
+/// [`Relay`]'s other fields so a link (borrowed from the link table) and the outbox can be
 /// used together.
 struct Outbox {
     datagram_length_max: usize,
@@ -256,8 +428,6 @@ struct Outbox {
     ready: VecDeque<u32>,
     /// Links whose Data waits for credit.
     stalled: FastSet<u32>,
-    /// (link, stream part, flags) with a datagram being packed.
-    dirty: Vec<(u32, StreamPartKey, u16)>,
     /// Links that sent something this receive batch: grants are decided in `flush`.
     grants: Vec<u32>,
     /// Links whose grant is held back for a backlog.
@@ -278,56 +448,60 @@ impl Outbox {
         }
     }
 
-    /// Appends `frame` (its bytes unchanged) to the datagram being packed for (`link`,
-    /// `part`, `flags`), sealing that datagram first if the frame does not fit.
-    fn append(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, frame: &[u8]) {
-        let capacity = self.datagram_length_max;
-        if frame.len() > capacity - HEADER_LENGTH {
-            // Sized for a larger path MTU than this node's: it cannot be sent whole, and a
-            // frame is never cut (its authentication covers it whole).
-            counters.increment(Counter::FramesTooLarge);
-            return;
+    /// Gives up one reference to a datagram; the last one returns its buffer to the pool.
+    fn release(&mut self, datagram: SharedDatagram) {
+        if let Ok(bytes) = Rc::try_unwrap(datagram) {
+            self.recycle(bytes);
         }
-        // Builders stay in the map between batches (empty, buffer kept), so the steady state
-        // neither allocates nor rehashes.
-        let builder = link.packing.entry((part, flags)).or_insert_with(|| self.builder(capacity));
-        if builder.is_empty() {
-            self.dirty.push((link.config.id, part, flags));
-        }
-        if builder.try_push(frame) {
-            return;
-        }
-        // Full: pad to the segment size so a run of full datagrams leaves in one GSO send.
-        let mut full = std::mem::replace(builder, self.builder(capacity));
-        let pushed = builder.try_push(frame);
-        debug_assert!(pushed, "a frame that fits an empty datagram");
-        full.pad_to(capacity);
-        self.seal(counters, link, part, flags, full);
     }
 
-    /// Finishes a Data datagram (header, link sequence, tag) and queues it on the link.
-    fn seal(&mut self, counters: &mut Counters, link: &mut Link, part: StreamPartKey, flags: u16, mut builder: DatagramBuilder) {
-        let Some(destination) = link.destination(&part) else {
-            counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
+    /// Finishes a Data datagram's header template and queues the datagram, shared, on every
+    /// link of `audience`.
+    fn seal(
+        &mut self,
+        counters: &mut Counters,
+        links: &mut FastMap<u32, Link>,
+        key: PackKey,
+        mut builder: DatagramBuilder,
+        audience: &[u32],
+    ) {
+        let (part, flags, _) = key;
         // The single-publisher flag lets the XDP filter check publish permission per
         // datagram; it is set when every frame is from one publisher.
         let single = builder.single_publisher();
         let flags = flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 };
-        builder.finish_unstamped(link.header(Kind::Data, part, flags, single.unwrap_or([0; 20])));
-        self.enqueue(counters, link, destination, builder.into_buffer(), false);
+        builder.finish_unstamped(template(Kind::Data, part, flags, single.unwrap_or([0; 20])));
+        let datagram = Rc::new(builder.into_buffer());
+        for link_id in audience {
+            let Some(link) = links.get_mut(link_id) else { continue };
+            match link.destination(&part) {
+                Some(destination) => self.enqueue(counters, link, destination, Rc::clone(&datagram), false),
+                None => counters.increment(Counter::DatagramsNoAddress),
+            }
+        }
+        self.release(datagram);
+    }
+
+    /// Queues a control datagram (it never waits for credit) on one link.
+    fn send_control(&mut self, counters: &mut Counters, link: &mut Link, part: &StreamPartKey, builder: DatagramBuilder) {
+        match link.destination(part) {
+            Some(destination) => self.enqueue(counters, link, destination, Rc::new(builder.into_buffer()), true),
+            None => {
+                counters.increment(Counter::DatagramsNoAddress);
+                self.recycle(builder.into_buffer());
+            }
+        }
     }
 
     /// Queues a finished (unstamped) datagram: Data waits for credit, control does not.
-    fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, bytes: Vec<u8>, control: bool) {
+    fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, datagram: SharedDatagram, control: bool) {
         let queue = if control { &mut link.control } else { &mut link.outbound };
         if queue.len() >= link.queue_datagrams_max {
             counters.increment(Counter::DropsLinkQueueFull);
-            self.recycle(bytes);
+            self.release(datagram);
             return;
         }
-        queue.push_back(Outgoing { destination, bytes });
+        queue.push_back(Outgoing { destination, datagram });
         if !control && link.credit.allowance(link.send_sequence) == 0 && link.credit.stall(self.now_us) {
             // Queued onto a link already out of credit: it probes from now on.
             self.stalled.insert(link.config.id);
@@ -345,33 +519,29 @@ impl Outbox {
     }
 
     /// Moves up to `allowance` datagrams of one run (same destination, GSO-shaped) from the
-    /// front of a queue into `buffer`, numbering and tagging each as it goes.
-    fn take_run(&mut self, link: &mut Link, control: bool, allowance: u64, buffer: &mut Vec<u8>) -> Transmit {
+    /// front of a queue into `gather`, numbering and tagging each header as it goes.
+    fn take_run(link: &mut Link, control: bool, allowance: u64, gather: &mut Gather) -> Transmit {
         let queue = if control { &mut link.control } else { &mut link.outbound };
         let first = queue.front().expect("a run starts at a queued datagram");
         let destination = first.destination;
-        let segment_size = first.bytes.len();
-        let mut segments = 0;
+        let segment_size = first.datagram.len();
+        let (mut segments, mut length) = (0, 0);
         while segments < GSO_SEGMENTS_MAX && (segments as u64) < allowance {
             let Some(next) = queue.front() else { break };
-            if segments > 0
-                && (next.destination != destination || next.bytes.len() > segment_size || buffer.len() + next.bytes.len() > GSO_BYTES_MAX)
-            {
+            let size = next.datagram.len();
+            if segments > 0 && (next.destination != destination || size > segment_size || length + size > GSO_BYTES_MAX) {
                 break;
             }
-            let last = next.bytes.len() < segment_size;
             let next = queue.pop_front().expect("front exists");
-            let start = buffer.len();
-            buffer.extend_from_slice(&next.bytes);
-            wire::restamp(&mut buffer[start..], link.send_sequence, &link.config.key);
+            gather.push(next.datagram, link.config.id, link.send_sequence, &link.config.key);
             link.send_sequence += 1;
             segments += 1;
-            self.recycle(next.bytes);
-            if last {
+            length += size;
+            if size < segment_size {
                 break;
             }
         }
-        Transmit { destination, segment_size, segments, length: buffer.len() }
+        Transmit { destination, segment_size, segments, length }
     }
 }
 
@@ -398,6 +568,12 @@ pub struct Relay {
     filter: Filter,
     events: VecDeque<Event>,
     outbox: Outbox,
+    packer: Packer,
+    /// Scratch: the audiences of the frame being handled (kept for their capacity).
+    forward_to: Vec<u32>,
+    deliver_to: Vec<u32>,
+    /// What [`Relay::poll_transmit`] gathers before copying it out.
+    flat: Gather,
     /// Chains with an open gap.
     gapped: FastSet<(StreamPartKey, ChainId)>,
     /// Chains with a pending tail probe.
@@ -416,7 +592,6 @@ impl Relay {
             pool: Vec::new(),
             ready: VecDeque::new(),
             stalled: FastSet::default(),
-            dirty: Vec::new(),
             grants: Vec::new(),
             withheld: Vec::new(),
             now_us: 0,
@@ -432,6 +607,10 @@ impl Relay {
             filter,
             events: VecDeque::new(),
             outbox,
+            packer: Packer::default(),
+            forward_to: Vec::new(),
+            deliver_to: Vec::new(),
+            flat: Gather::default(),
             gapped: FastSet::default(),
             probing: FastSet::default(),
             repair_rate,
@@ -466,7 +645,6 @@ impl Relay {
                 outbound: VecDeque::new(),
                 control: VecDeque::new(),
                 queue_datagrams_max: self.config.link_queue_datagrams_max,
-                packing: FastMap::default(),
                 in_ready: false,
                 credit: SendCredit::new(0, self.config.credit_window_datagrams),
                 grant: GrantCredit::default(),
@@ -485,7 +663,7 @@ impl Relay {
         self.neighbor_links.retain(|id| *id != link_id);
         self.outbox.ready.retain(|id| *id != link_id);
         self.outbox.stalled.remove(&link_id);
-        self.outbox.dirty.retain(|(id, _, _)| *id != link_id);
+        self.packer.forget_link(link_id);
         self.outbox.grants.retain(|id| *id != link_id);
         self.outbox.withheld.retain(|id| *id != link_id);
         for state in self.stream_parts.values_mut() {
@@ -536,9 +714,7 @@ impl Relay {
         self.gapped.retain(|(gapped, _)| gapped != part);
         self.probing.retain(|(probing, _)| probing != part);
         self.flush();
-        for link in self.links.values_mut() {
-            link.packing.retain(|(packing, _), _| packing != part);
-        }
+        self.packer.forget_part(&mut self.outbox, part);
         for link_id in self.neighbor_links.clone() {
             self.send_control(link_id, *part, Kind::Unsubscribe);
         }
@@ -756,17 +932,14 @@ impl Relay {
         }
 
         // Forward to every interested neighbor but the source: flooding never waits for order.
-        let mut forwarded = 0;
-        for (&link_id, &expiry) in &state.neighbors {
-            if link_id == source_link || expiry < now_us {
-                continue;
-            }
-            if let Some(link) = self.links.get_mut(&link_id) {
-                self.outbox.append(&mut self.counters, link, part, 0, frame.bytes);
-                forwarded += 1;
-            }
-        }
-        self.counters.add(Counter::FramesForwarded, forwarded);
+        let mut forward_to = std::mem::take(&mut self.forward_to);
+        forward_to.clear();
+        forward_to.extend(live_links(&state.neighbors, now_us, source_link, &self.links));
+        let except = if state.neighbors.contains_key(&source_link) { source_link } else { NO_LINK };
+        let key = (part, 0, Audience::Neighbors { except });
+        self.packer.append(&mut self.outbox, &mut self.links, &mut self.counters, key, &forward_to, frame.bytes);
+        self.counters.add(Counter::FramesForwarded, forward_to.len() as u64);
+        self.forward_to = forward_to;
 
         // Release in chain order to subscribed clients.
         let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
@@ -784,22 +957,19 @@ impl Relay {
             chain.tail_probes_sent = 0;
             self.probing.insert((part, chain_id));
         }
-        let clients = &state.clients;
-        let links = &mut self.links;
-        let (outbox, counters) = (&mut self.outbox, &mut self.counters);
+        let mut deliver_to = std::mem::take(&mut self.deliver_to);
+        deliver_to.clear();
+        deliver_to.extend(live_links(&state.clients, now_us, source_link, &self.links));
+        let except = if state.clients.contains_key(&source_link) { source_link } else { NO_LINK };
+        let key = (part, 0, Audience::Clients { except });
+        let (packer, outbox, links, counters) = (&mut self.packer, &mut self.outbox, &mut self.links, &mut self.counters);
         let mut delivered_copies = 0u64;
         let reorder_frames_max = self.config.reorder_frames_max;
         let outcome = chain.accept(sequence, frame.bytes, ordered, reorder_frames_max, |bytes| {
-            for (&link_id, &expiry) in clients {
-                if link_id == source_link || expiry < now_us {
-                    continue;
-                }
-                if let Some(link) = links.get_mut(&link_id) {
-                    outbox.append(counters, link, part, 0, bytes);
-                    delivered_copies += 1;
-                }
-            }
+            packer.append(outbox, links, counters, key, &deliver_to, bytes);
+            delivered_copies += deliver_to.len() as u64;
         });
+        self.deliver_to = deliver_to;
         self.counters.add(Counter::FramesDelivered, delivered_copies);
         self.counters.add(Counter::FramesLost, outcome.lost);
         self.counters.add(Counter::DropsReorderBufferFull, outcome.reorder_dropped);
@@ -815,29 +985,21 @@ impl Relay {
     /// Sends a bodiless control datagram (Subscribe/Unsubscribe) for `part` on a link.
     fn send_control(&mut self, link_id: u32, part: StreamPartKey, kind: Kind) {
         let Some(link) = self.links.get_mut(&link_id) else { return };
-        let Some(destination) = link.destination(&part) else {
-            self.counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
         let mut builder = self.outbox.builder(HEADER_LENGTH + 1);
-        builder.finish_unstamped(link.header(kind, part, 0, [0; 20]));
-        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer(), true);
+        builder.finish_unstamped(template(kind, part, 0, [0; 20]));
+        self.outbox.send_control(&mut self.counters, link, &part, builder);
     }
 
     /// Grants the link's sender `granted` (a Credit datagram to its shard of `grant_part`).
     fn send_credit(outbox: &mut Outbox, counters: &mut Counters, link: &mut Link, granted: u64) {
-        let Some(destination) = link.destination(&link.grant_part) else {
-            counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
         let mut builder = outbox.builder(HEADER_LENGTH + wire::CREDIT_BODY_LENGTH);
         builder.body_mut().extend_from_slice(&granted.to_le_bytes());
-        builder.finish_unstamped(link.header(Kind::Credit, link.grant_part, 0, [0; 20]));
+        builder.finish_unstamped(template(Kind::Credit, link.grant_part, 0, [0; 20]));
         counters.increment(Counter::CreditsSent);
-        outbox.enqueue(counters, link, destination, builder.into_buffer(), true);
+        let part = link.grant_part;
+        outbox.send_control(counters, link, &part, builder);
     }
 
-    /// Whether a neighbor link has more Data waiting than `backlog_datagrams`.
     /// Whether grants must be held back: a neighbor link has more than `backlog_datagrams`
     /// Data waiting, or every subscribed client of some stream part has (then the publishers
     /// are faster than all of that part's subscribers, and pacing them slows nobody; while
@@ -890,50 +1052,48 @@ impl Relay {
     fn answer_nak(&mut self, link_id: u32, part: StreamPartKey, ranges: &[NakRange]) {
         let Some(state) = self.stream_parts.get(&part) else { return };
         let Some(link) = self.links.get_mut(&link_id) else { return };
+        let mut tat_ns = link.repair_tat_ns;
         let now_ns = self.now_us.saturating_mul(1000);
+        let key = (part, FLAG_REPAIR, Audience::Link(link_id));
         for range in ranges {
             let last = range.last_sequence.min(range.first_sequence.saturating_add(NAK_RANGE_SEQUENCES_MAX - 1));
             let chain = state.chains.get(&(range.publisher, range.chain_id));
             for sequence in range.first_sequence..=last {
                 // Repair is load added when a node is already losing: it gets a budget.
-                if !self.repair_rate.admit(&mut link.repair_tat_ns, now_ns) {
+                if !self.repair_rate.admit(&mut tat_ns, now_ns) {
                     self.counters.add(Counter::RepairsRateLimited, last - sequence + 1);
                     break;
                 }
                 let stored = chain.and_then(|c| c.repair.find(sequence)).and_then(|entry| state.repair.get(&entry, self.now_us));
                 match stored {
                     Some(frame) => {
-                        self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, frame);
+                        self.packer.append(&mut self.outbox, &mut self.links, &mut self.counters, key, &[link_id], frame);
                         self.counters.increment(Counter::RepairsSent);
                     }
                     None => self.counters.increment(Counter::RepairMisses),
                 }
             }
         }
+        if let Some(link) = self.links.get_mut(&link_id) {
+            link.repair_tat_ns = tat_ns;
+        }
     }
 
     /// Closes the datagrams being packed so they can be sent: call once per receive batch.
     pub fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.outbox.dirty);
-        for (link_id, part, flags) in dirty.drain(..) {
-            let Some(link) = self.links.get_mut(&link_id) else { continue };
-            let Some(builder) = link.packing.get_mut(&(part, flags)) else { continue };
-            if builder.is_empty() {
-                continue;
-            }
-            let capacity = builder.capacity();
-            let full = std::mem::replace(builder, self.outbox.builder(capacity));
-            self.outbox.seal(&mut self.counters, link, part, flags, full);
-        }
-        self.outbox.dirty = dirty;
+        self.packer.flush(&mut self.outbox, &mut self.links, &mut self.counters);
         self.grant_credits();
     }
 
-    /// Writes the next send into `buffer` (cleared first): datagrams of one link to one
-    /// destination, equal-sized but for the last, at most [`GSO_SEGMENTS_MAX`]. Control
-    /// datagrams go first; Data only as far as the link's credit allows.
-    pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
-        buffer.clear();
+    /// Puts the next send into `gather` (first taking back what it held from the last send,
+    /// which must have completed): datagrams of one link to one destination, equal-sized but
+    /// for the last, at most [`GSO_SEGMENTS_MAX`]. Control datagrams go first; Data only as
+    /// far as the link's credit allows. Headers are stamped per link; bodies are shared.
+    pub fn poll_gather(&mut self, gather: &mut Gather) -> Option<Transmit> {
+        gather.headers.clear();
+        for datagram in gather.datagrams.drain(..) {
+            self.outbox.release(datagram);
+        }
         while let Some(link_id) = self.outbox.ready.pop_front() {
             let Some(link) = self.links.get_mut(&link_id) else { continue };
             link.in_ready = false;
@@ -942,7 +1102,7 @@ impl Relay {
             if allowance == 0 || (!control && link.outbound.is_empty()) {
                 continue;
             }
-            let transmit = self.outbox.take_run(link, control, allowance, buffer);
+            let transmit = Outbox::take_run(link, control, allowance, gather);
             if !control {
                 link.credit.sent(link.send_sequence);
             }
@@ -961,6 +1121,20 @@ impl Relay {
             return Some(transmit);
         }
         None
+    }
+
+    /// [`Relay::poll_gather`] with the datagrams copied into `buffer` (cleared first), back to
+    /// back: for simulations, tests and runtimes without scatter-gather sends.
+    pub fn poll_transmit(&mut self, buffer: &mut Vec<u8>) -> Option<Transmit> {
+        buffer.clear();
+        let mut flat = std::mem::take(&mut self.flat);
+        let transmit = self.poll_gather(&mut flat);
+        for (header, body) in flat.segments() {
+            buffer.extend_from_slice(header);
+            buffer.extend_from_slice(body);
+        }
+        self.flat = flat;
+        transmit
     }
 
     /// When `handle_timeout` must next be called.
@@ -1030,11 +1204,9 @@ impl Relay {
         let Some(link) = self.links.get_mut(&link_id) else { return };
         self.counters.add(Counter::DropsSlowConsumer, link.outbound.len() as u64);
         for outgoing in link.outbound.drain(..) {
-            self.outbox.recycle(outgoing.bytes);
+            self.outbox.release(outgoing.datagram);
         }
-        for builder in link.packing.values_mut() {
-            builder.reset();
-        }
+        self.packer.forget_link(link_id);
         link.credit.clear_stall();
         self.outbox.stalled.remove(&link_id);
         for state in self.stream_parts.values_mut() {
@@ -1076,19 +1248,18 @@ impl Relay {
             }
             let stored = newest.and_then(|n| chain.repair.find(n));
             let Some(record) = stored.and_then(|entry| state.repair.get(&entry, now_us)) else { continue };
-            for (&link_id, &expiry) in &state.neighbors {
-                if expiry < now_us {
-                    continue;
-                }
-                if let Some(link) = self.links.get_mut(&link_id) {
-                    self.outbox.append(&mut self.counters, link, part, FLAG_REPAIR, record);
-                    self.counters.increment(Counter::TailProbesSent);
-                }
-            }
+            let mut forward_to = std::mem::take(&mut self.forward_to);
+            forward_to.clear();
+            forward_to.extend(live_links(&state.neighbors, now_us, NO_LINK, &self.links));
+            let key = (part, FLAG_REPAIR, Audience::Neighbors { except: NO_LINK });
+            self.packer.append(&mut self.outbox, &mut self.links, &mut self.counters, key, &forward_to, record);
+            self.counters.add(Counter::TailProbesSent, forward_to.len() as u64);
+            self.forward_to = forward_to;
         }
     }
 
     fn housekeeping(&mut self, now_us: Micros) {
+        self.packer.prune(&mut self.outbox);
         let parts: Vec<StreamPartKey> = self.stream_parts.keys().copied().collect();
         for part in parts {
             for link_id in self.neighbor_links.clone() {
@@ -1157,21 +1328,17 @@ impl Relay {
             }
             // Given up: count the missing frames lost and release what waits behind them.
             let ordered = state.clients.values().any(|expiry| *expiry >= now_us);
-            let clients = &state.clients;
-            let links = &mut self.links;
-            let (outbox, counters) = (&mut self.outbox, &mut self.counters);
+            let mut deliver_to = std::mem::take(&mut self.deliver_to);
+            deliver_to.clear();
+            deliver_to.extend(live_links(&state.clients, now_us, NO_LINK, &self.links));
+            let key = (part, 0, Audience::Clients { except: NO_LINK });
+            let (packer, outbox, links, counters) = (&mut self.packer, &mut self.outbox, &mut self.links, &mut self.counters);
             let mut delivered = 0u64;
             let outcome = chain.give_up_gap(ordered, &mut |bytes: &[u8]| {
-                for (&link_id, &expiry) in clients {
-                    if expiry < now_us {
-                        continue;
-                    }
-                    if let Some(link) = links.get_mut(&link_id) {
-                        outbox.append(counters, link, part, 0, bytes);
-                        delivered += 1;
-                    }
-                }
+                packer.append(outbox, links, counters, key, &deliver_to, bytes);
+                delivered += deliver_to.len() as u64;
             });
+            self.deliver_to = deliver_to;
             self.counters.add(Counter::FramesDelivered, delivered);
             self.counters.add(Counter::FramesLost, outcome.lost);
             if chain.has_gap() {
@@ -1190,10 +1357,6 @@ impl Relay {
 
     fn send_nak(&mut self, link_id: u32, part: StreamPartKey, chain_id: ChainId, ranges: &[(u64, u64)]) {
         let Some(link) = self.links.get_mut(&link_id) else { return };
-        let Some(destination) = link.destination(&part) else {
-            self.counters.increment(Counter::DatagramsNoAddress);
-            return;
-        };
         let capacity = HEADER_LENGTH + NAK_RANGE_LENGTH * ranges.len();
         let mut builder = self.outbox.builder(capacity.max(HEADER_LENGTH + 1));
         for &(first, last) in ranges {
@@ -1203,9 +1366,9 @@ impl Relay {
             );
         }
         builder.set_count(ranges.len() as u16);
-        builder.finish_unstamped(link.header(Kind::Nak, part, 0, [0; 20]));
+        builder.finish_unstamped(template(Kind::Nak, part, 0, [0; 20]));
         self.counters.increment(Counter::NaksSent);
-        self.outbox.enqueue(&mut self.counters, link, destination, builder.into_buffer(), true);
+        self.outbox.send_control(&mut self.counters, link, &part, builder);
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -1220,4 +1383,14 @@ impl Relay {
     pub fn link_key(&self, link_id: u32) -> Option<&LinkKey> {
         self.links.get(&link_id).map(|l| &l.config.key)
     }
+}
+
+/// The links of an interest map that are live at `now_us`, exist, and are not `except`.
+fn live_links<'a>(
+    interest: &'a FastMap<u32, Micros>,
+    now_us: Micros,
+    except: u32,
+    links: &'a FastMap<u32, Link>,
+) -> impl Iterator<Item = u32> + 'a {
+    interest.iter().filter(move |(id, expiry)| **id != except && **expiry >= now_us && links.contains_key(*id)).map(|(id, _)| *id)
 }

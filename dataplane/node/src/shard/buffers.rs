@@ -1,5 +1,6 @@
 //! Memory the kernel reads and writes on a shard's behalf: the provided-buffer ring for
-//! multishot receives, the send slots for batched `sendmsg`, and socket address conversions.
+//! multishot receives, the send slots for batched scatter-gather `sendmsg`, and socket
+//! address conversions.
 //!
 //! Everything here has a stable address for as long as the io_uring ring that uses it: the
 //! buffer ring and the receive buffers are allocated once, the send slots live in a boxed
@@ -7,6 +8,7 @@
 //! before any of it is dropped.
 
 use io_uring::types::BufRingEntry;
+use runnel_core::relay::{Gather, GSO_SEGMENTS_MAX};
 use std::alloc::{self, Layout};
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -106,49 +108,61 @@ impl Drop for BufferRing {
     }
 }
 
-/// One in-flight `sendmsg`: the datagrams, the destination, the `UDP_SEGMENT` cmsg, and the
-/// `msghdr` pointing at them. Lives in a boxed slice so its address never changes.
+/// One in-flight `sendmsg`: the relay's [`Gather`] (per datagram a header stamped for the
+/// link and a body shared with the other links it goes to), one iovec per part, the
+/// destination, the `UDP_SEGMENT` cmsg, and the `msghdr` pointing at them. Lives in a boxed
+/// slice so its address never changes; the gather goes back to the relay only when the send
+/// has completed (the next `poll_gather` into this slot).
 pub(crate) struct SendSlot {
-    pub(crate) buffer: Vec<u8>,
+    pub(crate) gather: Gather,
     pub(crate) segments: usize,
     pub(crate) segment_size: usize,
     /// Whether the last prepare attached a `UDP_SEGMENT` cmsg.
     pub(crate) gso: bool,
     name: libc::sockaddr_storage,
-    iovec: libc::iovec,
+    /// Two per datagram (header, body); never grows past its first capacity, so the
+    /// `msghdr`'s pointer into it stays valid while the send is in flight.
+    iovecs: Vec<libc::iovec>,
     control: [u64; 4],
     header: libc::msghdr,
 }
 
 impl SendSlot {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new() -> Self {
         // SAFETY: sockaddr_storage and msghdr are plain C structs for which all-zero is valid.
         let (name, header) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         Self {
-            buffer: Vec::with_capacity(capacity),
+            gather: Gather::default(),
             segments: 0,
             segment_size: 0,
             gso: false,
             name,
-            iovec: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+            iovecs: Vec::with_capacity(2 * GSO_SEGMENTS_MAX),
             control: [0; 4],
             header,
         }
     }
 
-    /// Points the `msghdr` at this slot's buffer and `destination`, with a `UDP_SEGMENT` cmsg
+    /// Points the `msghdr` at this slot's gather and `destination`, with a `UDP_SEGMENT` cmsg
     /// when `gso` is set and the send has more than one segment. Returns the `msghdr` for a
     /// SendMsg SQE; it stays valid until the slot is prepared again.
-    pub(crate) fn prepare(&mut self, destination: SocketAddr, segment_size: usize, segments: usize, gso: bool) -> *const libc::msghdr {
+    pub(crate) fn prepare(&mut self, destination: SocketAddr, segment_size: usize, gso: bool) -> *const libc::msghdr {
+        let segments = self.gather.len();
+        assert!(segments <= GSO_SEGMENTS_MAX, "a relay transmit holds at most {GSO_SEGMENTS_MAX} datagrams");
         self.segments = segments;
         self.segment_size = segment_size;
         self.gso = gso && segments > 1;
         let name_length = write_sockaddr(destination, &mut self.name);
-        self.iovec = libc::iovec { iov_base: self.buffer.as_mut_ptr().cast(), iov_len: self.buffer.len() };
+        self.iovecs.clear();
+        for (header, body) in self.gather.segments() {
+            // The kernel only reads through these (sendmsg); the casts drop `const` for the C type.
+            self.iovecs.push(libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: header.len() });
+            self.iovecs.push(libc::iovec { iov_base: body.as_ptr() as *mut libc::c_void, iov_len: body.len() });
+        }
         self.header.msg_name = (&mut self.name as *mut libc::sockaddr_storage).cast();
         self.header.msg_namelen = name_length;
-        self.header.msg_iov = &mut self.iovec;
-        self.header.msg_iovlen = 1;
+        self.header.msg_iov = self.iovecs.as_mut_ptr();
+        self.header.msg_iovlen = self.iovecs.len();
         self.header.msg_flags = 0;
         if self.gso {
             self.header.msg_control = self.control.as_mut_ptr().cast();
@@ -170,9 +184,16 @@ impl SendSlot {
         &self.header
     }
 
-    /// The destination of the last [`SendSlot::prepare`], for the sendto fallback.
-    pub(crate) fn name(&self) -> (*const libc::sockaddr, libc::socklen_t) {
-        ((&self.name as *const libc::sockaddr_storage).cast(), self.header.msg_namelen)
+    /// A `msghdr` for datagram `index` alone (its two iovecs, no cmsg), for the no-GSO
+    /// fallback; valid while the slot is not prepared again.
+    pub(crate) fn single(&self, index: usize) -> libc::msghdr {
+        let mut header = self.header;
+        // SAFETY: `prepare` pushed two iovecs per datagram, so 2 * index + 1 is in bounds.
+        header.msg_iov = unsafe { self.iovecs.as_ptr().add(2 * index) }.cast_mut();
+        header.msg_iovlen = 2;
+        header.msg_control = std::ptr::null_mut();
+        header.msg_controllen = 0;
+        header
     }
 }
 
@@ -245,30 +266,69 @@ mod tests {
         assert_eq!(read_sockaddr(&[0xff; 28]), None);
     }
 
-    // Goal: a prepared slot is a valid GSO sendmsg: one io_uring SendMsg of 3 segments (the
-    // last one short) arrives as 3 datagrams of the right sizes at a receiver without GRO.
+    // Goal: a prepared slot is a valid scatter-gather GSO sendmsg: a relay's gather of three
+    // Subscribe datagrams to one neighbor (one header template each, stamped for the link)
+    // leaves in one io_uring SendMsg and arrives as three datagrams, each with the link's id,
+    // its own link sequence and a tag that checks; and the no-GSO path sends the same bytes.
     #[test]
-    fn send_slot_sends_gso_segments_through_io_uring() {
+    fn send_slot_sends_a_relay_gather_through_io_uring() {
+        use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
+        use runnel_core::relay::{Relay, RelayConfig};
+        use runnel_proto::linktag::LinkKey;
+        use runnel_proto::stream::StreamPartKey;
+        use runnel_proto::wire::{Datagram, Kind, HEADER_LENGTH};
         use std::os::fd::AsRawFd;
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         receiver.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let key = LinkKey([5; 32]);
+        let mut relay = Relay::new(RelayConfig::new(0, 1, 1472, VerifyPolicy::All));
+        relay.add_link(&LinkConfig {
+            id: 42,
+            key,
+            role: LinkRole::Neighbor,
+            peer: Some(receiver.local_addr().unwrap()),
+            peer_shards: 1,
+            rate_datagrams_per_s: 0,
+            burst_datagrams: 0,
+        });
+        let parts = [StreamPartKey([1; 32]), StreamPartKey([2; 32]), StreamPartKey([3; 32])];
+        for part in parts {
+            assert!(relay.join(0, part));
+        }
         let mut ring = io_uring::IoUring::new(8).unwrap();
-        let mut slot = SendSlot::new(4096);
-        slot.buffer.extend((0..2500u32).map(|i| (i / 1000) as u8));
-        let header = slot.prepare(receiver.local_addr().unwrap(), 1000, 3, true);
+        let mut slot = SendSlot::new();
+        let transmit = relay.poll_gather(&mut slot.gather).expect("three Subscribes queued");
+        assert_eq!((transmit.segments, transmit.segment_size, transmit.length), (3, HEADER_LENGTH, 3 * HEADER_LENGTH));
+        let header = slot.prepare(transmit.destination, transmit.segment_size, true);
         assert!(slot.gso);
         let entry = io_uring::opcode::SendMsg::new(io_uring::types::Fd(sender.as_raw_fd()), header).build().user_data(7);
         // SAFETY: the slot outlives the request: we wait for its completion below.
         unsafe { ring.submission().push(&entry).unwrap() };
         ring.submit_and_wait(1).unwrap();
         let completion = ring.completion().next().unwrap();
-        assert_eq!((completion.user_data(), completion.result()), (7, 2500));
+        assert_eq!((completion.user_data(), completion.result()), (7, 3 * HEADER_LENGTH as i32));
         let mut buffer = [0u8; 2048];
-        for (index, expected_length) in [1000, 1000, 500].into_iter().enumerate() {
+        let mut received = Vec::new();
+        for (sequence, part) in parts.iter().enumerate() {
             let length = receiver.recv(&mut buffer).unwrap();
-            assert_eq!(length, expected_length);
-            assert!(buffer[..length].iter().all(|&b| b == index as u8));
+            let datagram = Datagram::parse(&buffer[..length]).unwrap();
+            assert_eq!((datagram.kind, datagram.link_id(), datagram.link_seq()), (Kind::Subscribe, 42, sequence as u64));
+            assert!(received.iter().all(|earlier: &StreamPartKey| earlier != &datagram.stream_part_key()));
+            assert!(parts.contains(&datagram.stream_part_key()), "part {part:?}");
+            assert!(datagram.tag_matches(&key));
+            received.push(datagram.stream_part_key());
         }
+        // The no-GSO path: each datagram alone from the same iovecs.
+        for index in 0..3 {
+            let single = slot.single(index);
+            // SAFETY: `single` points at the slot's live iovecs and sockaddr.
+            let sent = unsafe { libc::sendmsg(sender.as_raw_fd(), &single, 0) };
+            assert_eq!(sent, HEADER_LENGTH as isize);
+            let length = receiver.recv(&mut buffer).unwrap();
+            assert_eq!(Datagram::parse(&buffer[..length]).unwrap().link_seq(), index as u64);
+        }
+        assert!(relay.poll_gather(&mut slot.gather).is_none(), "nothing else queued");
+        assert!(slot.gather.is_empty(), "the sent datagrams went back to the relay");
     }
 }

@@ -4,7 +4,7 @@
 //! done once per loop turn; per completion the loop only hands bytes to the relay and gives
 //! the buffer back.
 
-use super::buffers::{read_sockaddr, BufferRing, SendSlot, RECEIVE_CONTROL_LENGTH, RECEIVE_NAME_LENGTH, RECEIVE_PAYLOAD_LENGTH_MAX};
+use super::buffers::{read_sockaddr, BufferRing, SendSlot, RECEIVE_CONTROL_LENGTH, RECEIVE_NAME_LENGTH};
 use super::{
     RuntimeCounter, RuntimeCounters, ShardAck, ShardCommand, ShardEvent, SharedCounters, RECEIVE_BUFFER_COUNT, SEND_SLOTS,
     WAIT_TIMEOUT_US_MAX,
@@ -108,7 +108,7 @@ impl Shard {
         for update in &context.initial_updates {
             relay.apply_filter_update(update);
         }
-        let send_slots: Box<[SendSlot]> = (0..SEND_SLOTS).map(|_| SendSlot::new(RECEIVE_PAYLOAD_LENGTH_MAX)).collect();
+        let send_slots: Box<[SendSlot]> = (0..SEND_SLOTS).map(|_| SendSlot::new()).collect();
         Ok(Self {
             ring,
             buffer_ring,
@@ -313,17 +313,16 @@ impl Shard {
         self.send_free.push(index);
     }
 
-    /// Sends slot `index`'s datagrams with one non-blocking `sendto` each (the no-GSO path).
+    /// Sends slot `index`'s datagrams with one non-blocking `sendmsg` each (the no-GSO path).
     fn send_one_by_one(&mut self, index: usize) {
         let fd = self.context.socket.as_raw_fd();
         let slot = &self.send_slots[index];
-        let (name, name_length) = slot.name();
         let mut failed = 0;
-        for segment in slot.buffer.chunks(slot.segment_size.max(1)) {
-            // SAFETY: `segment` is a live slice, `name` points at the slot's sockaddr of
-            // `name_length` bytes; sendto does not retain either.
-            let sent = unsafe { libc::sendto(fd, segment.as_ptr().cast(), segment.len(), libc::MSG_DONTWAIT, name, name_length) };
-            if sent < 0 {
+        for segment in 0..slot.segments {
+            let header = slot.single(segment);
+            // SAFETY: `header` points at the slot's live iovecs and sockaddr; sendmsg does
+            // not retain them.
+            if unsafe { libc::sendmsg(fd, &header, libc::MSG_DONTWAIT) } < 0 {
                 failed += 1;
             }
         }
@@ -343,12 +342,12 @@ impl Shard {
                 continue;
             };
             let slot = &mut self.send_slots[index];
-            let Some(transmit) = self.relay.poll_transmit(&mut slot.buffer) else {
+            // Hands back the datagrams of this slot's last (completed) send, takes the next.
+            let Some(transmit) = self.relay.poll_gather(&mut slot.gather) else {
                 self.send_free.push(index);
                 break;
             };
-            slot.buffer.truncate(transmit.length);
-            let header = slot.prepare(transmit.destination, transmit.segment_size, transmit.segments, self.gso);
+            let header = slot.prepare(transmit.destination, transmit.segment_size, self.gso);
             if transmit.segments > 1 && !self.gso {
                 self.send_one_by_one(index);
                 self.send_free.push(index);
