@@ -82,6 +82,8 @@ counters! {
     CreditProbesSent = "credit_probes_sent": "Datagrams sent beyond a link's window after waiting for credit (a lost grant cannot stall a link).",
     SlowConsumersCut = "slow_consumers_cut": "Subscribed clients cut off: no credit granted for the slow-consumer timeout.",
     DropsSlowConsumer = "drops_slow_consumer": "Datagrams dropped from the queue of a client that was cut off as a slow consumer.",
+    SlowConsumersSkipped = "slow_consumers_skipped": "Subscribed clients skipped ahead (policy skip): no credit for the slow-consumer timeout, queue dropped, still subscribed.",
+    DropsSkippedAhead = "drops_skipped_ahead": "Datagrams dropped, oldest first, so a slow client (policy skip) gets the newest data.",
     RepairsRateLimited = "repairs_rate_limited": "Nak'ed frames not resent because the link's repair rate was used up.",
 }
 

@@ -19,6 +19,21 @@ pub enum VerifyPolicy {
     None,
 }
 
+/// What a node does with a subscribed client that cannot keep up with its stream parts
+/// (docs/decisions-flow-control.md). Either way the other subscribers never wait for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerPolicy {
+    /// Complete or nothing: a client that grants no credit for the slow-consumer timeout is
+    /// cut off (its queue dropped, its interest forgotten until its next Subscribe).
+    #[default]
+    Cut,
+    /// Freshest first: a client's queue never holds more than the backlog bound — the oldest
+    /// datagrams make room for new ones — and one silent for the timeout has its queue
+    /// dropped but stays subscribed, resuming at the live position when it grants again.
+    Skip,
+}
+
 /// What the far end of a link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

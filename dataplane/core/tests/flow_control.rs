@@ -1,12 +1,12 @@
 //! Flow control in the sans-I/O cores, deterministically: a relay sends a link no more Data
 //! than its receiver granted, probes when a grant is lost, holds grants back from upstream
-//! while a neighbor is backlogged, cuts off a subscriber that grants nothing, and meters NAK
-//! answers; a client publisher stops at its node's window and resumes on a grant.
+//! while a neighbor is backlogged, cuts off (or skips ahead) a subscriber that grants nothing,
+//! and meters NAK answers; a client publisher stops at its node's window and resumes on a grant.
 
 use runnel_core::client::{ClientCore, ClientLinkConfig, CoreOptions, Outgoing, Publisher, SigningMode};
 use runnel_core::counters::Counter;
 use runnel_core::credit::{CREDIT_PROBE_US, CREDIT_WINDOW_DATAGRAMS};
-use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
+use runnel_core::link::{LinkConfig, LinkRole, SlowConsumerPolicy, VerifyPolicy};
 use runnel_core::relay::{Event, Relay, RelayConfig};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
@@ -94,6 +94,21 @@ fn sent(relay: &mut Relay) -> Vec<(SocketAddr, Kind, u64)> {
 
 fn data_to(sent: &[(SocketAddr, Kind, u64)], to: SocketAddr) -> Vec<u64> {
     sent.iter().filter(|(destination, kind, _)| *destination == to && *kind == Kind::Data).map(|(_, _, seq)| *seq).collect()
+}
+
+/// The frame sequences of the Data the relay sends `to` now.
+fn frame_sequences_to(relay: &mut Relay, to: SocketAddr) -> Vec<u64> {
+    let mut sequences = Vec::new();
+    let mut buffer = Vec::new();
+    while let Some(transmit) = relay.poll_transmit(&mut buffer) {
+        for bytes in buffer.chunks(transmit.segment_size).filter(|_| transmit.destination == to) {
+            let datagram = Datagram::parse(bytes).unwrap();
+            if datagram.kind == Kind::Data {
+                sequences.extend(datagram.frames().map(|frame| frame.unwrap().sequence()));
+            }
+        }
+    }
+    sequences
 }
 
 /// Feeds frames from the publisher, one datagram each, with link sequences from `first_seq`.
@@ -331,4 +346,52 @@ fn publishers_are_paced_to_the_fastest_subscriber() {
             assert!(withheld >= 1, "the only subscriber is behind: the publisher's grant is held back");
         }
     }
+}
+
+// Goal: with policy skip a slow subscriber gets the newest data and never holds anyone back:
+// its queue stays at the backlog bound, the oldest datagrams dropped (counted); the publisher
+// is never paced for it; silent for the timeout, it has its queue dropped but stays
+// subscribed (not cut off), and its next grant releases the newest frames, not the old ones.
+#[test]
+fn policy_skip_gives_a_slow_subscriber_the_newest_data() {
+    const BACKLOG: usize = 4;
+    let mut relay = relay(|config| {
+        config.backlog_datagrams = BACKLOG;
+        config.slow_consumer = SlowConsumerPolicy::Skip;
+        config.slow_consumer_timeout_us = 10 * CREDIT_PROBE_US;
+    });
+    let stream = frames(40);
+    // The relay's Credit to the subscriber leaves first (it takes one link sequence).
+    relay.flush();
+    sent(&mut relay);
+    publish(&mut relay, START_US, &stream[..30], 100);
+    let first = data_to(&sent(&mut relay), address(SUBSCRIBER));
+    // What the window allows leaves at once.
+    let window = first.len() as u64;
+    assert!(window > 0 && window <= WINDOW, "{window} Data datagrams within the window");
+    // 30 datagrams for the subscriber: the window's sent, BACKLOG kept, the rest skipped.
+    assert_eq!(relay.counters().get(Counter::DropsSkippedAhead), 30 - window - BACKLOG as u64);
+    assert_eq!(relay.counters().get(Counter::CreditsWithheld), 0, "a skipping subscriber paces nobody");
+
+    // A grant now releases the kept (newest) datagrams only.
+    relay.handle_receive(START_US + 10, address(SUBSCRIBER), &credit(SUBSCRIBER, 2, WINDOW - 1 + WINDOW));
+    relay.flush();
+    let kept = frame_sequences_to(&mut relay, address(SUBSCRIBER));
+    assert_eq!(kept, (30 - BACKLOG as u64..30).collect::<Vec<_>>(), "what waited was the newest BACKLOG frames");
+
+    // Silent for the timeout (probes go unanswered): its queue is dropped, it stays subscribed.
+    publish(&mut relay, START_US + 20, &stream[30..], 200);
+    sent(&mut relay);
+    let mut now_us = START_US + 20;
+    while relay.counters().get(Counter::SlowConsumersSkipped) == 0 {
+        now_us += CREDIT_PROBE_US;
+        assert!(now_us <= START_US + 12 * CREDIT_PROBE_US, "skipped ahead within the timeout");
+        relay.handle_timeout(now_us);
+        sent(&mut relay);
+    }
+    assert_eq!(relay.counters().get(Counter::SlowConsumersCut), 0);
+    assert!(std::iter::from_fn(|| relay.poll_event()).any(|e| e == Event::SlowConsumer { link_id: SUBSCRIBER }));
+    let delivered = relay.counters().get(Counter::FramesDelivered);
+    publish(&mut relay, now_us, &frames(3), 300);
+    assert_eq!(relay.counters().get(Counter::FramesDelivered), delivered + 3, "still subscribed: new frames are queued for it");
 }

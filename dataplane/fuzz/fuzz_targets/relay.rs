@@ -5,7 +5,8 @@
 //! part. The input is a script:
 //!
 //! ```text
-//! byte 0      options: bit 0 = verify "none" (else "all"), bit 1 = rewrite link tags
+//! byte 0      options: bit 0 = verify "none" (else "all"), bit 1 = rewrite link tags,
+//!             bit 2 = slow-consumer policy skip (else cut)
 //! then ops    op byte, by op % 4:
 //!               0 receive from the neighbor's address: u16 LE length, that many bytes
 //!               1 receive from a client address:        u16 LE length, that many bytes
@@ -27,7 +28,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use runnel_core::relay::{Relay, RelayConfig};
-use runnel_node::config::{LinkConfig, LinkRole, VerifyPolicy};
+use runnel_node::config::{LinkConfig, LinkRole, SlowConsumerPolicy, VerifyPolicy};
 use runnel_proto::frame::Frame;
 use runnel_proto::linktag::{link_tag, LinkKey};
 use runnel_proto::stream::StreamPart;
@@ -123,6 +124,7 @@ fuzz_target!(|data: &[u8]| {
     // A small window and backlog, so that short inputs reach the stall, probe and hold paths.
     config.credit_window_datagrams = 4;
     config.backlog_datagrams = 4;
+    config.slow_consumer = if options & 4 != 0 { SlowConsumerPolicy::Skip } else { SlowConsumerPolicy::Cut };
     let mut relay = Relay::new(config);
     let neighbor: SocketAddr = "127.0.0.1:7100".parse().expect("address");
     let client: SocketAddr = "127.0.0.1:40000".parse().expect("address");

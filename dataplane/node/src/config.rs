@@ -10,6 +10,7 @@
 //! shards = 2                  # default: one per core
 //! datagram_length_max = 1472  # bytes of UDP payload; more on loopback/jumbo frames
 //! verify = "all"              # or "none": trust publishers (benchmarks, closed networks)
+//! slow_consumer = "cut"       # or "skip": a subscriber that cannot keep up gets the newest data
 //!
 //! [[links]]
 //! id = 1
@@ -39,7 +40,7 @@
 //! chain, the chain watcher produces the same updates.
 
 pub use runnel_core::link::{
-    parse_link_key, shard_of, ConfigError, LinkConfig, LinkRole, VerifyPolicy, LINK_BURST_DATAGRAMS_DEFAULT,
+    parse_link_key, shard_of, ConfigError, LinkConfig, LinkRole, SlowConsumerPolicy, VerifyPolicy, LINK_BURST_DATAGRAMS_DEFAULT,
     LINK_RATE_DATAGRAMS_PER_S_DEFAULT, SHARDS_MAX,
 };
 use serde::Deserialize;
@@ -83,6 +84,8 @@ pub struct NodeConfig {
     pub shards: u16,
     pub datagram_length_max: usize,
     pub verify: VerifyPolicy,
+    /// What happens to a subscribed client that cannot keep up (`slow_consumer = "cut" | "skip"`).
+    pub slow_consumer: SlowConsumerPolicy,
     pub links: Vec<LinkConfig>,
     pub xdp: XdpConfig,
     pub permissions: Vec<PermissionConfig>,
@@ -122,6 +125,8 @@ struct RawNode {
     datagram_length_max: Option<usize>,
     #[serde(default)]
     verify: VerifyPolicy,
+    #[serde(default)]
+    slow_consumer: SlowConsumerPolicy,
 }
 
 #[derive(Deserialize)]
@@ -235,7 +240,16 @@ impl NodeConfig {
                 .collect::<Result<Vec<_>, _>>()?;
             permissions.push(PermissionConfig { stream_part, publishers });
         }
-        Ok(Self { listen, shards, datagram_length_max, verify: raw.node.verify, links, xdp, permissions })
+        Ok(Self {
+            listen,
+            shards,
+            datagram_length_max,
+            verify: raw.node.verify,
+            slow_consumer: raw.node.slow_consumer,
+            links,
+            xdp,
+            permissions,
+        })
     }
 }
 
@@ -305,7 +319,10 @@ mod tests {
         let config = NodeConfig::parse(&good).unwrap();
         assert_eq!(config.links.len(), 2);
         assert_eq!(config.verify, VerifyPolicy::All);
+        assert_eq!(config.slow_consumer, SlowConsumerPolicy::Cut);
         assert_eq!(config.xdp, XdpConfig::default());
+        let skipping = NodeConfig::parse(&good.replace("[node]", "[node]\nslow_consumer = \"skip\"")).unwrap();
+        assert_eq!(skipping.slow_consumer, SlowConsumerPolicy::Skip);
         let restricted = format!(
             "{good}[xdp]\nmode = \"off\"\n[[permissions]]\nstream_part = \"0x1234567890123456789012345678901234567890/a#3\"\npublishers = [\"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266\"]\n"
         );
@@ -320,6 +337,7 @@ mod tests {
             (good.replace("peer = \"127.0.0.1:7100\"\n", ""), "links[0].peer"),
             (good.replace("role = \"client\"", "role = \"client\"\npeer = \"1.2.3.4:5\""), "links[1].peer"),
             (good.replace("[node]", "[node]\ncolour = 1"), "colour"),
+            (good.replace("[node]", "[node]\nslow_consumer = \"wait\""), "slow_consumer"),
             (format!("{good}[xdp]\nmode = \"fast\"\n"), "mode"),
             (format!("{good}[[permissions]]\nstream_part = \"nope\"\npublishers = []\n"), "permissions[0].stream_part"),
             (

@@ -40,7 +40,7 @@ pub mod replay;
 use crate::counters::{Counter, Counters};
 use crate::credit::{GrantCredit, SendCredit};
 use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
-use crate::link::{shard_of, LinkConfig, LinkRole, VerifyPolicy};
+use crate::link::{shard_of, LinkConfig, LinkRole, SlowConsumerPolicy, VerifyPolicy};
 use chain::ChainState;
 use repair::RepairArena;
 use runnel_proto::crypto::{SignatureError, Verifier, VerifyCost};
@@ -108,8 +108,11 @@ pub struct RelayConfig {
     /// ... but never longer than this per link, so a cycle of backlogged nodes cannot
     /// deadlock (what then overflows is dropped and counted).
     pub credit_hold_max_us: Micros,
-    /// A subscribed client that has granted no credit for this long is cut off.
+    /// A subscribed client that has granted no credit for this long is cut off (or, with
+    /// [`SlowConsumerPolicy::Skip`], has its queue dropped and stays subscribed).
     pub slow_consumer_timeout_us: Micros,
+    /// What happens to a subscribed client that cannot keep up.
+    pub slow_consumer: SlowConsumerPolicy,
     /// Frames resent per second per link to answer NAKs (sustained, then `repair_burst_frames`).
     pub repair_frames_per_s: u64,
     pub repair_burst_frames: u64,
@@ -145,6 +148,7 @@ impl RelayConfig {
             backlog_datagrams: 2048,
             credit_hold_max_us: 100_000,
             slow_consumer_timeout_us: 1_000_000,
+            slow_consumer: SlowConsumerPolicy::Cut,
             repair_frames_per_s: 50_000,
             repair_burst_frames: 4096,
         }
@@ -171,8 +175,9 @@ pub enum Event {
     SignatureFailure { link_id: u32, publisher: [u8; 20], publisher_proven: bool },
     /// This shard joined a stream part (the XDP `joined` map must learn it).
     Joined { part: StreamPartKey },
-    /// A subscribed client granted no credit for the slow-consumer timeout and was cut off
-    /// (its interest dropped; it is served again once it subscribes and reads).
+    /// A subscribed client granted no credit for the slow-consumer timeout: it was cut off
+    /// (policy cut: its interest dropped; it is served again once it subscribes and reads) or
+    /// skipped ahead (policy skip: its queue dropped, still subscribed).
     SlowConsumer { link_id: u32 },
 }
 
@@ -253,6 +258,9 @@ struct Link {
     /// Subscribe, Unsubscribe, Nak and Credit datagrams; they never wait for credit.
     control: VecDeque<Outgoing>,
     queue_datagrams_max: usize,
+    /// Policy skip, client links: most Data datagrams waiting beyond the link's credit;
+    /// older ones make room.
+    skip_ahead_datagrams: Option<usize>,
     /// Listed in the outbox's `ready` round-robin.
     in_ready: bool,
     /// What the peer has granted this relay.
@@ -495,6 +503,15 @@ impl Outbox {
 
     /// Queues a finished (unstamped) datagram: Data waits for credit, control does not.
     fn enqueue(&mut self, counters: &mut Counters, link: &mut Link, destination: SocketAddr, datagram: SharedDatagram, control: bool) {
+        let waiting_beyond_credit = || (link.outbound.len() as u64).saturating_sub(link.credit.allowance(link.send_sequence));
+        if !control && link.skip_ahead_datagrams.is_some_and(|bound| waiting_beyond_credit() >= bound as u64) {
+            // Policy skip: the subscriber gets the newest data; the oldest of what waits for
+            // its credit goes. What its window allows still leaves.
+            if let Some(oldest) = link.outbound.pop_front() {
+                counters.increment(Counter::DropsSkippedAhead);
+                self.release(oldest.datagram);
+            }
+        }
         let queue = if control { &mut link.control } else { &mut link.outbound };
         if queue.len() >= link.queue_datagrams_max {
             counters.increment(Counter::DropsLinkQueueFull);
@@ -645,6 +662,8 @@ impl Relay {
                 outbound: VecDeque::new(),
                 control: VecDeque::new(),
                 queue_datagrams_max: self.config.link_queue_datagrams_max,
+                skip_ahead_datagrams: (link.role == LinkRole::Client && self.config.slow_consumer == SlowConsumerPolicy::Skip)
+                    .then_some(self.config.backlog_datagrams.max(1)),
                 in_ready: false,
                 credit: SendCredit::new(0, self.config.credit_window_datagrams),
                 grant: GrantCredit::default(),
@@ -1001,13 +1020,18 @@ impl Relay {
     }
 
     /// Whether grants must be held back: a neighbor link has more than `backlog_datagrams`
-    /// Data waiting, or every subscribed client of some stream part has (then the publishers
-    /// are faster than all of that part's subscribers, and pacing them slows nobody; while
-    /// one subscriber keeps up, the slower ones are left to their queues and the cut-off).
+    /// Data waiting, or (policy cut) every subscribed client of some stream part has (then
+    /// the publishers are faster than all of that part's subscribers, and pacing them slows
+    /// nobody; while one subscriber keeps up, the slower ones are left to their queues and
+    /// the cut-off).
     fn backlogged(&self) -> bool {
         let backlog = |id: &u32| self.links.get(id).is_some_and(|link| link.outbound.len() > self.config.backlog_datagrams);
         if self.neighbor_links.iter().any(backlog) {
             return true;
+        }
+        if self.config.slow_consumer == SlowConsumerPolicy::Skip {
+            // Skipping subscribers drop their oldest data instead: they pace nobody.
+            return false;
         }
         self.stream_parts.values().any(|state| {
             let mut live = state.clients.iter().filter(|(_, expiry)| **expiry >= self.now_us).map(|(id, _)| id).peekable();
@@ -1188,7 +1212,10 @@ impl Relay {
             let slow = link.config.role == LinkRole::Client
                 && link.credit.stalled_for(now_us).is_some_and(|waited| waited >= self.config.slow_consumer_timeout_us);
             if slow {
-                self.cut_slow_consumer(link_id);
+                match self.config.slow_consumer {
+                    SlowConsumerPolicy::Cut => self.cut_slow_consumer(link_id),
+                    SlowConsumerPolicy::Skip => self.skip_slow_consumer(link_id),
+                }
                 continue;
             }
             if link.credit.take_probe(now_us) {
@@ -1213,6 +1240,20 @@ impl Relay {
             state.clients.remove(&link_id);
         }
         self.counters.increment(Counter::SlowConsumersCut);
+        self.push_event(Event::SlowConsumer { link_id });
+    }
+
+    /// Policy skip: drops a silent client's waiting Data (counted) but keeps its interest;
+    /// what is sent to it next is the newest data, as soon as it grants credit again.
+    fn skip_slow_consumer(&mut self, link_id: u32) {
+        let Some(link) = self.links.get_mut(&link_id) else { return };
+        self.counters.add(Counter::DropsSkippedAhead, link.outbound.len() as u64);
+        for outgoing in link.outbound.drain(..) {
+            self.outbox.release(outgoing.datagram);
+        }
+        link.credit.clear_stall();
+        self.outbox.stalled.remove(&link_id);
+        self.counters.increment(Counter::SlowConsumersSkipped);
         self.push_event(Event::SlowConsumer { link_id });
     }
 

@@ -15,7 +15,8 @@
 //!    `total_length`); the buffer goes back to the ring; the receive is re-armed when the
 //!    kernel ends it (e.g. `ENOBUFS` when every buffer was in use).
 //! 2. After each batch of completions: `relay.handle_timeout` if due, `relay.flush`, then
-//!    `relay.poll_transmit` into up to [`SEND_SLOTS`] send slots, each one `SendMsg` SQE with a
+//!    `relay.poll_gather` into up to [`SEND_SLOTS`] send slots, each one scatter-gather
+//!    `SendMsg` SQE (per datagram its stamped header and its shared body) with a
 //!    `UDP_SEGMENT` cmsg when it holds several datagrams (GSO), submitted together.
 //! 3. Wait for completions with a timeout of `relay.poll_timeout()`, capped at
 //!    [`WAIT_TIMEOUT_US_MAX`] so that commands and stop requests are seen.
@@ -36,7 +37,7 @@
 //! - Linux ≥ 6.0 (multishot recvmsg); `UDP_GRO`/`UDP_SEGMENT` need ≥ 5.0.
 //! - A command or stop request waits up to [`WAIT_TIMEOUT_US_MAX`] on an idle shard.
 //! - If the kernel rejects a GSO send (`EIO`/`EINVAL`, e.g. a device without checksum
-//!   offload), the shard stops using GSO and sends one datagram per `sendto` from then on,
+//!   offload), the shard stops using GSO and sends one datagram per `sendmsg` from then on,
 //!   counting [`RuntimeCounter::GsoFallbacks`].
 //! - Receive memory per shard is [`RECEIVE_BUFFER_COUNT`] × 64 KiB (not locked); the socket's
 //!   receive buffer is raised to [`SOCKET_RECEIVE_BUFFER_LENGTH`] within `net.core.rmem_max`.

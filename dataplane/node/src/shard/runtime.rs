@@ -101,6 +101,7 @@ impl Shard {
         let config = &context.config;
         let mut relay_config = RelayConfig::new(context.index, config.shards, config.datagram_length_max, config.verify);
         relay_config.rate_limit_in_userspace = context.rate_limit_in_userspace;
+        relay_config.slow_consumer = config.slow_consumer;
         let mut relay = Relay::new(relay_config);
         for link in &config.links {
             relay.add_link(link);
