@@ -5,7 +5,8 @@
 //! targets), a publisher at node 0 and one subscriber at every other node. Each message
 //! carries its send time, so subscribers measure end-to-end latency; each subscriber checks
 //! every chain for duplicates and holes. The generated configs and client link files stay in
-//! a temporary folder so you can attach `runnel sub --link …` from another terminal.
+//! a temporary folder so you can attach `runnel sub --link …` from another terminal; they
+//! hold link keys, so each is mode 0600 in a folder created 0700, and none is printed.
 //!
 //! It runs for hours in fixed memory: duplicates and loss are counted by a [`LossWindow`]
 //! per (subscriber, publisher, chain) — the last [`loss_window::WINDOW_SEQUENCES`]
@@ -56,7 +57,8 @@ pub struct DevArgs {
     pub size: usize,
     #[arg(long, value_enum, default_value_t = Signatures::Batch)]
     pub signatures: Signatures,
-    /// Where to write configs and link files (default: a new folder under /tmp).
+    /// Where to write configs and link files, each mode 0600 (default: a new folder under
+    /// /tmp, mode 0700).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
@@ -104,6 +106,25 @@ fn key_hex() -> String {
     hex::encode(crate::keygen::link_key_bytes())
 }
 
+/// Writes a file that holds link keys: mode 0600, replacing one a previous run left.
+fn write_key_file(path: &Path, text: &str) -> Result<(), String> {
+    runnel_keystore::write_private_file(path, text.as_bytes(), runnel_keystore::Replace::Yes).map_err(|e| e.to_string())
+}
+
+/// The folder for configs and link files: `--dir` (created 0700 if missing), else a new
+/// private folder under the temporary directory (mode 0700, a fresh random name, so no one
+/// can have made it in advance).
+fn private_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
+    match dir {
+        Some(dir) => {
+            runnel_keystore::create_private_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            Ok(dir.to_path_buf())
+        }
+        None => runnel_keystore::create_private_temp_dir("runnel-dev-")
+            .map_err(|e| format!("cannot create a folder in {}: {e}", std::env::temp_dir().display())),
+    }
+}
+
 fn layout(nodes: usize, ports: &[u16], dir: &Path) -> Result<Layout, String> {
     let edges = dev_edges(nodes);
     let address = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
@@ -135,12 +156,11 @@ fn layout(nodes: usize, ports: &[u16], dir: &Path) -> Result<Layout, String> {
     for node in 0..nodes {
         let link = client_link(node, USER_LINK_ID_BASE + node as u32, &mut texts)?;
         let path = dir.join(format!("client-node{node}.toml"));
-        std::fs::write(&path, link.to_toml()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_key_file(&path, &link.to_toml())?;
         user_links.push(path);
     }
     for (node, text) in texts.iter().enumerate() {
-        let path = dir.join(format!("node{node}.toml"));
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_key_file(&dir.join(format!("node{node}.toml")), text)?;
     }
     Ok(Layout { node_configs: texts, publisher_link, subscriber_links, user_links })
 }
@@ -211,11 +231,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     if args.size < 8 {
         return Err("--size must be at least 8 bytes (the payload carries its send time)".into());
     }
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("runnel-dev-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dir = private_dir(args.dir.as_deref())?;
     let ports = free_ports(args.nodes)?;
     let layout = layout(args.nodes, &ports, &dir)?;
     let mut nodes: Vec<NodeHandle> = Vec::new();

@@ -41,12 +41,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Make a publisher key (Ethereum account), or with --link a 32-byte link key.
-    Keygen {
-        /// Print a link key (64 hex digits) instead of a publisher key.
-        #[arg(long)]
-        link: bool,
-    },
+    /// Make a publisher key (Ethereum account) in a new 0600 file or keystore (--out FILE;
+    /// prints only its address), or with --link a 32-byte link key.
+    Keygen(keygen::KeygenArgs),
 }
 
 fn main() {
@@ -58,10 +55,7 @@ fn main() {
         Command::Pub(args) => pubsub::run_pub(args),
         Command::Sub(args) => pubsub::run_sub(args),
         Command::Bench { args } => runnel_bench::cli::run(&args).map_err(|e| e.to_string()),
-        Command::Keygen { link } => {
-            keygen::run(link);
-            Ok(())
-        }
+        Command::Keygen(args) => keygen::run(args),
     };
     if let Err(error) = result {
         eprintln!("runnel: {error}");

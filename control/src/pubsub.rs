@@ -5,7 +5,7 @@ use runnel_proto::crypto::{address_hex, PublisherKey};
 use runnel_proto::stream::StreamPart;
 use runnel_proto::wire::ContentType;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Which signatures a publisher makes.
@@ -34,9 +34,13 @@ pub struct PubArgs {
     /// Stream part to publish to: `0x<owner>/<path>#<partition>`.
     #[arg(long)]
     pub stream: String,
-    /// File holding the publisher's private key (hex). Default: $RUNNEL_PRIVATE_KEY.
+    /// The publisher's key file (mode 0600): 64 hex digits, or an encrypted Web3 keystore
+    /// (`runnel keygen --out` writes either). Default: the hex key in $RUNNEL_PRIVATE_KEY.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// File holding the keystore's password (mode 0600). Default: $RUNNEL_KEYSTORE_PASSWORD.
+    #[arg(long, requires = "key_file")]
+    pub password_file: Option<PathBuf>,
     /// Messages per second (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -72,18 +76,19 @@ pub struct SubArgs {
     pub no_verify: bool,
 }
 
-pub fn load_publisher_key(key_file: Option<&PathBuf>) -> Result<PublisherKey, String> {
-    let text = match key_file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read --key-file {}: {e}", path.display()))?,
-        None => std::env::var("RUNNEL_PRIVATE_KEY")
-            .map_err(|_| "no publisher key: pass --key-file FILE or set RUNNEL_PRIVATE_KEY (`runnel keygen` makes one)".to_string())?,
-    };
-    // A key file may be the JSON `runnel keygen` prints, or bare hex.
-    let hex_text = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("private_key").and_then(|k| k.as_str()).map(str::to_string))
-        .unwrap_or(text);
-    PublisherKey::from_hex(&hex_text).map_err(|e| format!("publisher key: {e}"))
+pub fn load_publisher_key(key_file: Option<&Path>, password_file: Option<&Path>) -> Result<PublisherKey, String> {
+    if let Some(path) = key_file {
+        return crate::keygen::load_key_file(path, password_file).map_err(|e| format!("--key-file: {e}"));
+    }
+    let text = std::env::var("RUNNEL_PRIVATE_KEY").map_err(|_| {
+        "no publisher key: pass --key-file FILE or set RUNNEL_PRIVATE_KEY (`runnel keygen --out FILE` makes a key file)".to_string()
+    })?;
+    let mut bytes = text.into_bytes();
+    let key = std::str::from_utf8(&bytes)
+        .map_err(|_| "RUNNEL_PRIVATE_KEY: not text".to_string())
+        .and_then(|text| PublisherKey::from_hex(text).map_err(|e| format!("RUNNEL_PRIVATE_KEY: {e}")));
+    bytes.fill(0);
+    key
 }
 
 fn load_link(path: &std::path::Path) -> Result<ClientLinkConfig, String> {
@@ -100,7 +105,7 @@ fn sent_error(publisher: PublisherThread) -> String {
 
 pub fn run_pub(args: PubArgs) -> Result<(), String> {
     let part = StreamPart::parse(&args.stream).map_err(|e| format!("--stream: {e}"))?;
-    let key = load_publisher_key(args.key_file.as_ref())?;
+    let key = load_publisher_key(args.key_file.as_deref(), args.password_file.as_deref())?;
     let link = load_link(&args.link)?;
     let options = ClientOptions { publisher_key: Some(key.clone()), signing: args.signatures.mode(), verify: false, gso: true };
     let client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
