@@ -6,16 +6,21 @@
 //! `userspace`) and, with XDP, the kernel's verdict counts (docs/xdp-filter.md); the
 //! userspace filter's drops are the `datagrams_*` counters; `commands` counts the command
 //! interface's traffic (`runnel_node::command::CommandCounter`).
+//!
+//! With `--ipc PATH` the node also serves its command interface on a unix socket (mode 0600)
+//! for a control process in another process (`runnel_node::ipc`); events then go to the
+//! connected control process instead of stderr.
 
 use runnel_core::counters::Counters;
 use runnel_core::filter::Verdict;
 use runnel_node::command::CommandCounter;
 use runnel_node::config::NodeConfig;
+use runnel_node::ipc::{self, IpcCounters};
 use runnel_node::node::{Node, NodeHandle};
 use runnel_node::shard::{RuntimeCounter, RuntimeCounters};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -26,10 +31,15 @@ pub struct NodeArgs {
     /// Seconds between status lines on stdout (0: only the final one).
     #[arg(long, default_value_t = 5.0)]
     pub status_interval: f64,
+    /// Serve the command interface on this unix socket (created mode 0600; keep its
+    /// directory private) for a control process.
+    #[arg(long, value_name = "PATH")]
+    pub ipc: Option<PathBuf>,
 }
 
-/// Node-wide counter totals plus per-shard runtime counters, as one JSON object.
-pub fn status_json(node: &NodeHandle, started: Instant) -> Value {
+/// Node-wide counter totals plus per-shard runtime counters (and, with `--ipc`, the IPC
+/// server's counters), as one JSON object.
+pub fn status_json(node: &NodeHandle, started: Instant, ipc: Option<&IpcCounters>) -> Value {
     let mut totals = Counters::default();
     for shard in node.counters() {
         totals.merge(&shard);
@@ -63,6 +73,12 @@ pub fn status_json(node: &NodeHandle, started: Instant) -> Value {
         "counters": counters,
         "runtime": runtime,
         "commands": commands,
+        "ipc": ipc.map(|c| json!({
+            "connections": c.connections.load(Ordering::Relaxed),
+            "protocol_errors": c.protocol_errors.load(Ordering::Relaxed),
+            "commands": c.commands.load(Ordering::Relaxed),
+            "responses_orphaned": c.responses_orphaned.load(Ordering::Relaxed),
+        })),
     })
 }
 
@@ -76,24 +92,47 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         config.datagram_length_max,
         config.verify
     );
+    let listener = match &args.ipc {
+        Some(path) => Some(ipc::bind(path).map_err(|e| format!("--ipc {}: {e}", path.display()))?),
+        None => None,
+    };
     let node = Node::start(config).map_err(|e| e.to_string())?;
     eprintln!("runnel node: running {summary}");
     eprintln!("runnel node: {}", node.filter_mode());
-    let started = Instant::now();
-    let mut next_status = started + Duration::from_secs_f64(args.status_interval.max(0.0));
-    while !crate::signals::stop_requested() {
-        std::thread::sleep(Duration::from_millis(50));
-        while let Ok(event) = node.events().try_recv() {
-            eprintln!("runnel node: {event:?}");
-        }
-        if args.status_interval > 0.0 && Instant::now() >= next_status {
-            println!("{}", status_json(&node, started));
-            next_status += Duration::from_secs_f64(args.status_interval);
-        }
+    if let Some(path) = &args.ipc {
+        eprintln!("runnel node: command interface on {}", path.display());
     }
-    let status = status_json(&node, started);
+    let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    let ipc_counters = IpcCounters::default();
+    let ipc_enabled = listener.is_some();
+    let served = std::thread::scope(|scope| {
+        let server = listener.as_ref().map(|listener| scope.spawn(|| ipc::serve(&node, listener, &stop, &ipc_counters)));
+        let mut next_status = started + Duration::from_secs_f64(args.status_interval.max(0.0));
+        while !crate::signals::stop_requested() && !server.as_ref().is_some_and(|s| s.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            if server.is_none() {
+                while let Ok(event) = node.events().try_recv() {
+                    eprintln!("runnel node: {event:?}");
+                }
+            }
+            if args.status_interval > 0.0 && Instant::now() >= next_status {
+                println!("{}", status_json(&node, started, ipc_enabled.then_some(&ipc_counters)));
+                next_status += Duration::from_secs_f64(args.status_interval);
+            }
+        }
+        stop.store(true, Ordering::Release);
+        server.map(|s| s.join().unwrap_or_else(|_| Err(std::io::Error::other("the IPC server panicked"))))
+    });
+    if let Some(path) = &args.ipc {
+        let _ = std::fs::remove_file(path);
+    }
+    let status = status_json(&node, started, ipc_enabled.then_some(&ipc_counters));
     node.stop().map_err(|e| e.to_string())?;
     println!("{status}");
     eprintln!("runnel node: stopped");
-    Ok(())
+    match served {
+        Some(Err(error)) => Err(format!("the IPC socket failed: {error}")),
+        _ => Ok(()),
+    }
 }

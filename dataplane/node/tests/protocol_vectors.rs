@@ -876,6 +876,65 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
         .concat(),
     ));
     seeds.push(("client", [vec![0], chunk(&repair_gap(&datagrams.batch, &link_key)), chunk(&encodings.data_datagram), idle].concat()));
+
+    // ipc: one archive of every request and reply shape (byte 0: even = request, odd = reply).
+    seeds.extend(ipc_seeds(part_key).into_iter().map(|seed| ("ipc", seed)));
+    seeds
+}
+
+/// Valid IPC archives, prefixed with the `ipc` fuzz target's selector byte.
+fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
+    use runnel_node::command::Command;
+    use runnel_node::config::{LinkConfig, LinkRole};
+    use runnel_node::ipc::{decode_reply, decode_request, read_frame, write_frame, Reply, Request, WireCommand, WireError, WireEvent};
+    let neighbor = LinkConfig {
+        id: 7,
+        key: LinkKey([9; 32]),
+        role: LinkRole::Neighbor,
+        peer: Some("10.1.0.2:7000".parse().unwrap()),
+        peer_shards: 2,
+        rate_datagrams_per_s: 1000,
+        burst_datagrams: 64,
+    };
+    let commands = [
+        Command::AddLink(neighbor),
+        Command::RemoveLink { link_id: 7 },
+        Command::Join { part },
+        Command::Leave { part },
+        Command::Policy(runnel_core::filter::FilterUpdate::Permit { part, publisher: [3; 20], until_ns: u64::MAX }),
+    ];
+    let mut requests = vec![Request::Hello { version: runnel_node::ipc::IPC_VERSION }, Request::Status { id: 9 }];
+    requests.extend(
+        commands.iter().enumerate().map(|(id, command)| Request::Command { id: id as u64, command: WireCommand::from_command(command) }),
+    );
+    let replies = [
+        Reply::Hello { version: 1, listen: vec!["127.0.0.1:7000".into()], shards: 1 },
+        Reply::Response { id: 1, error: None },
+        Reply::Response { id: 2, error: Some(WireError { kind: "unknown_link".into(), message: "no link 7".into() }) },
+        Reply::Event(WireEvent::SignatureFailure { shard: 0, link_id: 7, publisher: [3; 20], publisher_proven: true }),
+        Reply::Status { id: 9, counters: vec![("frames_delivered".into(), 5)] },
+        Reply::ProtocolError { message: "bad frame".into() },
+    ];
+    let archive = |frame: Vec<u8>| {
+        let mut archive = Vec::new();
+        assert!(read_frame(&mut &frame[..], &mut archive).unwrap());
+        archive
+    };
+    let mut seeds = Vec::new();
+    for request in requests {
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &request).unwrap();
+        let bytes = archive(frame);
+        assert_eq!(decode_request(&bytes).unwrap(), request);
+        seeds.push([vec![0], bytes].concat());
+    }
+    for reply in replies {
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &reply).unwrap();
+        let bytes = archive(frame);
+        assert_eq!(decode_reply(&bytes).unwrap(), reply);
+        seeds.push([vec![1], bytes].concat());
+    }
     seeds
 }
 
@@ -1011,7 +1070,7 @@ fn repair_gap(batch_datagram: &[u8], key: &LinkKey) -> Vec<u8> {
 fn fuzz_seed_corpora() {
     let (_, encodings) = build_vectors();
     let seeds = fuzz_seeds(&encodings);
-    for target in ["datagram", "frame", "config", "relay", "client_link", "client", "filter"] {
+    for target in ["datagram", "frame", "config", "relay", "client_link", "client", "filter", "ipc"] {
         assert!(seeds.iter().any(|(t, _)| *t == target), "no seed for fuzz target {target}");
     }
     // The client seeds reach the delivery oracle: every message of the chain from 1 on, in
