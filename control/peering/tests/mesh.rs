@@ -1,0 +1,290 @@
+//! Real libp2p over loopback (127.0.0.1 only, no mocks): several peering nodes in one
+//! process, each with its own thread, swarm and sockets. Every test stops by itself within
+//! its deadline (at most 60 s each).
+
+use crossbeam_channel::Receiver;
+use libp2p::{Multiaddr, PeerId};
+use runnel_peering::{Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringEvent, PeeringHandle};
+use runnel_proto::stream::StreamPartKey;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const PART: StreamPartKey = StreamPartKey([0x50; 32]);
+const PART_A: StreamPartKey = StreamPartKey([0xa0; 32]);
+const PART_B: StreamPartKey = StreamPartKey([0xb0; 32]);
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    TcpAndQuic,
+    QuicOnly,
+}
+
+/// One link as one side's events describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Link {
+    local_link_id: u32,
+    remote_link_id: u32,
+    key: [u8; 32],
+    remote_port: u16,
+}
+
+/// A running node and the neighbor view its events built.
+struct Node {
+    handle: Option<PeeringHandle>,
+    events: Receiver<PeeringEvent>,
+    peer: PeerId,
+    port: u16,
+    links: HashMap<(StreamPartKey, PeerId), Link>,
+    downs: Vec<(StreamPartKey, PeerId)>,
+}
+
+impl Node {
+    fn start(index: u16, bootstrap: Vec<Multiaddr>, transport: Transport) -> Self {
+        let port = 30_000 + index;
+        let dataplane = Endpoint { address: format!("127.0.0.1:{port}").parse().unwrap(), shards: 2 };
+        let mut config = PeeringConfig::new(Identity::generate(), dataplane);
+        config.listen = match transport {
+            Transport::TcpAndQuic => vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap(), "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            Transport::QuicOnly => vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        };
+        config.bootstrap = bootstrap;
+        config.lookup_interval = Duration::from_millis(500);
+        config.retry_after_refusal = Duration::from_secs(1);
+        config.retry_after_failure = Duration::from_secs(2);
+        config.request_timeout = Duration::from_secs(5);
+        config.quic_idle_timeout = Duration::from_secs(3);
+        let (handle, events) = Peering::spawn(config).expect("peering starts");
+        let peer = handle.local_peer_id();
+        Self { handle: Some(handle), events, peer, port, links: HashMap::new(), downs: Vec::new() }
+    }
+
+    fn handle(&self) -> &PeeringHandle {
+        self.handle.as_ref().expect("node running")
+    }
+
+    fn address(&self, tcp: bool) -> Multiaddr {
+        let addresses = self.handle().listen_addrs().unwrap();
+        let wanted = if tcp { "/tcp/" } else { "/quic-v1" };
+        addresses.into_iter().find(|address| address.to_string().contains(wanted)).expect("a listen address of that transport")
+    }
+
+    /// Applies every waiting event to the view, checking each makes sense.
+    fn drain(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                PeeringEvent::NeighborUp(up) => {
+                    let link = Link {
+                        local_link_id: up.local_link_id,
+                        remote_link_id: up.remote_link_id,
+                        key: *up.key.expose(),
+                        remote_port: up.remote_endpoint.port(),
+                    };
+                    assert_eq!(up.remote_shards, 2);
+                    let old = self.links.insert((up.part, up.peer), link);
+                    assert!(old.is_none(), "NeighborUp for a neighbor that is up already (no NeighborDown first)");
+                }
+                PeeringEvent::NeighborDown(down) => {
+                    let link = self.links.remove(&(down.part, down.peer)).expect("NeighborDown for a neighbor that is not up");
+                    assert_eq!(link.local_link_id, down.local_link_id);
+                    self.downs.push((down.part, down.peer));
+                }
+            }
+        }
+    }
+
+    fn degree(&self, part: StreamPartKey) -> usize {
+        self.links.keys().filter(|(linked, _)| *linked == part).count()
+    }
+
+    fn neighbors(&self, part: StreamPartKey) -> Vec<PeerId> {
+        self.links.keys().filter(|(linked, _)| *linked == part).map(|(_, peer)| *peer).collect()
+    }
+}
+
+/// Every link seen on one side has its mirror on the other: same key, swapped link ids,
+/// each side's dataplane port. Returns what is missing, if anything.
+fn asymmetry(nodes: &[Node]) -> Option<String> {
+    let by_peer: HashMap<PeerId, &Node> = nodes.iter().filter(|node| node.handle.is_some()).map(|node| (node.peer, node)).collect();
+    for node in by_peer.values() {
+        for ((part, peer), link) in &node.links {
+            let Some(other) = by_peer.get(peer) else { return Some(format!("{} links to stopped {peer}", node.peer)) };
+            let Some(mirror) = other.links.get(&(*part, node.peer)) else {
+                return Some(format!("{} has {peer} as neighbor, not the other way round", node.peer));
+            };
+            assert_eq!(mirror.key, link.key, "both sides of a link derive the same key");
+            assert_eq!((mirror.local_link_id, mirror.remote_link_id), (link.remote_link_id, link.local_link_id));
+            assert_eq!((mirror.remote_port, link.remote_port), (node.port, other.port));
+        }
+    }
+    None
+}
+
+/// Drains every node until `done` holds and the views are symmetric, or panics at `deadline`.
+fn wait_until(nodes: &mut [Node], deadline: Instant, what: &str, done: impl Fn(&[Node]) -> bool) {
+    loop {
+        for node in nodes.iter_mut() {
+            node.drain();
+        }
+        if done(nodes) && asymmetry(nodes).is_none() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let degrees: Vec<usize> = nodes.iter().map(|node| node.links.len()).collect();
+            panic!("{what}: not reached in time; links per node {degrees:?}; {:?}", asymmetry(nodes));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Node 0 is the bootstrap; the others start from its address.
+fn start_nodes(count: u16, transport: Transport) -> Vec<Node> {
+    let bootstrap = Node::start(0, Vec::new(), transport);
+    let address = bootstrap.address(transport == Transport::TcpAndQuic);
+    let mut nodes = vec![bootstrap];
+    nodes.extend((1..count).map(|index| Node::start(index, vec![address.clone()], transport)));
+    nodes
+}
+
+fn live(nodes: &[Node]) -> impl Iterator<Item = &Node> {
+    nodes.iter().filter(|node| node.handle.is_some())
+}
+
+/// Six nodes join one part and mesh; returns them and the seconds it took.
+fn six_node_mesh() -> (Vec<Node>, f64) {
+    let mut nodes = start_nodes(6, Transport::TcpAndQuic);
+    let started = Instant::now();
+    for node in &nodes {
+        node.handle().join(PART).unwrap();
+    }
+    let wanted = 3.min(nodes.len() - 1);
+    wait_until(&mut nodes, started + DEADLINE, "six nodes meshing", |nodes| {
+        nodes.iter().all(|node| node.degree(PART) >= wanted && node.degree(PART) <= 8)
+    });
+    (nodes, started.elapsed().as_secs_f64())
+}
+
+// Goal: six nodes, one of them the bootstrap of the others, all join one part: each gets
+// at least min(3, n - 1) neighbors and at most the maximum, and every NeighborUp has its
+// mirror on the other side (same key, swapped link ids).
+#[test]
+fn six_nodes_mesh_with_matching_links() {
+    let (nodes, seconds) = six_node_mesh();
+    eprintln!("six nodes: every node has >= 3 neighbors after {seconds:.2} s");
+    for node in &nodes {
+        let reported = node.handle().neighbors(PART).unwrap();
+        assert_eq!(reported.len(), node.degree(PART), "neighbors() agrees with the events");
+        for neighbor in reported {
+            let link = &node.links[&(PART, neighbor.peer)];
+            assert_eq!((neighbor.local_link_id, neighbor.remote_link_id), (link.local_link_id, link.remote_link_id));
+            assert!(neighbor.local_link_id >= 0x8000_0000, "peering ids come from the upper half");
+        }
+        assert!(node.handle().counter(PeeringCounter::NeighborsUp) >= 3);
+        assert!(node.handle().counter(PeeringCounter::ProviderLookups) >= 1);
+    }
+}
+
+/// Shuts one non-bootstrap node down (gracefully or not) and checks the healing.
+fn heals_after_losing_a_node(graceful: bool) {
+    let (mut nodes, _) = six_node_mesh();
+    let victim = 3;
+    let victim_peer = nodes[victim].peer;
+    let had_victim: Vec<usize> = (0..nodes.len()).filter(|&i| i != victim && nodes[i].neighbors(PART).contains(&victim_peer)).collect();
+    assert!(!had_victim.is_empty());
+    let handle = nodes[victim].handle.take().unwrap();
+    let stopped = Instant::now();
+    if graceful {
+        handle.shutdown();
+    } else {
+        handle.abort();
+    }
+    wait_until(&mut nodes, stopped + Duration::from_secs(10), "survivors back to >= 3 neighbors", |nodes| {
+        live(nodes).all(|node| !node.neighbors(PART).contains(&victim_peer) && node.degree(PART) >= 3)
+    });
+    for &i in &had_victim {
+        assert!(nodes[i].downs.contains(&(PART, victim_peer)), "node {i} got NeighborDown for the stopped node");
+    }
+    eprintln!(
+        "{}: {} neighbors saw NeighborDown; all survivors back to >= 3 neighbors after {:.2} s",
+        if graceful { "shutdown" } else { "abort" },
+        had_victim.len(),
+        stopped.elapsed().as_secs_f64()
+    );
+}
+
+// Goal: a node that shuts down (sending Leave) is dropped by its neighbors, and each
+// survivor is back to at least 3 neighbors within 10 s.
+#[test]
+fn neighbors_replace_a_node_that_shuts_down() {
+    heals_after_losing_a_node(true);
+}
+
+// Goal: the same when the node vanishes without a word (its connections just close, as
+// when the process is killed): ConnectionClosed drops it.
+#[test]
+fn neighbors_replace_a_node_that_vanishes() {
+    heals_after_losing_a_node(false);
+}
+
+// Goal: two parts with disjoint node sets, over QUIC only: no link is ever made for the
+// other part, and no node links to a node of the other set.
+#[test]
+fn disjoint_parts_stay_apart_over_quic() {
+    let mut nodes = start_nodes(7, Transport::QuicOnly);
+    let started = Instant::now();
+    // Node 0 is only the bootstrap; 1..=3 join A, 4..=6 join B.
+    for (index, node) in nodes.iter().enumerate().skip(1) {
+        node.handle().join(if index <= 3 { PART_A } else { PART_B }).unwrap();
+    }
+    let set_of = |nodes: &[Node], part: StreamPartKey| -> Vec<PeerId> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| (*index >= 1 && *index <= 3) == (part == PART_A) && *index >= 1)
+            .map(|(_, node)| node.peer)
+            .collect()
+    };
+    wait_until(&mut nodes, started + DEADLINE, "two disjoint meshes", |nodes| nodes.iter().skip(1).all(|node| node.links.len() >= 2));
+    // Let discovery keep running a while: still nothing may cross.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        for node in nodes.iter_mut() {
+            node.drain();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (a, b) = (set_of(&nodes, PART_A), set_of(&nodes, PART_B));
+    assert!(nodes[0].links.is_empty(), "the bootstrap joined nothing and has no neighbors");
+    for (index, node) in nodes.iter().enumerate().skip(1) {
+        let (own_part, own_set) = if index <= 3 { (PART_A, &a) } else { (PART_B, &b) };
+        for (part, peer) in node.links.keys() {
+            assert_eq!(*part, own_part, "node {index} has a link for a part it never joined");
+            assert!(own_set.contains(peer), "node {index} links to a node of the other part");
+        }
+        if !node.downs.is_empty() {
+            let counters: Vec<(&str, u64)> = PeeringCounter::ALL.iter().map(|c| (c.name(), node.handle().counter(*c))).collect();
+            panic!("node {index} saw NeighborDown {:?}; counters {counters:?}", node.downs);
+        }
+    }
+    eprintln!("disjoint parts over QUIC: both meshes complete after {:.2} s", started.elapsed().as_secs_f64());
+}
+
+// Goal: leaving a part tells the neighbors (they get NeighborDown), emits NeighborDown
+// locally for every link, and the node stops being found for it.
+#[test]
+fn leave_drops_every_link_on_both_sides() {
+    let mut nodes = start_nodes(4, Transport::TcpAndQuic);
+    let started = Instant::now();
+    for node in &nodes {
+        node.handle().join(PART).unwrap();
+    }
+    wait_until(&mut nodes, started + DEADLINE, "four nodes meshing", |nodes| nodes.iter().all(|node| node.degree(PART) >= 2));
+    let leaver = nodes[2].peer;
+    nodes[2].handle().leave(PART).unwrap();
+    wait_until(&mut nodes, Instant::now() + Duration::from_secs(10), "everyone dropping the leaver", |nodes| {
+        nodes[2].links.is_empty() && nodes.iter().all(|node| !node.neighbors(PART).contains(&leaver))
+    });
+    assert!(nodes[2].handle().neighbors(PART).unwrap().is_empty());
+    let left_counted: u64 = nodes.iter().map(|node| node.handle().counter(PeeringCounter::LeavesReceived)).sum();
+    assert!(left_counted >= 1);
+}
