@@ -1,12 +1,15 @@
 //! # runnel
 //!
 //! The command line of a Runnel node: `runnel node` runs a dataplane from a config file,
+//! `runnel control` the control process beside it (over the dataplane's `--ipc` socket),
 //! `runnel dev` starts a whole local network with traffic and live numbers, `runnel pub` /
 //! `runnel sub` publish and subscribe over a client link, `runnel keygen` makes keys, and
 //! `runnel bench` runs the benchmark programs of `bench/`.
 
 use clap::{Parser, Subcommand};
 
+mod admin;
+mod control_cmd;
 mod dev;
 mod keygen;
 mod node_cmd;
@@ -27,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run a node (dataplane shards) from a TOML config until Ctrl-C.
     Node(node_cmd::NodeArgs),
+    /// Run the control process beside a dataplane (`runnel node --ipc PATH`): drives it over
+    /// the socket and serves /status and /metrics.
+    Control(control_cmd::ControlArgs),
     /// Start a local network on loopback with a publisher and subscribers; show live numbers.
     Dev(dev::DevArgs),
     /// Publish messages to a stream part through a node (stdin lines, or generated).
@@ -51,6 +57,7 @@ fn main() {
     signals::install();
     let result = match cli.command {
         Command::Node(args) => node_cmd::run(args),
+        Command::Control(args) => control_cmd::run(args),
         Command::Dev(args) => dev::run(args),
         Command::Pub(args) => pubsub::run_pub(args),
         Command::Sub(args) => pubsub::run_sub(args),

@@ -45,13 +45,13 @@
 //! - Events are those the shards raise today: signature failures, joins, slow consumers.
 //!   Per-link statistics come from `Status` (node-wide counter totals), not from events.
 
-use crate::command::{Command, CommandError, CommandId};
+use crate::command::{Command, CommandCounter, CommandError, CommandId};
 use crate::node::{NodeError, NodeHandle};
 use crate::shard::{RuntimeCounter, ShardEvent};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use rkyv::rancor::Error as RkyvError;
 use runnel_core::counters::Counters;
-use runnel_core::filter::FilterUpdate;
+use runnel_core::filter::{FilterUpdate, Verdict};
 use runnel_core::link::{LinkConfig, LinkRole};
 use runnel_core::relay::Event;
 use runnel_proto::linktag::LinkKey;
@@ -582,16 +582,26 @@ fn write_replies(
     Ok(())
 }
 
-/// Node-wide totals of every relay and runtime counter, by name.
+/// Node-wide totals of every counter, by name: the relay's (`frames_delivered`), the shard
+/// runtime's (`runtime_…`), the command interface's (`commands_…`) and, with XDP on, the
+/// kernel filter's verdicts (`xdp_…`).
 fn status_counters(node: &NodeHandle) -> Vec<(String, u64)> {
     let mut totals = Counters::default();
     for shard in node.counters() {
         totals.merge(&shard);
     }
     let mut out: Vec<(String, u64)> = totals.iter().map(|(name, value)| (name.to_string(), value)).collect();
+    let runtime = node.runtime_counters();
     for counter in RuntimeCounter::ALL {
-        let total = node.runtime_counters().iter().map(|shard| shard.get(counter)).sum();
-        out.push((format!("runtime_{}", counter.name()), total));
+        out.push((format!("runtime_{}", counter.name()), runtime.iter().map(|shard| shard.get(counter)).sum()));
+    }
+    for counter in CommandCounter::ALL {
+        out.push((format!("commands_{}", counter.name()), node.command_counters().get(counter)));
+    }
+    if let Some(verdicts) = node.xdp_verdicts() {
+        for verdict in Verdict::ALL {
+            out.push((format!("xdp_{}", verdict.name()), verdicts[verdict as usize]));
+        }
     }
     out
 }
@@ -600,7 +610,8 @@ fn status_counters(node: &NodeHandle) -> Vec<(String, u64)> {
 #[derive(Debug)]
 pub struct IpcClient {
     stream: UnixStream,
-    buffer: Vec<u8>,
+    /// Bytes read but not yet a whole frame (a read timeout never loses the framing).
+    pending: Vec<u8>,
     next_id: u64,
     /// The node's listen addresses and shard count, from its Hello.
     pub listen: Vec<String>,
@@ -608,13 +619,13 @@ pub struct IpcClient {
 }
 
 impl IpcClient {
-    /// Connects and exchanges `Hello`s; every later read waits at most `timeout`.
+    /// Connects and exchanges `Hello`s; each later read waits at most `timeout`.
     pub fn connect(path: &Path, timeout: Duration) -> Result<IpcClient, IpcError> {
         let mut stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         write_frame(&mut stream, &Request::Hello { version: IPC_VERSION })?;
-        let mut client = IpcClient { stream, buffer: Vec::new(), next_id: 1, listen: Vec::new(), shards: 0 };
+        let mut client = IpcClient { stream, pending: Vec::new(), next_id: 1, listen: Vec::new(), shards: 0 };
         match client.read()? {
             Reply::Hello { version, listen, shards } if version == IPC_VERSION => {
                 client.listen = listen;
@@ -642,18 +653,46 @@ impl IpcClient {
         Ok(id)
     }
 
+    /// How long each read waits from now on.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), IpcError> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
     /// Sends raw bytes (tests of the server's handling of bad input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), IpcError> {
         self.stream.write_all(bytes)?;
         Ok(())
     }
 
-    /// The next reply (a timeout is an `Io` error).
-    pub fn read(&mut self) -> Result<Reply, IpcError> {
-        if !read_frame(&mut self.stream, &mut self.buffer)? {
-            return Err(IpcError::Io("the dataplane closed the IPC connection".into()));
+    /// The next reply, or `None` if none arrived within the read timeout.
+    pub fn poll(&mut self) -> Result<Option<Reply>, IpcError> {
+        loop {
+            if self.pending.len() >= 4 {
+                let length = u32::from_le_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize;
+                if length == 0 || length > FRAME_LENGTH_MAX {
+                    return Err(IpcError::FrameLength(length));
+                }
+                if self.pending.len() >= 4 + length {
+                    let reply = decode_reply(&self.pending[4..4 + length]);
+                    self.pending.drain(..4 + length);
+                    return reply.map(Some);
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(IpcError::Io("the dataplane closed the IPC connection".into())),
+                Ok(read) => self.pending.extend_from_slice(&chunk[..read]),
+                Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error.into()),
+            }
         }
-        decode_reply(&self.buffer)
+    }
+
+    /// The next reply; none within the read timeout is an `Io` error.
+    pub fn read(&mut self) -> Result<Reply, IpcError> {
+        self.poll()?.ok_or_else(|| IpcError::Io("no reply from the dataplane within the timeout".into()))
     }
 
     /// Sends a command and reads replies until its response; events read meanwhile go to

@@ -1,0 +1,147 @@
+//! `runnel control` beside `runnel node --ipc`: two real processes, a real unix socket, the
+//! admin endpoint scraped over real HTTP.
+
+use runnel_core::counters::Counter;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/control#0";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process killed on drop, so a failing test leaves nothing running.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
+    let dir = std::env::temp_dir().join(format!("runnel-control-test-{}-{}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    TempDir(dir)
+}
+
+fn start_node(dir: &Path, socket: &Path) -> Process {
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, format!("[node]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["node", "--status-interval", "0", "--config"])
+        .arg(&config)
+        .arg("--ipc")
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+/// Starts `runnel control` and returns it with its admin address (read from its stderr).
+fn start_control(socket: &Path) -> (Process, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["control", "--admin", "127.0.0.1:0", "--join", STREAM, "--ipc"])
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("control prints its admin address").unwrap();
+    let address = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {first:?}"));
+    // Keep draining its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Process(child), address)
+}
+
+fn http(address: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    http(address, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+}
+
+/// The value of `runnel_<name>_total` in a metrics page.
+fn metric(page: &str, name: &str) -> Option<u64> {
+    let prefix = format!("runnel_{name}_total ");
+    page.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|value| value.parse().ok())
+}
+
+/// Waits until control reports a connected dataplane with counters, and returns /metrics.
+fn wait_connected(admin: SocketAddr) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (status, body) = get(admin, "/status");
+        assert_eq!(status, 200);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if json["dataplane"]["connected"] == true && json["counters"].as_object().is_some_and(|c| !c.is_empty()) {
+            let (status, page) = get(admin, "/metrics");
+            assert_eq!(status, 200);
+            return page;
+        }
+        assert!(Instant::now() < deadline, "control never connected: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// Goal: control drives the dataplane process over its socket (its --join is a command the
+// node answers), /metrics carries every dataplane counter and control's own in Prometheus
+// form, /status is JSON; killing control leaves the dataplane running, and a new control
+// reconnects and replays its state; the admin endpoint refuses other paths and methods.
+#[test]
+fn control_drives_the_dataplane_and_serves_status_and_metrics() {
+    let dir = temp_dir();
+    let socket = dir.0.join("dataplane.sock");
+    let mut node = start_node(&dir.0, &socket);
+    let (control, admin) = start_control(&socket);
+    let page = wait_connected(admin);
+    for counter in Counter::ALL {
+        assert!(metric(&page, counter.name()).is_some(), "runnel_{}_total missing from /metrics", counter.name());
+        assert!(page.contains(&format!("# HELP runnel_{}_total {}", counter.name(), counter.help())));
+    }
+    assert!(metric(&page, "runtime_loop_turns").is_some_and(|turns| turns > 0), "the node's loop turns");
+    assert!(metric(&page, "commands_succeeded").is_some_and(|n| n >= 1), "the --join was a command the node answered");
+    assert_eq!(metric(&page, "control_ipc_connects"), Some(1));
+    assert!(metric(&page, "control_admin_requests").is_some_and(|n| n >= 1));
+
+    // Control dies; the dataplane does not.
+    drop(control);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(node.0.try_wait().unwrap().is_none(), "the dataplane outlives its control process");
+    let (_control, admin) = start_control(&socket);
+    let page = wait_connected(admin);
+    assert!(metric(&page, "commands_submitted").is_some_and(|n| n >= 2), "the new control replayed its join");
+
+    assert_eq!(get(admin, "/nope").0, 404);
+    assert_eq!(http(admin, "POST /status HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(http(admin, "garbage\r\n\r\n").0, 400);
+}
