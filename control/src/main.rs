@@ -15,6 +15,7 @@ mod keygen;
 mod node_cmd;
 mod pubsub;
 mod signals;
+mod supervise;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

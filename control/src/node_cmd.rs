@@ -9,7 +9,8 @@
 //!
 //! With `--ipc PATH` the node also serves its command interface on a unix socket (mode 0600)
 //! for a control process in another process (`runnel_node::ipc`); events then go to the
-//! connected control process instead of stderr.
+//! connected control process instead of stderr. Without `--ipc`, a config with a `[control]`
+//! section makes `runnel node` the supervisor of both processes ([`crate::supervise`]).
 
 use runnel_core::counters::Counters;
 use runnel_core::filter::Verdict;
@@ -83,6 +84,13 @@ pub fn status_json(node: &NodeHandle, started: Instant, ipc: Option<&IpcCounters
 }
 
 pub fn run(args: NodeArgs) -> Result<(), String> {
+    // A `[control]` section makes this the supervisor of a dataplane and a control process;
+    // with `--ipc` it is the dataplane alone (what the supervisor starts).
+    if args.ipc.is_none() {
+        if let Some(section) = crate::supervise::control_section(&args.config)? {
+            return crate::supervise::run(&args.config, section, args.status_interval);
+        }
+    }
     let config = NodeConfig::load(&args.config).map_err(|e| e.to_string())?;
     let summary = format!(
         "{} shard(s) from {}, {} link(s), datagrams up to {} B, verify = {:?}",

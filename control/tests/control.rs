@@ -145,3 +145,115 @@ fn control_drives_the_dataplane_and_serves_status_and_metrics() {
     assert_eq!(http(admin, "POST /status HTTP/1.1\r\n\r\n").0, 405);
     assert_eq!(http(admin, "garbage\r\n\r\n").0, 400);
 }
+
+/// Lines a process writes to stderr, read on a thread.
+fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    // Bounded: the test reads as it goes, and a supervisor logs a few lines per restart.
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1024);
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Reads lines until one contains `needle`; returns it.
+fn line_with(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {needle:?} within {TIMEOUT:?}"),
+        }
+    }
+}
+
+fn pid_in(line: &str) -> libc::pid_t {
+    line.split("(pid ").nth(1).and_then(|rest| rest.trim_end_matches(')').parse().ok()).unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+fn admin_in(line: &str) -> SocketAddr {
+    line.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|t| t.parse().ok()).unwrap()
+}
+
+// Goal: `runnel node` with a [control] section supervises both processes: it starts the
+// dataplane and the control process; SIGKILL either and it is restarted (one log line),
+// control reconnects to a restarted dataplane and replays its join; SIGTERM stops all.
+#[test]
+fn runnel_node_supervises_the_dataplane_and_the_control_process() {
+    let dir = temp_dir();
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.0.join("node.toml");
+    let socket = dir.0.join("dataplane.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n[control]\nadmin = \"127.0.0.1:0\"\njoin = [\"{STREAM}\"]\nipc = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut supervisor = Process(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["node", "--status-interval", "0", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = stderr_lines(&mut supervisor.0);
+    let dataplane = pid_in(&line_with(&lines, "started the dataplane"));
+    let control = pid_in(&line_with(&lines, "started the control process"));
+    let admin = admin_in(&line_with(&lines, "admin on http://"));
+    wait_connected(admin);
+
+    // The control process dies: restarted, and drives the dataplane again.
+    // SAFETY: kill(2) on a child of our child; no memory is involved.
+    unsafe { libc::kill(control, libc::SIGKILL) };
+    line_with(&lines, "the control process exited");
+    let control = pid_in(&line_with(&lines, "started the control process"));
+    let admin = admin_in(&line_with(&lines, "admin on http://"));
+    wait_connected(admin);
+
+    // The dataplane dies: restarted; the waiting control reconnects and replays its join.
+    // SAFETY: as above.
+    unsafe { libc::kill(dataplane, libc::SIGKILL) };
+    line_with(&lines, "the dataplane exited");
+    let restarted = pid_in(&line_with(&lines, "started the dataplane"));
+    assert_ne!(restarted, dataplane);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let page = wait_connected(admin);
+        if metric(&page, "control_ipc_connects") == Some(2) && metric(&page, "commands_succeeded").is_some_and(|n| n >= 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "control did not reconnect to the restarted dataplane:\n{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // SIGTERM stops everything.
+    // SAFETY: as above, on our own child.
+    unsafe { libc::kill(supervisor.0.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + TIMEOUT;
+    while supervisor.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the supervisor did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in [control, restarted] {
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive || is_zombie(pid), "child {pid} outlived the supervisor");
+    }
+}
+
+/// A process that exited but was not yet reaped by its (gone) parent's reaper.
+fn is_zombie(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|stat| stat.contains(") Z ")).unwrap_or(true)
+}

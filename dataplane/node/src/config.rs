@@ -30,6 +30,10 @@
 //! mode = "auto"               # auto: native, else generic, else off | native | generic | off
 //! interface = "eth0"          # default: the interface that holds node.listen's address
 //!
+//! [control]                   # optional: `runnel node` then also runs and supervises
+//! admin = "127.0.0.1:9464"    # `runnel control` beside this dataplane (docs/operations.md)
+//! join = ["0x1234567890123456789012345678901234567890/sensors#0"]
+//!
 //! [[permissions]]             # makes a stream part restricted: only these may publish
 //! stream_part = "0x1234567890123456789012345678901234567890/sensors#0"
 //! publishers = ["0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266"]
@@ -100,6 +104,10 @@ struct RawConfig {
     xdp: Option<RawXdp>,
     #[serde(default)]
     permissions: Vec<RawPermission>,
+    /// The control process's section: `runnel node` reads it to supervise a control process
+    /// beside this dataplane; the dataplane itself ignores it.
+    #[serde(default, rename = "control")]
+    _control: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]
