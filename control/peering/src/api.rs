@@ -282,8 +282,12 @@ counters! {
     NeighborsDown = "neighbors_down",
     /// Leave messages received.
     LeavesReceived = "leaves_received",
-    /// Inbound neighbor requests that failed (malformed bytes, timeouts, stream errors).
+    /// Inbound neighbor exchanges that failed after the request was read (the response could
+    /// not be sent: timeout, stream or connection closed).
     InboundFailures = "inbound_failures",
+    /// Neighbor messages, requests or responses, that did not decode (malformed, oversized,
+    /// unknown version); the stream is dropped.
+    MalformedMessages = "malformed_messages",
     /// Provider lookups started.
     ProviderLookups = "provider_lookups",
     /// Providers not kept as candidates because the part had enough.
@@ -303,7 +307,7 @@ impl Counters {
         self.0[counter as usize].fetch_add(count, Ordering::Relaxed);
     }
 
-    fn get(&self, counter: PeeringCounter) -> u64 {
+    pub(crate) fn get(&self, counter: PeeringCounter) -> u64 {
         self.0[counter as usize].load(Ordering::Relaxed)
     }
 }

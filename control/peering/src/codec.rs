@@ -2,27 +2,36 @@
 //! [`MESSAGE_BYTES_MAX`] + 1 bytes of a stream (the writer closes its side after one
 //! message) and hands them to the pure decoders in [`crate::wire`]. A malformed or oversized
 //! message is an `InvalidData` I/O error, which request-response reports as a failed
-//! exchange; nothing a peer sends can panic the node.
+//! exchange (an inbound one silently: the stream is closed, so the codec counts it itself,
+//! `malformed_messages`); nothing a peer sends can panic the node.
 
+use crate::api::{Counters, PeeringCounter};
 use crate::wire::{self, Request, Response, MESSAGE_BYTES_MAX};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 use std::io;
+use std::sync::Arc;
 
 /// The protocol name of neighbor handshakes and leaves.
 pub const NEIGHBOR_PROTOCOL: StreamProtocol = StreamProtocol::new("/runnel/neighbor/1.0.0");
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NeighborCodec;
+/// Cloned per stream; every clone counts into the same counters.
+#[derive(Clone, Debug)]
+pub struct NeighborCodec {
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl NeighborCodec {
+    fn invalid(&self, error: wire::WireError) -> io::Error {
+        self.counters.add(PeeringCounter::MalformedMessages, 1);
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+}
 
 async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(MESSAGE_BYTES_MAX + 1);
     io.take(MESSAGE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).await?;
     Ok(bytes)
-}
-
-fn invalid(error: wire::WireError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, error)
 }
 
 impl request_response::Codec for NeighborCodec {
@@ -31,11 +40,11 @@ impl request_response::Codec for NeighborCodec {
     type Response = Response;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request> {
-        wire::decode_request(&read_message(io).await?).map_err(invalid)
+        wire::decode_request(&read_message(io).await?).map_err(|error| self.invalid(error))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response> {
-        wire::decode_response(&read_message(io).await?).map_err(invalid)
+        wire::decode_response(&read_message(io).await?).map_err(|error| self.invalid(error))
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, request: Request) -> io::Result<()> {
@@ -57,7 +66,8 @@ mod tests {
     // errors (not panics, not reads past the bound).
     #[test]
     fn codec_reads_what_it_writes_and_rejects_garbage() {
-        let mut codec = NeighborCodec;
+        let counters = Arc::new(Counters::default());
+        let mut codec = NeighborCodec { counters: counters.clone() };
         let request = Request::Leave(wire::Leave { part: [4; 32], link_id: 9 });
         let mut buffer = Vec::new();
         block_on(codec.write_request(&NEIGHBOR_PROTOCOL, &mut futures::io::Cursor::new(&mut buffer), request)).unwrap();
@@ -69,5 +79,6 @@ mod tests {
             let error = block_on(codec.read_response(&NEIGHBOR_PROTOCOL, &mut futures::io::Cursor::new(&garbage))).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         }
+        assert_eq!(counters.get(PeeringCounter::MalformedMessages), 6);
     }
 }

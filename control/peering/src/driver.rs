@@ -58,7 +58,7 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    fn new(key: &libp2p::identity::Keypair, config: &PeeringConfig) -> Self {
+    fn new(key: &libp2p::identity::Keypair, config: &PeeringConfig, counters: std::sync::Arc<Counters>) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config
@@ -94,12 +94,16 @@ impl Behaviour {
             kad,
             identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
-            neighbor: request_response::Behaviour::with_codec(NeighborCodec, [(NEIGHBOR_PROTOCOL, ProtocolSupport::Full)], neighbor_config),
+            neighbor: request_response::Behaviour::with_codec(
+                NeighborCodec { counters },
+                [(NEIGHBOR_PROTOCOL, ProtocolSupport::Full)],
+                neighbor_config,
+            ),
         }
     }
 }
 
-fn build_swarm(config: &PeeringConfig) -> Result<Swarm<Behaviour>, PeeringError> {
+fn build_swarm(config: &PeeringConfig, counters: std::sync::Arc<Counters>) -> Result<Swarm<Behaviour>, PeeringError> {
     let start = |error: &dyn std::fmt::Display| PeeringError::Start(error.to_string());
     Ok(SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
         .with_tokio()
@@ -110,7 +114,7 @@ fn build_swarm(config: &PeeringConfig) -> Result<Swarm<Behaviour>, PeeringError>
             quic.keep_alive_interval = config.quic_idle_timeout / 2;
             quic
         })
-        .with_behaviour(|key| Behaviour::new(key, config))
+        .with_behaviour(|key| Behaviour::new(key, config, counters))
         .map_err(|error| start(&error))?
         .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(config.idle_connection_timeout))
         .build())
@@ -187,7 +191,7 @@ impl Driver {
         events: crossbeam_channel::Sender<PeeringEvent>,
         counters: std::sync::Arc<Counters>,
     ) -> Result<Self, PeeringError> {
-        let mut swarm = build_swarm(&config)?;
+        let mut swarm = build_swarm(&config, counters.clone())?;
         let mut listeners = HashSet::new();
         for address in &config.listen {
             let listener =

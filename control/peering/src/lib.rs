@@ -46,9 +46,9 @@
 //!
 //! ## Limits
 //! - One link per (stream part, neighbor): two nodes that share three parts hold three links.
-//! - Each side names the link by its own id (`local_link_id`); the datagram header carries
-//!   the receiver's id. The dataplane today uses one id for both directions; wiring these
-//!   events into `AddLink` needs a send-side id in its link config (docs/decisions-peering.md).
+//! - Each side names the link by its own id (`local_link_id`), and the datagram header
+//!   carries the receiver's id, so `AddLink` needs both: `id = local_link_id` and the far
+//!   end's `remote_link_id` as the id to send with (docs/decisions-peering.md).
 //! - Liveness is libp2p's (connection closed, failed pings); dataplane heartbeats, Plumtree,
 //!   IPC to the dataplane and client (proxy) links are later pieces.
 //! - Addresses announced to the DHT are the listen addresses (or `external_addresses`); no
