@@ -9,16 +9,24 @@
 //! - follows the dataplane's events and counters;
 //! - serves the admin endpoint (`/status` JSON, `/metrics` Prometheus, [`crate::admin`]).
 //!
-//! Peering (libp2p neighbors, issue 8) plugs into the same loop: its neighbor events become
-//! `AddLink`/`RemoveLink` commands in the desired state.
+//! With `--key-file` it also peers ([`runnel_peering`]): it joins each `--join` stream
+//! part's libp2p overlay (bootstrap peers from `--bootstrap`), and each neighbor it agrees on
+//! becomes an `AddLink` for a neighbor link — the key both sides derived, each side's own
+//! link id — and each neighbor lost a `RemoveLink`. Links are part of the state replayed on
+//! reconnect. No file names a node's neighbors.
 
 use crate::admin::{self, Route};
 use runnel_core::counters::Counter;
+use runnel_core::link::{LinkConfig, LinkRole, LINK_BURST_DATAGRAMS_DEFAULT, LINK_RATE_DATAGRAMS_PER_S_DEFAULT};
+use runnel_keystore::{load_secret, Limits, PasswordSource};
 use runnel_node::command::Command;
 use runnel_node::ipc::{IpcClient, IpcError, Reply, WireEvent};
-use runnel_proto::stream::StreamPart;
+use runnel_peering::{Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringEvent, PeeringHandle};
+use runnel_proto::linktag::LinkKey;
+use runnel_proto::stream::{StreamPart, StreamPartKey};
 use serde_json::{json, Map, Value};
-use std::net::TcpListener;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -35,6 +43,22 @@ pub struct ControlArgs {
     /// Join this stream part (0x<owner>/<path>#<partition>); repeatable.
     #[arg(long, value_name = "STREAM_PART")]
     pub join: Vec<String>,
+    /// The node's identity key (a 0600 key file or keystore, `runnel keygen --out`): enables
+    /// peering. Its address is the node's Ethereum account, its libp2p PeerId the same key's.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Keystore password file (or $RUNNEL_KEYSTORE_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// libp2p listen address; repeatable.
+    #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/7600")]
+    pub p2p_listen: Vec<String>,
+    /// A bootstrap peer (multiaddr ending in /p2p/<PeerId>); repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// The dataplane address neighbors send to (default: the dataplane's first listen address).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dataplane_address: Option<SocketAddr>,
 }
 
 /// How often the dataplane's counters are fetched.
@@ -81,51 +105,183 @@ struct DataplaneView {
     counters: Vec<(String, u64)>,
 }
 
+/// A neighbor link peering agreed on, as the dataplane got it.
+#[derive(Debug, Clone)]
+struct Neighbor {
+    part: StreamPartKey,
+    peer: String,
+    link: LinkConfig,
+}
+
+/// What control wants the dataplane to hold: replayed on every (re)connect.
+#[derive(Debug, Default)]
+struct Desired {
+    joins: Vec<Command>,
+    /// Neighbor links by local link id.
+    neighbors: BTreeMap<u32, Neighbor>,
+}
+
+impl Desired {
+    fn commands(&self) -> Vec<Command> {
+        let mut commands = self.joins.clone();
+        commands.extend(self.neighbors.values().map(|n| Command::AddLink(n.link.clone())));
+        commands
+    }
+
+    /// Takes in a peering event; returns the command it needs.
+    fn absorb(&mut self, event: PeeringEvent) -> Command {
+        match event {
+            PeeringEvent::NeighborUp(up) => {
+                let link = LinkConfig {
+                    id: up.local_link_id,
+                    peer_link_id: Some(up.remote_link_id),
+                    key: LinkKey(*up.key.expose()),
+                    role: LinkRole::Neighbor,
+                    peer: Some(up.remote_endpoint),
+                    peer_shards: up.remote_shards,
+                    rate_datagrams_per_s: LINK_RATE_DATAGRAMS_PER_S_DEFAULT,
+                    burst_datagrams: LINK_BURST_DATAGRAMS_DEFAULT,
+                };
+                eprintln!(
+                    "runnel control: neighbor {} for {} (link {} ↔ {}, dataplane {})",
+                    up.peer,
+                    hex::encode(&up.part.0[..8]),
+                    up.local_link_id,
+                    up.remote_link_id,
+                    up.remote_endpoint
+                );
+                self.neighbors.insert(up.local_link_id, Neighbor { part: up.part, peer: up.peer.to_string(), link: link.clone() });
+                Command::AddLink(link)
+            }
+            PeeringEvent::NeighborDown(down) => {
+                eprintln!("runnel control: neighbor {} gone (link {})", down.peer, down.local_link_id);
+                self.neighbors.remove(&down.local_link_id);
+                Command::RemoveLink { link_id: down.local_link_id }
+            }
+        }
+    }
+}
+
+/// Peering, once the dataplane's endpoint is known.
+struct PeeringState {
+    handle: PeeringHandle,
+    events: crossbeam_channel::Receiver<PeeringEvent>,
+}
+
 pub fn run(args: ControlArgs) -> Result<(), String> {
     let parts: Vec<StreamPart> =
         args.join.iter().map(|text| StreamPart::parse(text).map_err(|e| format!("--join {text:?}: {}", e.0))).collect::<Result<_, _>>()?;
-    let desired: Vec<Command> = parts.iter().map(|part| Command::Join { part: part.key() }).collect();
+    let identity = match &args.key_file {
+        Some(path) => {
+            let loaded = load_secret(path, PasswordSource::file_or_env(args.password_file.as_deref()), &Limits::DEFAULT)
+                .map_err(|e| e.to_string())?;
+            Some(Identity::from_secret(&loaded.secret).map_err(|e| format!("--key-file {}: {}", path.display(), e.0))?)
+        }
+        None => None,
+    };
+    let desired =
+        Mutex::new(Desired { joins: parts.iter().map(|part| Command::Join { part: part.key() }).collect(), ..Desired::default() });
     let listener = TcpListener::bind(&args.admin).map_err(|e| format!("--admin {}: {e}", args.admin))?;
     let admin_address = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("runnel control: admin on http://{admin_address} (/status, /metrics)");
     let view = Mutex::new(DataplaneView::default());
+    let peering: Mutex<Option<PeeringState>> = Mutex::new(None);
     let counters = ControlCounters::default();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
-    std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         let server = scope.spawn(|| {
             admin::serve(&listener, &stop, |route| {
                 counters.admin_requests.fetch_add(1, Ordering::Relaxed);
                 let view = view.lock().expect("no panics while holding it");
+                let desired = desired.lock().expect("no panics while holding it");
+                let peering = peering.lock().expect("no panics while holding it");
+                let handle = peering.as_ref().map(|p| &p.handle);
                 match route {
-                    Route::Status => (status_json(&args, &parts, &view, &counters, started).to_string(), "application/json"),
-                    Route::Metrics => (metrics(&view, &counters), "text/plain; version=0.0.4; charset=utf-8"),
+                    Route::Status => {
+                        (status_json(&args, &parts, &view, &desired, handle, &counters, started).to_string(), "application/json")
+                    }
+                    Route::Metrics => (metrics(&view, handle, &counters), "text/plain; version=0.0.4; charset=utf-8"),
                 }
             })
         });
-        follow_dataplane(&args.ipc, &desired, &view, &counters);
+        let followed = follow_dataplane(&args, identity, &desired, &peering, &view, &counters);
         stop.store(true, Ordering::Release);
-        server
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the admin server panicked")))
-            .map_err(|e| format!("admin endpoint: {e}"))
-    })?;
+        let served = server.join().unwrap_or_else(|_| Err(std::io::Error::other("the admin server panicked")));
+        followed.and(served.map_err(|e| format!("admin endpoint: {e}")))
+    });
+    if let Some(state) = peering.into_inner().expect("no panics while holding it") {
+        state.handle.shutdown();
+    }
     eprintln!("runnel control: stopped");
-    Ok(())
+    result
 }
 
-/// Connects, applies `desired`, follows replies; reconnects until a stop is requested.
-fn follow_dataplane(path: &std::path::Path, desired: &[Command], view: &Mutex<DataplaneView>, counters: &ControlCounters) {
+/// Starts peering for the dataplane `client` is connected to, and joins every part.
+fn start_peering(args: &ControlArgs, identity: Identity, client: &IpcClient, desired: &Desired) -> Result<PeeringState, String> {
+    let address = match args.dataplane_address {
+        Some(address) => address,
+        None => client
+            .listen
+            .first()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| "the dataplane reported no listen address: pass --dataplane-address".to_string())?,
+    };
+    let mut config = PeeringConfig::new(identity, Endpoint { address, shards: client.shards });
+    config.listen =
+        args.p2p_listen.iter().map(|text| text.parse().map_err(|e| format!("--p2p-listen {text:?}: {e}"))).collect::<Result<_, _>>()?;
+    config.bootstrap =
+        args.bootstrap.iter().map(|text| text.parse().map_err(|e| format!("--bootstrap {text:?}: {e}"))).collect::<Result<_, _>>()?;
+    let (handle, events) = Peering::spawn(config).map_err(|e| format!("peering: {e:?}"))?;
+    let peer_id = handle.local_peer_id();
+    // Listen addresses appear once the listeners are up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut listening = Vec::new();
+    while listening.is_empty() && Instant::now() < deadline {
+        listening = handle.listen_addrs().map_err(|e| format!("peering: {e:?}"))?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for address in &listening {
+        eprintln!("runnel control: peer listening on {address}/p2p/{peer_id}");
+    }
+    for command in &desired.joins {
+        if let Command::Join { part } = command {
+            handle.join(*part).map_err(|e| format!("peering join: {e:?}"))?;
+        }
+    }
+    Ok(PeeringState { handle, events })
+}
+
+/// Takes in waiting peering events; returns the commands they need.
+fn absorb_peering(peering: &Mutex<Option<PeeringState>>, desired: &Mutex<Desired>) -> Vec<Command> {
+    let peering = peering.lock().expect("no panics while holding it");
+    let Some(state) = peering.as_ref() else { return Vec::new() };
+    let mut desired = desired.lock().expect("no panics while holding it");
+    state.events.try_iter().map(|event| desired.absorb(event)).collect()
+}
+
+/// Connects, applies the desired state, follows replies and peering; reconnects until a
+/// stop is requested.
+fn follow_dataplane(
+    args: &ControlArgs,
+    mut identity: Option<Identity>,
+    desired: &Mutex<Desired>,
+    peering: &Mutex<Option<PeeringState>>,
+    view: &Mutex<DataplaneView>,
+    counters: &ControlCounters,
+) -> Result<(), String> {
     let mut backoff = BACKOFF_MIN;
     let mut said_waiting = false;
     while !crate::signals::stop_requested() {
-        let mut client = match IpcClient::connect(path, READ_TIMEOUT * 20) {
+        let mut client = match IpcClient::connect(&args.ipc, READ_TIMEOUT * 20) {
             Ok(client) => client,
             Err(error) => {
                 if !said_waiting {
-                    eprintln!("runnel control: waiting for the dataplane at {}: {error}", path.display());
+                    eprintln!("runnel control: waiting for the dataplane at {}: {error}", args.ipc.display());
                     said_waiting = true;
                 }
+                // Neighbors found meanwhile are kept for the next connection.
+                absorb_peering(peering, desired);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -134,26 +290,40 @@ fn follow_dataplane(path: &std::path::Path, desired: &[Command], view: &Mutex<Da
         said_waiting = false;
         backoff = BACKOFF_MIN;
         counters.ipc_connects.fetch_add(1, Ordering::Relaxed);
-        eprintln!("runnel control: connected to the dataplane at {} (listening on {})", path.display(), client.listen.join(", "));
+        eprintln!("runnel control: connected to the dataplane at {} (listening on {})", args.ipc.display(), client.listen.join(", "));
         {
             let mut view = view.lock().expect("no panics while holding it");
             view.connected = true;
             view.listen = client.listen.clone();
             view.shards = client.shards;
         }
-        let result = session(&mut client, desired, view, counters);
+        if let Some(identity) = identity.take() {
+            let state = start_peering(args, identity, &client, &desired.lock().expect("no panics while holding it"))?;
+            *peering.lock().expect("no panics while holding it") = Some(state);
+        }
+        let result = session(&mut client, desired, peering, view, counters);
         view.lock().expect("no panics while holding it").connected = false;
         if let Err(error) = result {
             counters.ipc_disconnects.fetch_add(1, Ordering::Relaxed);
             eprintln!("runnel control: lost the dataplane ({error}); reconnecting");
         }
     }
+    Ok(())
 }
 
-/// One connection: replay the desired state, then poll status and read replies.
-fn session(client: &mut IpcClient, desired: &[Command], view: &Mutex<DataplaneView>, counters: &ControlCounters) -> Result<(), IpcError> {
+/// One connection: replay the desired state, then poll status, read replies and turn
+/// peering events into commands.
+fn session(
+    client: &mut IpcClient,
+    desired: &Mutex<Desired>,
+    peering: &Mutex<Option<PeeringState>>,
+    view: &Mutex<DataplaneView>,
+    counters: &ControlCounters,
+) -> Result<(), IpcError> {
     client.set_read_timeout(READ_TIMEOUT * 20)?;
-    for command in desired {
+    absorb_peering(peering, desired);
+    let replay = desired.lock().expect("no panics while holding it").commands();
+    for command in &replay {
         let result = client.execute(command, |event| on_event(&event, counters))?;
         if let Err(error) = result {
             counters.commands_failed.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +333,9 @@ fn session(client: &mut IpcClient, desired: &[Command], view: &Mutex<DataplaneVi
     client.set_read_timeout(READ_TIMEOUT)?;
     let mut next_status = Instant::now();
     while !crate::signals::stop_requested() {
+        for command in absorb_peering(peering, desired) {
+            client.send(&command)?;
+        }
         if Instant::now() >= next_status {
             client.request_status()?;
             next_status += STATUS_INTERVAL;
@@ -193,10 +366,34 @@ fn on_event(event: &WireEvent, counters: &ControlCounters) {
     }
 }
 
-fn status_json(args: &ControlArgs, parts: &[StreamPart], view: &DataplaneView, counters: &ControlCounters, started: Instant) -> Value {
+fn status_json(
+    args: &ControlArgs,
+    parts: &[StreamPart],
+    view: &DataplaneView,
+    desired: &Desired,
+    peering: Option<&PeeringHandle>,
+    counters: &ControlCounters,
+    started: Instant,
+) -> Value {
     let dataplane_counters: Map<String, Value> = view.counters.iter().map(|(name, value)| (name.clone(), json!(value))).collect();
     let control: Map<String, Value> =
         counters.list().iter().map(|(name, _, value)| (name.trim_start_matches("control_").to_string(), json!(value))).collect();
+    let neighbors: Vec<Value> = desired
+        .neighbors
+        .values()
+        .map(|n| {
+            json!({
+                "stream_part_key": hex::encode(n.part.0),
+                "peer": n.peer,
+                "link_id": n.link.id,
+                "peer_link_id": n.link.peer_link_id,
+                "dataplane": n.link.peer.map(|a| a.to_string()),
+            })
+        })
+        .collect();
+    let mut peers: Vec<&str> = desired.neighbors.values().map(|n| n.peer.as_str()).collect();
+    peers.sort_unstable();
+    peers.dedup();
     json!({
         "uptime_s": started.elapsed().as_secs_f64(),
         "dataplane": {
@@ -205,18 +402,24 @@ fn status_json(args: &ControlArgs, parts: &[StreamPart], view: &DataplaneView, c
             "listen": view.listen,
             "shards": view.shards,
         },
+        "peer_id": peering.map(|p| p.local_peer_id().to_string()),
         "stream_parts": parts.iter().map(|part| json!({ "stream_part": part.to_string(), "key": hex::encode(part.key().0) })).collect::<Vec<_>>(),
-        // Filled by peering (issue 8): the libp2p peers and each stream part's neighbors.
-        "peers": [],
-        "neighbors": [],
+        "peers": peers,
+        "neighbors": neighbors,
         "counters": dataplane_counters,
         "control": control,
     })
 }
 
-fn metrics(view: &DataplaneView, counters: &ControlCounters) -> String {
+fn metrics(view: &DataplaneView, peering: Option<&PeeringHandle>, counters: &ControlCounters) -> String {
     let mut all: Vec<(String, u64)> = view.counters.clone();
     all.extend(counters.list().iter().map(|(name, _, value)| (name.to_string(), *value)));
+    if let Some(handle) = peering {
+        for counter in PeeringCounter::ALL {
+            let name = counter.name().trim_start_matches("runnel_").trim_end_matches("_total").to_string();
+            all.push((name, handle.counter(*counter)));
+        }
+    }
     admin::prometheus(&all, |name| {
         if let Some(counter) = Counter::ALL.iter().find(|c| c.name() == name) {
             return counter.help().to_string();
@@ -228,6 +431,7 @@ fn metrics(view: &DataplaneView, counters: &ControlCounters) -> String {
             Some(("runtime", rest)) => format!("Shard runtime counter {rest} (node-wide total)."),
             Some(("commands", rest)) => format!("Command interface counter {rest}."),
             Some(("xdp", rest)) => format!("XDP filter verdict {rest}, summed over CPUs."),
+            Some(("peering", rest)) => format!("Peering counter {rest}."),
             _ => format!("Counter {name}."),
         }
     })

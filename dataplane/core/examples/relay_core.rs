@@ -35,6 +35,7 @@ fn main() {
     ));
     relay.add_link(&LinkConfig {
         id: 1,
+        peer_link_id: None,
         key: publisher_link,
         role: LinkRole::Client,
         peer: None,
@@ -44,6 +45,7 @@ fn main() {
     });
     relay.add_link(&LinkConfig {
         id: 2,
+        peer_link_id: None,
         key: subscriber_link,
         role: LinkRole::Client,
         peer: None,
@@ -54,6 +56,7 @@ fn main() {
     let neighbor: SocketAddr = "127.0.0.9:9".parse().unwrap();
     relay.add_link(&LinkConfig {
         id: 3,
+        peer_link_id: None,
         key: neighbor_link,
         role: LinkRole::Neighbor,
         peer: Some(neighbor),

@@ -47,7 +47,12 @@ pub enum LinkRole {
 /// One configured link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkConfig {
+    /// The id this node knows the link by: the id in the headers of datagrams it receives.
     pub id: u32,
+    /// The id the far end knows the link by, stamped on datagrams sent on it; `None` when
+    /// both ends use `id` (static configs, client links). Peering lets each node choose its
+    /// own ids, so a neighbor link found by peering has two.
+    pub peer_link_id: Option<u32>,
     pub key: LinkKey,
     pub role: LinkRole,
     /// The neighbor's listen (shard 0) address; `None` for clients (learned from traffic).
@@ -59,6 +64,13 @@ pub struct LinkConfig {
     pub rate_datagrams_per_s: u64,
     /// Datagrams the link may send back to back above its rate.
     pub burst_datagrams: u64,
+}
+
+impl LinkConfig {
+    /// The link id stamped on datagrams this node sends on the link.
+    pub fn send_id(&self) -> u32 {
+        self.peer_link_id.unwrap_or(self.id)
+    }
 }
 
 /// Default per-link rate limit: above what one link needs on this class of machine (its UDP

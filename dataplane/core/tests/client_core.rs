@@ -581,6 +581,7 @@ fn client_link(link_id: u32, key: u8) -> (ClientLinkConfig, LinkConfig) {
     };
     let node = LinkConfig {
         id: link_id,
+        peer_link_id: None,
         key: LinkKey([key; 32]),
         role: LinkRole::Client,
         peer: None,

@@ -36,7 +36,7 @@ fn address(link_id: u32) -> SocketAddr {
 
 fn link(id: u32, role: LinkRole) -> LinkConfig {
     let peer = (role == LinkRole::Neighbor).then(|| address(id));
-    LinkConfig { id, key: key(id), role, peer, peer_shards: 1, rate_datagrams_per_s: 0, burst_datagrams: 1 }
+    LinkConfig { id, peer_link_id: None, key: key(id), role, peer, peer_shards: 1, rate_datagrams_per_s: 0, burst_datagrams: 1 }
 }
 
 /// `count` frames of one chain, one message each (so one frame per datagram below).

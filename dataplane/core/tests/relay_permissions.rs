@@ -29,7 +29,16 @@ fn record(publisher: &PublisherKey, part: &StreamPartKey, sequence: u64) -> Vec<
 }
 
 fn link(id: u32, role: LinkRole, peer: Option<SocketAddr>) -> LinkConfig {
-    LinkConfig { id, key: LinkKey([id as u8; 32]), role, peer, peer_shards: 1, rate_datagrams_per_s: 0, burst_datagrams: 1 }
+    LinkConfig {
+        id,
+        peer_link_id: None,
+        key: LinkKey([id as u8; 32]),
+        role,
+        peer,
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    }
 }
 
 // Goal: in a restricted stream part, a forwarded datagram holding one record of a permitted

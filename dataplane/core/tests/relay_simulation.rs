@@ -58,8 +58,9 @@ impl Network {
         for &(a, b) in edges {
             for (me, peer) in [(a, b), (b, a)] {
                 relays[me].add_link(&LinkConfig {
-                    // Both ends of an edge use the same link id and key.
-                    id: 1 + (a.min(b) * 10 + a.max(b)) as u32,
+                    // Each end numbers the link its own way (as peering does); the key is shared.
+                    id: 100 + (me * 10 + peer) as u32,
+                    peer_link_id: Some(100 + (peer * 10 + me) as u32),
                     key: link_key(a, b),
                     role: LinkRole::Neighbor,
                     peer: Some(node_address(peer)),
@@ -71,6 +72,7 @@ impl Network {
         }
         relays[0].add_link(&LinkConfig {
             id: PUBLISHER_LINK,
+            peer_link_id: None,
             key: LinkKey([0xaa; 32]),
             role: LinkRole::Client,
             peer: None,
@@ -80,6 +82,7 @@ impl Network {
         });
         relays[nodes - 1].add_link(&LinkConfig {
             id: SUBSCRIBER_LINK,
+            peer_link_id: None,
             key: LinkKey([0xbb; 32]),
             role: LinkRole::Client,
             peer: None,

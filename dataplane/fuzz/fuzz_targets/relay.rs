@@ -130,6 +130,7 @@ fuzz_target!(|data: &[u8]| {
     let client: SocketAddr = "127.0.0.1:40000".parse().expect("address");
     relay.add_link(&LinkConfig {
         id: NEIGHBOR_LINK_ID,
+        peer_link_id: None,
         key: neighbor_key(),
         role: LinkRole::Neighbor,
         peer: Some(neighbor),
@@ -139,6 +140,7 @@ fuzz_target!(|data: &[u8]| {
     });
     relay.add_link(&LinkConfig {
         id: CLIENT_LINK_ID,
+        peer_link_id: None,
         key: client_key(),
         role: LinkRole::Client,
         peer: None,

@@ -299,6 +299,7 @@ mod tests {
     fn client(id: u32, key: u8) -> LinkConfig {
         LinkConfig {
             id,
+            peer_link_id: None,
             key: LinkKey([key; 32]),
             role: LinkRole::Client,
             peer: None,

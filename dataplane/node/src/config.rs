@@ -17,6 +17,7 @@
 //! key = "<64 hex digits>"
 //! role = "neighbor"           # another node; needs peer (its listen address) and peer_shards
 //! peer = "127.0.0.1:7100"
+//! peer_link_id = 7           # optional: the neighbor's id for this link, when it differs (peering)
 //! peer_shards = 2
 //!
 //! [[links]]
@@ -141,6 +142,7 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawLink {
     id: u32,
+    peer_link_id: Option<u32>,
     key: String,
     role: LinkRole,
     peer: Option<String>,
@@ -164,6 +166,7 @@ impl RawLink {
         };
         let link = LinkConfig {
             id: self.id,
+            peer_link_id: self.peer_link_id,
             key,
             role: self.role,
             peer,
@@ -273,6 +276,9 @@ pub fn validate_link(link: &LinkConfig, prefix: &str) -> Result<(), ConfigError>
         }
         _ => {}
     }
+    if link.role == LinkRole::Client && link.peer_link_id.is_some() {
+        return Err(ConfigError(format!("{prefix}.peer_link_id: only neighbor links have one (a client uses the link's id); remove it")));
+    }
     if link.peer_shards == 0 || link.peer_shards > SHARDS_MAX {
         return Err(ConfigError(format!("{prefix}.peer_shards = {}: use the neighbor's node.shards (1..={SHARDS_MAX})", link.peer_shards)));
     }
@@ -346,6 +352,7 @@ mod tests {
             (good.replace("role = \"client\"", "role = \"client\"\npeer = \"1.2.3.4:5\""), "links[1].peer"),
             (good.replace("[node]", "[node]\ncolour = 1"), "colour"),
             (good.replace("[node]", "[node]\nslow_consumer = \"wait\""), "slow_consumer"),
+            (good.replace("role = \"client\"", "role = \"client\"\npeer_link_id = 3"), "links[1].peer_link_id"),
             (format!("{good}[xdp]\nmode = \"fast\"\n"), "mode"),
             (format!("{good}[[permissions]]\nstream_part = \"nope\"\npublishers = []\n"), "permissions[0].stream_part"),
             (

@@ -93,6 +93,8 @@ pub enum Request {
 pub enum WireCommand {
     AddLink {
         link_id: u32,
+        /// The far end's id for the link, when it differs (links found by peering).
+        peer_link_id: Option<u32>,
         key: [u8; 32],
         /// "neighbor" or "client".
         neighbor: bool,
@@ -261,7 +263,7 @@ impl WireCommand {
     /// The node command, checked: addresses parse, roles and peers agree.
     pub fn to_command(&self) -> Result<Command, IpcError> {
         Ok(match self {
-            WireCommand::AddLink { link_id, key, neighbor, peer, peer_shards, rate_datagrams_per_s, burst_datagrams } => {
+            WireCommand::AddLink { link_id, peer_link_id, key, neighbor, peer, peer_shards, rate_datagrams_per_s, burst_datagrams } => {
                 let peer = match peer {
                     Some(text) => Some(
                         text.parse::<SocketAddr>()
@@ -271,6 +273,7 @@ impl WireCommand {
                 };
                 Command::AddLink(LinkConfig {
                     id: *link_id,
+                    peer_link_id: *peer_link_id,
                     key: LinkKey(*key),
                     role: if *neighbor { LinkRole::Neighbor } else { LinkRole::Client },
                     peer,
@@ -307,6 +310,7 @@ impl WireCommand {
         match command {
             Command::AddLink(link) => WireCommand::AddLink {
                 link_id: link.id,
+                peer_link_id: link.peer_link_id,
                 key: link.key.0,
                 neighbor: link.role == LinkRole::Neighbor,
                 peer: link.peer.map(|address| address.to_string()),

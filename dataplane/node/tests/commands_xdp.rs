@@ -72,7 +72,16 @@ impl Drop for VethPair {
 }
 
 fn link(id: u32, role: LinkRole, peer: Option<SocketAddr>) -> LinkConfig {
-    LinkConfig { id, key: LinkKey([id as u8; 32]), role, peer, peer_shards: 1, rate_datagrams_per_s: 0, burst_datagrams: 1 }
+    LinkConfig {
+        id,
+        peer_link_id: None,
+        key: LinkKey([id as u8; 32]),
+        role,
+        peer,
+        peer_shards: 1,
+        rate_datagrams_per_s: 0,
+        burst_datagrams: 1,
+    }
 }
 
 /// A Data datagram without records: the filter judges it by its header alone.

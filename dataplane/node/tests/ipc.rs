@@ -45,6 +45,7 @@ fn start_node(rng: &mut impl Rng) -> NodeHandle {
 fn client_link(id: u32) -> LinkConfig {
     LinkConfig {
         id,
+        peer_link_id: None,
         key: LinkKey([id as u8; 32]),
         role: LinkRole::Client,
         peer: None,

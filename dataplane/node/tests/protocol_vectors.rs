@@ -889,6 +889,7 @@ fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
     use runnel_node::ipc::{decode_reply, decode_request, read_frame, write_frame, Reply, Request, WireCommand, WireError, WireEvent};
     let neighbor = LinkConfig {
         id: 7,
+        peer_link_id: None,
         key: LinkKey([9; 32]),
         role: LinkRole::Neighbor,
         peer: Some("10.1.0.2:7000".parse().unwrap()),

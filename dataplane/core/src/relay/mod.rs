@@ -550,7 +550,7 @@ impl Outbox {
                 break;
             }
             let next = queue.pop_front().expect("front exists");
-            gather.push(next.datagram, link.config.id, link.send_sequence, &link.config.key);
+            gather.push(next.datagram, link.config.send_id(), link.send_sequence, &link.config.key);
             link.send_sequence += 1;
             segments += 1;
             length += size;

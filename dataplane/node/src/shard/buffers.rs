@@ -285,6 +285,7 @@ mod tests {
         let mut relay = Relay::new(RelayConfig::new(0, 1, 1472, VerifyPolicy::All));
         relay.add_link(&LinkConfig {
             id: 42,
+            peer_link_id: None,
             key,
             role: LinkRole::Neighbor,
             peer: Some(receiver.local_addr().unwrap()),

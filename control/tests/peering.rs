@@ -1,0 +1,212 @@
+//! Peering end to end: three nodes, each a `runnel node --ipc` dataplane and a `runnel
+//! control` process with its own identity key, find each other through one bootstrap peer
+//! over real libp2p on loopback. No file names a node's neighbors: the neighbor links come
+//! from the handshakes, and messages published at the first node reach a subscriber at the
+//! last one through them.
+
+use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
+use runnel_proto::crypto::PublisherKey;
+use runnel_proto::linktag::LinkKey;
+use runnel_proto::stream::StreamPart;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/peering#0";
+const NODES: usize = 3;
+const CLIENT_LINK: u32 = 1;
+const MESSAGES: u64 = 2_000;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn private_file(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn lines_of(child: &mut Child) -> Receiver<String> {
+    let (sender, receiver) = sync_channel(4096);
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+fn line_with(lines: &Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {needle:?} within {TIMEOUT:?}"),
+        }
+    }
+}
+
+fn status(admin: SocketAddr) -> serde_json::Value {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"GET /status HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+struct Node {
+    _dataplane: Process,
+    _control: Process,
+    admin: SocketAddr,
+    p2p: String,
+    client: ClientLinkConfig,
+    _lines: Receiver<String>,
+}
+
+fn start_node(dir: &Path, index: usize, bootstrap: Option<&str>) -> Node {
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client_key = LinkKey([0x40 + index as u8; 32]);
+    let config = dir.join(format!("node{index}.toml"));
+    private_file(
+        &config,
+        &format!(
+            "[node]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n[[links]]\nid = {CLIENT_LINK}\nkey = \"{}\"\nrole = \"client\"\n",
+            hex::encode(client_key.0)
+        ),
+    );
+    let socket = dir.join(format!("node{index}.sock"));
+    let dataplane = Process(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["node", "--status-interval", "0", "--config"])
+            .arg(&config)
+            .arg("--ipc")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let key_file = dir.join(format!("node{index}.key"));
+    private_file(&key_file, &format!("{}\n", PublisherKey::generate().secret_hex()));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+    command
+        .args(["control", "--admin", "127.0.0.1:0", "--join", STREAM, "--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--key-file"])
+        .arg(&key_file)
+        .arg("--ipc")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(bootstrap) = bootstrap {
+        command.args(["--bootstrap", bootstrap]);
+    }
+    let mut control = Process(command.spawn().unwrap());
+    let lines = lines_of(&mut control.0);
+    let admin_line = line_with(&lines, "admin on http://");
+    let admin = admin_line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|t| t.parse().ok()).unwrap();
+    let p2p_line = line_with(&lines, "peer listening on ");
+    let p2p = p2p_line.split("peer listening on ").nth(1).unwrap().trim().to_string();
+    let client = ClientLinkConfig {
+        node: format!("127.0.0.1:{port}").parse().unwrap(),
+        node_shards: 1,
+        link_id: CLIENT_LINK,
+        key: client_key,
+        datagram_length_max: 1472,
+    };
+    Node { _dataplane: dataplane, _control: control, admin, p2p, client, _lines: lines }
+}
+
+// Goal: three nodes find each other through one bootstrap peer and agree on neighbor links
+// (both ends report the same link, each with its own id); a subscriber at the last node
+// receives every message published at the first, in order, over those links alone.
+#[test]
+fn three_nodes_peer_through_a_bootstrap_and_carry_messages() {
+    let dir = TempDir(std::env::temp_dir().join(format!("runnel-peering-test-{}-{}", std::process::id(), rand::random::<u64>())));
+    std::fs::create_dir(&dir.0).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let first = start_node(&dir.0, 0, None);
+    let bootstrap = first.p2p.clone();
+    let mut nodes = vec![first];
+    for index in 1..NODES {
+        nodes.push(start_node(&dir.0, index, Some(&bootstrap)));
+    }
+
+    // Every node ends up with a neighbor link to each of the others (3 nodes, target 4).
+    let deadline = Instant::now() + TIMEOUT;
+    let statuses = loop {
+        let statuses: Vec<serde_json::Value> = nodes.iter().map(|node| status(node.admin)).collect();
+        let meshed =
+            statuses.iter().all(|s| s["dataplane"]["connected"] == true && s["neighbors"].as_array().is_some_and(|n| n.len() == NODES - 1));
+        if meshed {
+            break statuses;
+        }
+        assert!(Instant::now() < deadline, "no full mesh within {TIMEOUT:?}: {statuses:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Each link is known at both ends, with swapped ids.
+    for (index, status) in statuses.iter().enumerate() {
+        let me = status["peer_id"].as_str().unwrap();
+        for neighbor in status["neighbors"].as_array().unwrap() {
+            let other = statuses.iter().find(|s| s["peer_id"] == neighbor["peer"]).expect("the neighbor is one of ours");
+            let back = other["neighbors"].as_array().unwrap().iter().find(|n| n["peer"] == me).expect("the link is known at both ends");
+            assert_eq!(
+                (back["link_id"].clone(), back["peer_link_id"].clone()),
+                (neighbor["peer_link_id"].clone(), neighbor["link_id"].clone()),
+                "node {index}"
+            );
+        }
+    }
+
+    let part = StreamPart::parse(STREAM).unwrap().key();
+    let mut subscriber = UdpClient::connect(&nodes[NODES - 1].client).unwrap();
+    subscriber.subscribe(&part).unwrap();
+    let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), ..ClientOptions::default() };
+    let mut publisher = UdpClient::connect_with(&nodes[0].client, options).unwrap();
+    // The subscription travels to the first node: probe until a message arrives.
+    let mut received: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut probe = 0u64;
+    while received.is_empty() {
+        assert!(Instant::now() < deadline, "no message reached the last node");
+        publisher.publish(&part, &Outgoing::binary(1_700_000_000_000, &u64::MAX.to_le_bytes())).unwrap();
+        publisher.flush().unwrap();
+        probe += 1;
+        subscriber.recv(Duration::from_millis(50), |d| received.push(u64::from_le_bytes(d.payload.try_into().unwrap()))).unwrap();
+        publisher.poll().unwrap();
+    }
+    received.clear();
+    for sequence in 0..MESSAGES {
+        publisher.publish(&part, &Outgoing::binary(1_700_000_000_000 + sequence, &sequence.to_le_bytes())).unwrap();
+    }
+    publisher.flush().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while received.iter().filter(|s| **s != u64::MAX).count() < MESSAGES as usize {
+        assert!(Instant::now() < deadline, "received {} of {MESSAGES} (after {probe} probes)", received.len());
+        subscriber.recv(Duration::from_millis(20), |d| received.push(u64::from_le_bytes(d.payload.try_into().unwrap()))).unwrap();
+        publisher.poll().unwrap();
+    }
+    let data: Vec<u64> = received.into_iter().filter(|s| *s != u64::MAX).collect();
+    assert_eq!(data, (0..MESSAGES).collect::<Vec<_>>(), "every message once, in order");
+}
