@@ -154,6 +154,21 @@ struct Driver {
     counters: std::sync::Arc<Counters>,
 }
 
+/// The listen addresses of a peer worth giving Kademlia: at most [`IDENTIFY_ADDRESSES_MAX`],
+/// and its loopback addresses only when it has nothing else (a node listening on all
+/// interfaces also reports 127.0.0.1, which means this host to anyone who dials it).
+fn dialable(addresses: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let is_loopback = |address: &Multiaddr| {
+        address.iter().any(|protocol| match protocol {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let all_loopback = addresses.iter().all(is_loopback);
+    addresses.into_iter().filter(|address| all_loopback || !is_loopback(address)).take(IDENTIFY_ADDRESSES_MAX).collect()
+}
+
 /// The peering thread's body.
 pub(crate) fn run(
     config: PeeringConfig,
@@ -452,7 +467,7 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Neighbor(event)) => self.on_neighbor(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                for address in info.listen_addrs.into_iter().take(IDENTIFY_ADDRESSES_MAX) {
+                for address in dialable(info.listen_addrs) {
                     kad.add_address(&peer_id, address);
                 }
             }
@@ -567,5 +582,23 @@ impl Driver {
         let mut events = Vec::new();
         self.overlay.drop_neighbor(&part, &peer, local_link_id, &mut events);
         self.emit(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: another host's loopback addresses never reach the routing table, unless they are
+    // all it has (a node on this host, as in the tests); the count is bounded.
+    #[test]
+    fn loopback_addresses_only_when_nothing_else() {
+        let parse = |text: &str| text.parse::<Multiaddr>().unwrap();
+        let mixed = vec![parse("/ip4/127.0.0.1/tcp/1"), parse("/ip4/192.0.2.5/tcp/1"), parse("/ip6/::1/udp/1/quic-v1")];
+        assert_eq!(dialable(mixed), vec![parse("/ip4/192.0.2.5/tcp/1")]);
+        let local = vec![parse("/ip4/127.0.0.1/tcp/1"), parse("/ip4/127.0.0.1/udp/1/quic-v1")];
+        assert_eq!(dialable(local.clone()), local);
+        let many: Vec<Multiaddr> = (1..100).map(|port| parse(&format!("/ip4/192.0.2.5/tcp/{port}"))).collect();
+        assert_eq!(dialable(many).len(), IDENTIFY_ADDRESSES_MAX);
     }
 }
