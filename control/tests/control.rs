@@ -4,38 +4,16 @@
 use runnel_core::counters::Counter;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/control#0";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A child process killed on drop, so a failing test leaves nothing running.
-struct Process(Child);
+mod common;
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!("runnel-control-test-{}-{}", std::process::id(), rand::random::<u64>()));
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    TempDir(dir)
-}
+use common::{line_with, stderr_lines, temp_dir, Process};
 
 fn start_node(dir: &Path, socket: &Path) -> Process {
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -119,7 +97,7 @@ fn wait_connected(admin: SocketAddr) -> String {
 // reconnects and replays its state; the admin endpoint refuses other paths and methods.
 #[test]
 fn control_drives_the_dataplane_and_serves_status_and_metrics() {
-    let dir = temp_dir();
+    let dir = temp_dir("control");
     let socket = dir.0.join("dataplane.sock");
     let mut node = start_node(&dir.0, &socket);
     let (control, admin) = start_control(&socket);
@@ -146,34 +124,6 @@ fn control_drives_the_dataplane_and_serves_status_and_metrics() {
     assert_eq!(http(admin, "garbage\r\n\r\n").0, 400);
 }
 
-/// Lines a process writes to stderr, read on a thread.
-fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
-    // Bounded: the test reads as it goes, and a supervisor logs a few lines per restart.
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1024);
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-/// Reads lines until one contains `needle`; returns it.
-fn line_with(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line with {needle:?} within {TIMEOUT:?}"),
-        }
-    }
-}
-
 fn pid_in(line: &str) -> libc::pid_t {
     line.split("(pid ").nth(1).and_then(|rest| rest.trim_end_matches(')').parse().ok()).unwrap_or_else(|| panic!("no pid in {line:?}"))
 }
@@ -187,7 +137,7 @@ fn admin_in(line: &str) -> SocketAddr {
 // control reconnects to a restarted dataplane and replays its join; SIGTERM stops all.
 #[test]
 fn runnel_node_supervises_the_dataplane_and_the_control_process() {
-    let dir = temp_dir();
+    let dir = temp_dir("control");
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = dir.0.join("node.toml");
     let socket = dir.0.join("dataplane.sock");
@@ -209,24 +159,24 @@ fn runnel_node_supervises_the_dataplane_and_the_control_process() {
             .unwrap(),
     );
     let lines = stderr_lines(&mut supervisor.0);
-    let dataplane = pid_in(&line_with(&lines, "started the dataplane"));
-    let control = pid_in(&line_with(&lines, "started the control process"));
-    let admin = admin_in(&line_with(&lines, "admin on http://"));
+    let dataplane = pid_in(&line_with(&lines, "started the dataplane", TIMEOUT));
+    let control = pid_in(&line_with(&lines, "started the control process", TIMEOUT));
+    let admin = admin_in(&line_with(&lines, "admin on http://", TIMEOUT));
     wait_connected(admin);
 
     // The control process dies: restarted, and drives the dataplane again.
     // SAFETY: kill(2) on a child of our child; no memory is involved.
     unsafe { libc::kill(control, libc::SIGKILL) };
-    line_with(&lines, "the control process exited");
-    let control = pid_in(&line_with(&lines, "started the control process"));
-    let admin = admin_in(&line_with(&lines, "admin on http://"));
+    line_with(&lines, "the control process exited", TIMEOUT);
+    let control = pid_in(&line_with(&lines, "started the control process", TIMEOUT));
+    let admin = admin_in(&line_with(&lines, "admin on http://", TIMEOUT));
     wait_connected(admin);
 
     // The dataplane dies: restarted; the waiting control reconnects and replays its join.
     // SAFETY: as above.
     unsafe { libc::kill(dataplane, libc::SIGKILL) };
-    line_with(&lines, "the dataplane exited");
-    let restarted = pid_in(&line_with(&lines, "started the dataplane"));
+    line_with(&lines, "the dataplane exited", TIMEOUT);
+    let restarted = pid_in(&line_with(&lines, "started the dataplane", TIMEOUT));
     assert_ne!(restarted, dataplane);
     let deadline = Instant::now() + TIMEOUT;
     loop {

@@ -8,12 +8,12 @@ use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPart;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 const STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/peering#0";
@@ -22,50 +22,13 @@ const CLIENT_LINK: u32 = 1;
 const MESSAGES: u64 = 2_000;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Process(Child);
+mod common;
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{line_with, stderr_lines, temp_dir, Process};
 
 fn private_file(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn lines_of(child: &mut Child) -> Receiver<String> {
-    let (sender, receiver) = sync_channel(4096);
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-fn line_with(lines: &Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line with {needle:?} within {TIMEOUT:?}"),
-        }
-    }
 }
 
 fn status(admin: SocketAddr) -> serde_json::Value {
@@ -123,10 +86,10 @@ fn start_node(dir: &Path, index: usize, bootstrap: Option<&str>) -> Node {
         command.args(["--bootstrap", bootstrap]);
     }
     let mut control = Process(command.spawn().unwrap());
-    let lines = lines_of(&mut control.0);
-    let admin_line = line_with(&lines, "admin on http://");
+    let lines = stderr_lines(&mut control.0);
+    let admin_line = line_with(&lines, "admin on http://", TIMEOUT);
     let admin = admin_line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|t| t.parse().ok()).unwrap();
-    let p2p_line = line_with(&lines, "peer listening on ");
+    let p2p_line = line_with(&lines, "peer listening on ", TIMEOUT);
     let p2p = p2p_line.split("peer listening on ").nth(1).unwrap().trim().to_string();
     let client = ClientLinkConfig {
         node: format!("127.0.0.1:{port}").parse().unwrap(),
@@ -143,9 +106,7 @@ fn start_node(dir: &Path, index: usize, bootstrap: Option<&str>) -> Node {
 // receives every message published at the first, in order, over those links alone.
 #[test]
 fn three_nodes_peer_through_a_bootstrap_and_carry_messages() {
-    let dir = TempDir(std::env::temp_dir().join(format!("runnel-peering-test-{}-{}", std::process::id(), rand::random::<u64>())));
-    std::fs::create_dir(&dir.0).unwrap();
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = temp_dir("peering");
     let first = start_node(&dir.0, 0, None);
     let bootstrap = first.p2p.clone();
     let mut nodes = vec![first];

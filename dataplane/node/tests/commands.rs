@@ -1,15 +1,14 @@
 //! The command interface (`runnel_node::command`) on a real node: real shards, real io_uring
 //! sockets on 127.0.0.1, real clients. Every node starts without links; the commands add them.
 
-use rand::{Rng, SeedableRng};
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
+use runnel_client::{ClientOptions, Outgoing, UdpClient};
 use runnel_core::counters::Counter;
 use runnel_core::filter::FilterUpdate;
 use runnel_node::command::{
     Command, CommandCounter, CommandError, CommandId, COMMANDS_IN_FLIGHT_MAX, RESPONSE_QUEUE_LENGTH_MAX, SUBMITTED_COMMANDS_MAX,
 };
-use runnel_node::config::{shard_of, LinkConfig, LinkRole, NodeConfig};
-use runnel_node::node::{Node, NodeError, NodeHandle};
+use runnel_node::config::{shard_of, LinkConfig, LinkRole};
+use runnel_node::node::{NodeError, NodeHandle};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::{StreamPart, StreamPartKey};
@@ -18,46 +17,9 @@ use std::collections::HashSet;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-const SHARDS: u16 = 2;
-const TIMEOUT: Duration = Duration::from_secs(5);
+mod common;
 
-fn rng() -> rand::rngs::StdRng {
-    let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("RUNNEL_SEED={seed}");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
-
-/// A node with [`SHARDS`] shards and no links, on a random free run of ports on 127.0.0.1.
-fn start_node(rng: &mut impl Rng) -> NodeHandle {
-    for _ in 0..50 {
-        let port: u16 = rng.random_range(20_000..60_000);
-        let config = NodeConfig::parse(&format!("[node]\nlisten = \"127.0.0.1:{port}\"\nshards = {SHARDS}\n")).unwrap();
-        match Node::start(config) {
-            Ok(node) => return node,
-            Err(NodeError::AddressInUse { .. }) => continue,
-            Err(error) => panic!("node did not start: {error}"),
-        }
-    }
-    panic!("no free run of {SHARDS} ports found in 50 tries");
-}
-
-fn client_link(id: u32) -> LinkConfig {
-    LinkConfig {
-        id,
-        peer_link_id: None,
-        key: LinkKey([id as u8; 32]),
-        role: LinkRole::Client,
-        peer: None,
-        peer_shards: 1,
-        rate_datagrams_per_s: 0,
-        burst_datagrams: 1,
-    }
-}
-
-/// The client's side of `link` on `node`.
-fn client_side(node: &NodeHandle, link: &LinkConfig) -> ClientLinkConfig {
-    ClientLinkConfig { node: node.local_addrs()[0], node_shards: SHARDS, link_id: link.id, key: link.key, datagram_length_max: 1472 }
-}
+use common::{client_link, client_side, rng, start_node, wait_until, SHARDS, TIMEOUT};
 
 fn publisher(node: &NodeHandle, link: &LinkConfig) -> UdpClient {
     let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), ..ClientOptions::default() };
@@ -70,14 +32,6 @@ fn part_on(shard: u16, label: &str) -> StreamPartKey {
         .map(|i| StreamPart::parse(&format!("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/commands/{label}/{i}#0")).unwrap().key())
         .find(|key| shard_of(key, SHARDS) == shard)
         .expect("some name lands on every shard")
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn counter(node: &NodeHandle, shard: u16, counter: Counter) -> u64 {

@@ -6,58 +6,20 @@
 //! dies a new control connection re-syncs by replaying its state while the node keeps
 //! forwarding all along.
 
-use rand::{Rng, SeedableRng};
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
+use runnel_client::{ClientOptions, Outgoing, UdpClient};
 use runnel_core::counters::Counter;
 use runnel_node::command::Command;
-use runnel_node::config::{LinkConfig, LinkRole, NodeConfig};
+use runnel_node::config::LinkRole;
 use runnel_node::ipc::{self, IpcClient, IpcCounters, Reply, WireEvent};
-use runnel_node::node::{Node, NodeError, NodeHandle};
 use runnel_proto::crypto::PublisherKey;
-use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPart;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const SHARDS: u16 = 2;
-const TIMEOUT: Duration = Duration::from_secs(5);
+mod common;
 
-fn rng() -> rand::rngs::StdRng {
-    let seed = std::env::var("RUNNEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("RUNNEL_SEED={seed}");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
-
-fn start_node(rng: &mut impl Rng) -> NodeHandle {
-    for _ in 0..50 {
-        let port: u16 = rng.random_range(20_000..60_000);
-        let config = NodeConfig::parse(&format!("[node]\nlisten = \"127.0.0.1:{port}\"\nshards = {SHARDS}\n")).unwrap();
-        match Node::start(config) {
-            Ok(node) => return node,
-            Err(NodeError::AddressInUse { .. }) => continue,
-            Err(error) => panic!("node did not start: {error}"),
-        }
-    }
-    panic!("no free run of {SHARDS} ports found in 50 tries");
-}
-
-fn client_link(id: u32) -> LinkConfig {
-    LinkConfig {
-        id,
-        peer_link_id: None,
-        key: LinkKey([id as u8; 32]),
-        role: LinkRole::Client,
-        peer: None,
-        peer_shards: 1,
-        rate_datagrams_per_s: 0,
-        burst_datagrams: 1,
-    }
-}
-
-fn client_side(node: &NodeHandle, link: &LinkConfig) -> ClientLinkConfig {
-    ClientLinkConfig { node: node.local_addrs()[0], node_shards: SHARDS, link_id: link.id, key: link.key, datagram_length_max: 1472 }
-}
+use common::{client_link, client_side, rng, start_node, wait_until, SHARDS, TIMEOUT};
 
 /// A private directory for the socket (removed at the end of the test).
 struct SocketDir(PathBuf);
@@ -73,14 +35,6 @@ impl SocketDir {
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

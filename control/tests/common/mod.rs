@@ -1,0 +1,61 @@
+//! Helpers shared by the process tests of `runnel control` and peering: child processes
+//! killed on drop, a private temporary directory, and reading a child's stderr lines.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// A child process killed on drop, so a failing test leaves nothing running.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A 0700 directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn temp_dir(label: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("runnel-{label}-test-{}-{}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    TempDir(dir)
+}
+
+/// The lines a child writes to stderr, read on a thread (bounded: tests read as they go).
+pub fn stderr_lines(child: &mut Child) -> Receiver<String> {
+    let (sender, receiver) = sync_channel(4096);
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Reads lines until one contains `needle`, for at most `timeout`; returns it.
+pub fn line_with(lines: &Receiver<String>, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {needle:?} within {timeout:?}"),
+        }
+    }
+}
