@@ -50,6 +50,9 @@ step() {
         return 0
     fi
     echo "FAIL  $(elapsed $((SECONDS - step_started_s)))   log: $log"
+    # A failed cargo test: each failing test's name and panic message first (the tail of
+    # the log is only the doc tests' summary).
+    awk '/^---- .* stdout ----$/ { n = 6 } n > 0 { print; n-- }' "$log" | head -n 60 | sed 's/^/    | /'
     tail -n 30 "$log" | sed 's/^/    | /'
     results+=("$name FAIL")
     failed+=("$name")

@@ -142,7 +142,7 @@ impl Desired {
                     rate_datagrams_per_s: LINK_RATE_DATAGRAMS_PER_S_DEFAULT,
                     burst_datagrams: LINK_BURST_DATAGRAMS_DEFAULT,
                 };
-                eprintln!(
+                logln!(
                     "runnel control: neighbor {} for {} (link {} ↔ {}, dataplane {})",
                     up.peer,
                     hex::encode(&up.part.0[..8]),
@@ -154,7 +154,7 @@ impl Desired {
                 Command::AddLink(link)
             }
             PeeringEvent::NeighborDown(down) => {
-                eprintln!("runnel control: neighbor {} gone (link {})", down.peer, down.local_link_id);
+                logln!("runnel control: neighbor {} gone (link {})", down.peer, down.local_link_id);
                 self.neighbors.remove(&down.local_link_id);
                 Command::RemoveLink { link_id: down.local_link_id }
             }
@@ -183,7 +183,7 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
         Mutex::new(Desired { joins: parts.iter().map(|part| Command::Join { part: part.key() }).collect(), ..Desired::default() });
     let listener = TcpListener::bind(&args.admin).map_err(|e| format!("--admin {}: {e}", args.admin))?;
     let admin_address = listener.local_addr().map_err(|e| e.to_string())?;
-    eprintln!("runnel control: admin on http://{admin_address} (/status, /metrics)");
+    logln!("runnel control: admin on http://{admin_address} (/status, /metrics)");
     let view = Mutex::new(DataplaneView::default());
     let peering: Mutex<Option<PeeringState>> = Mutex::new(None);
     let counters = ControlCounters::default();
@@ -213,7 +213,7 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
     if let Some(state) = peering.into_inner().expect("no panics while holding it") {
         state.handle.shutdown();
     }
-    eprintln!("runnel control: stopped");
+    logln!("runnel control: stopped");
     result
 }
 
@@ -242,7 +242,7 @@ fn start_peering(args: &ControlArgs, identity: Identity, client: &IpcClient, des
         std::thread::sleep(Duration::from_millis(20));
     }
     for address in &listening {
-        eprintln!("runnel control: peer listening on {address}/p2p/{peer_id}");
+        logln!("runnel control: peer listening on {address}/p2p/{peer_id}");
     }
     for command in &desired.joins {
         if let Command::Join { part } = command {
@@ -277,7 +277,7 @@ fn follow_dataplane(
             Ok(client) => client,
             Err(error) => {
                 if !said_waiting {
-                    eprintln!("runnel control: waiting for the dataplane at {}: {error}", args.ipc.display());
+                    logln!("runnel control: waiting for the dataplane at {}: {error}", args.ipc.display());
                     said_waiting = true;
                 }
                 // Neighbors found meanwhile are kept for the next connection.
@@ -290,7 +290,7 @@ fn follow_dataplane(
         said_waiting = false;
         backoff = BACKOFF_MIN;
         counters.ipc_connects.fetch_add(1, Ordering::Relaxed);
-        eprintln!("runnel control: connected to the dataplane at {} (listening on {})", args.ipc.display(), client.listen.join(", "));
+        logln!("runnel control: connected to the dataplane at {} (listening on {})", args.ipc.display(), client.listen.join(", "));
         {
             let mut view = view.lock().expect("no panics while holding it");
             view.connected = true;
@@ -305,7 +305,7 @@ fn follow_dataplane(
         view.lock().expect("no panics while holding it").connected = false;
         if let Err(error) = result {
             counters.ipc_disconnects.fetch_add(1, Ordering::Relaxed);
-            eprintln!("runnel control: lost the dataplane ({error}); reconnecting");
+            logln!("runnel control: lost the dataplane ({error}); reconnecting");
         }
     }
     Ok(())
@@ -327,7 +327,7 @@ fn session(
         let result = client.execute(command, |event| on_event(&event, counters))?;
         if let Err(error) = result {
             counters.commands_failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("runnel control: {} refused: {}", command.name(), error.message);
+            logln!("runnel control: {} refused: {}", command.name(), error.message);
         }
     }
     client.set_read_timeout(READ_TIMEOUT)?;
@@ -345,7 +345,7 @@ fn session(
             Some(Reply::Event(event)) => on_event(&event, counters),
             Some(Reply::Response { error: Some(error), .. }) => {
                 counters.commands_failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("runnel control: a command was refused: {}", error.message);
+                logln!("runnel control: a command was refused: {}", error.message);
             }
             Some(Reply::ProtocolError { message }) => return Err(IpcError::Handshake(message)),
             Some(_) | None => {}
@@ -357,11 +357,11 @@ fn session(
 fn on_event(event: &WireEvent, counters: &ControlCounters) {
     counters.events_received.fetch_add(1, Ordering::Relaxed);
     match event {
-        WireEvent::SignatureFailure { shard, link_id, publisher, publisher_proven } => eprintln!(
+        WireEvent::SignatureFailure { shard, link_id, publisher, publisher_proven } => logln!(
             "runnel control: shard {shard}: bad signature on link {link_id} from 0x{} (publisher proven on that link: {publisher_proven})",
             hex::encode(publisher)
         ),
-        WireEvent::SlowConsumer { shard, link_id } => eprintln!("runnel control: shard {shard}: link {link_id} is a slow consumer"),
+        WireEvent::SlowConsumer { shard, link_id } => logln!("runnel control: shard {shard}: link {link_id} is a slow consumer"),
         WireEvent::Joined { .. } => {}
     }
 }

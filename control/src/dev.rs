@@ -242,19 +242,15 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     }
     let part = StreamPart::parse(DEV_STREAM).expect("valid constant");
     let stream_key = part.key();
-    eprintln!(
+    logln!(
         "runnel dev: {} node(s) on 127.0.0.1 ports {:?}, {} link(s); publisher at node 0, subscribers at {:?}",
         args.nodes,
         ports,
         dev_edges(args.nodes).len(),
         layout.subscriber_links.iter().map(|(n, _)| *n).collect::<Vec<_>>()
     );
-    eprintln!(
-        "runnel dev: configs in {}; try: runnel sub --link {} --stream '{DEV_STREAM}'",
-        dir.display(),
-        layout.user_links[0].display()
-    );
-    eprintln!("runnel dev: {}", nodes[0].filter_mode());
+    logln!("runnel dev: configs in {}; try: runnel sub --link {} --stream '{DEV_STREAM}'", dir.display(), layout.user_links[0].display());
+    logln!("runnel dev: {}", nodes[0].filter_mode());
 
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -348,12 +344,12 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         if live {
             eprint!("\r{line}   ");
         } else {
-            eprintln!("{line}");
+            logln!("{line}");
         }
         (last_published, last_delivered) = (now_published, now_delivered);
     }
     if live {
-        eprintln!();
+        logln!();
     }
     stop.store(true, Ordering::Relaxed);
     let publisher_result = publisher.join().map_err(|_| "publisher thread panicked".to_string())?;
@@ -398,7 +394,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     if args.json {
         println!("{summary}");
     } else {
-        eprintln!(
+        logln!(
             "runnel dev: {published} published, {} delivered to {} subscriber(s), {} duplicates, {} late, {lost} lost; latency p50 {} µs, p99 {} µs",
             tally.delivered,
             layout.subscriber_links.len(),

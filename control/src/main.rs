@@ -8,6 +8,9 @@
 
 use clap::{Parser, Subcommand};
 
+// First: its macro is used by the modules below.
+#[macro_use]
+mod log;
 mod admin;
 mod control_cmd;
 mod dev;
@@ -66,7 +69,7 @@ fn main() {
         Command::Keygen(args) => keygen::run(args),
     };
     if let Err(error) = result {
-        eprintln!("runnel: {error}");
+        logln!("runnel: {error}");
         std::process::exit(1);
     }
 }

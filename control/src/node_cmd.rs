@@ -105,10 +105,10 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         None => None,
     };
     let node = Node::start(config).map_err(|e| e.to_string())?;
-    eprintln!("runnel node: running {summary}");
-    eprintln!("runnel node: {}", node.filter_mode());
+    logln!("runnel node: running {summary}");
+    logln!("runnel node: {}", node.filter_mode());
     if let Some(path) = &args.ipc {
-        eprintln!("runnel node: command interface on {}", path.display());
+        logln!("runnel node: command interface on {}", path.display());
     }
     let started = Instant::now();
     let stop = AtomicBool::new(false);
@@ -121,7 +121,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(50));
             if server.is_none() {
                 while let Ok(event) = node.events().try_recv() {
-                    eprintln!("runnel node: {event:?}");
+                    logln!("runnel node: {event:?}");
                 }
             }
             if args.status_interval > 0.0 && Instant::now() >= next_status {
@@ -138,7 +138,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     let status = status_json(&node, started, ipc_enabled.then_some(&ipc_counters));
     node.stop().map_err(|e| e.to_string())?;
     println!("{status}");
-    eprintln!("runnel node: stopped");
+    logln!("runnel node: stopped");
     match served {
         Some(Err(error)) => Err(format!("the IPC socket failed: {error}")),
         _ => Ok(()),

@@ -113,7 +113,7 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
     // the publisher holds the only other copy of its newest messages.
     let publisher = PublisherThread::spawn(client, Duration::from_millis(200)).map_err(|e| format!("publisher thread: {e}"))?;
     let stream_key = part.key();
-    eprintln!("runnel pub: publishing to {part} as {} via {}", address_hex(&key.address()), link.node);
+    logln!("runnel pub: publishing to {part} as {} via {}", address_hex(&key.address()), link.node);
     let started = Instant::now();
     let mut published = 0u64;
     let mut pace = Pacer::new(args.rate);
@@ -151,7 +151,7 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
     }
     publisher.finish().map_err(|e| format!("send: {e}"))?;
     let seconds = started.elapsed().as_secs_f64();
-    eprintln!("runnel pub: {published} messages in {seconds:.2} s ({:.0}/s)", published as f64 / seconds.max(1e-9));
+    logln!("runnel pub: {published} messages in {seconds:.2} s ({:.0}/s)", published as f64 / seconds.max(1e-9));
     Ok(())
 }
 
@@ -202,7 +202,7 @@ pub fn run_sub(args: SubArgs) -> Result<(), String> {
     let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
     let stream_key = part.key();
     client.subscribe(&stream_key).map_err(|e| format!("subscribe: {e}"))?;
-    eprintln!("runnel sub: subscribed to {part} via {}", link.node);
+    logln!("runnel sub: subscribed to {part} via {}", link.node);
     let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs_f64(s));
     let limit = args.count.unwrap_or(u64::MAX);
     let mut received = 0u64;

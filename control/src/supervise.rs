@@ -67,7 +67,7 @@ impl Supervised {
     fn start(&mut self) -> Result<(), String> {
         let executable = std::env::current_exe().map_err(|e| format!("cannot find this executable to start the {}: {e}", self.name))?;
         let child = Command::new(executable).args(&self.args).spawn().map_err(|e| format!("cannot start the {}: {e}", self.name))?;
-        eprintln!("runnel node: started the {} (pid {})", self.name, child.id());
+        logln!("runnel node: started the {} (pid {})", self.name, child.id());
         self.child = Some(child);
         self.started = Instant::now();
         self.restart_at = None;
@@ -81,7 +81,7 @@ impl Supervised {
                 if self.started.elapsed() >= HEALTHY_AFTER {
                     self.backoff = BACKOFF_MIN;
                 }
-                eprintln!("runnel node: the {} exited ({status}); restarting in {:.1} s", self.name, self.backoff.as_secs_f64());
+                logln!("runnel node: the {} exited ({status}); restarting in {:.1} s", self.name, self.backoff.as_secs_f64());
                 self.child = None;
                 self.restart_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -166,6 +166,6 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     if let Some(dir) = private_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
-    eprintln!("runnel node: stopped");
+    logln!("runnel node: stopped");
     result
 }

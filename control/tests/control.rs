@@ -13,7 +13,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 mod common;
 
-use common::{line_with, stderr_lines, temp_dir, Process};
+use common::{lines_with, stderr_lines, temp_dir, Process};
 
 fn start_node(dir: &Path, socket: &Path) -> Process {
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -159,24 +159,25 @@ fn runnel_node_supervises_the_dataplane_and_the_control_process() {
             .unwrap(),
     );
     let lines = stderr_lines(&mut supervisor.0);
-    let dataplane = pid_in(&line_with(&lines, "started the dataplane", TIMEOUT));
-    let control = pid_in(&line_with(&lines, "started the control process", TIMEOUT));
-    let admin = admin_in(&line_with(&lines, "admin on http://", TIMEOUT));
+    // The control process writes to the same stderr as the supervisor: its "admin on" line
+    // may come before the supervisor's "started" line.
+    let started = lines_with(&lines, &["started the dataplane", "started the control process", "admin on http://"], TIMEOUT);
+    let (dataplane, control, admin) = (pid_in(&started[0]), pid_in(&started[1]), admin_in(&started[2]));
     wait_connected(admin);
 
     // The control process dies: restarted, and drives the dataplane again.
     // SAFETY: kill(2) on a child of our child; no memory is involved.
     unsafe { libc::kill(control, libc::SIGKILL) };
-    line_with(&lines, "the control process exited", TIMEOUT);
-    let control = pid_in(&line_with(&lines, "started the control process", TIMEOUT));
-    let admin = admin_in(&line_with(&lines, "admin on http://", TIMEOUT));
+    lines_with(&lines, &["the control process exited"], TIMEOUT).remove(0);
+    let started = lines_with(&lines, &["started the control process", "admin on http://"], TIMEOUT);
+    let (control, admin) = (pid_in(&started[0]), admin_in(&started[1]));
     wait_connected(admin);
 
     // The dataplane dies: restarted; the waiting control reconnects and replays its join.
     // SAFETY: as above.
     unsafe { libc::kill(dataplane, libc::SIGKILL) };
-    line_with(&lines, "the dataplane exited", TIMEOUT);
-    let restarted = pid_in(&line_with(&lines, "started the dataplane", TIMEOUT));
+    lines_with(&lines, &["the dataplane exited"], TIMEOUT).remove(0);
+    let restarted = pid_in(&lines_with(&lines, &["started the dataplane"], TIMEOUT).remove(0));
     assert_ne!(restarted, dataplane);
     let deadline = Instant::now() + TIMEOUT;
     loop {

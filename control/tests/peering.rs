@@ -24,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 mod common;
 
-use common::{line_with, stderr_lines, temp_dir, Process};
+use common::{lines_with, stderr_lines, temp_dir, Process};
 
 fn private_file(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
@@ -87,9 +87,9 @@ fn start_node(dir: &Path, index: usize, bootstrap: Option<&str>) -> Node {
     }
     let mut control = Process(command.spawn().unwrap());
     let lines = stderr_lines(&mut control.0);
-    let admin_line = line_with(&lines, "admin on http://", TIMEOUT);
+    let found = lines_with(&lines, &["admin on http://", "peer listening on "], TIMEOUT);
+    let (admin_line, p2p_line) = (&found[0], &found[1]);
     let admin = admin_line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|t| t.parse().ok()).unwrap();
-    let p2p_line = line_with(&lines, "peer listening on ", TIMEOUT);
     let p2p = p2p_line.split("peer listening on ").nth(1).unwrap().trim().to_string();
     let client = ClientLinkConfig {
         node: format!("127.0.0.1:{port}").parse().unwrap(),

@@ -48,14 +48,19 @@ pub fn stderr_lines(child: &mut Child) -> Receiver<String> {
     receiver
 }
 
-/// Reads lines until one contains `needle`, for at most `timeout`; returns it.
-pub fn line_with(lines: &Receiver<String>, needle: &str, timeout: Duration) -> String {
+/// Reads lines until each needle has been seen, in any order (two processes writing to one
+/// pipe interleave), for at most `timeout`; returns the first line with each needle.
+pub fn lines_with(lines: &Receiver<String>, needles: &[&str], timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no line with {needle:?} within {timeout:?}"),
+    let mut found: Vec<Option<String>> = vec![None; needles.len()];
+    while found.iter().any(Option::is_none) {
+        let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            let missing: Vec<_> = needles.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| n).collect();
+            panic!("no line with {missing:?} within {timeout:?}");
+        };
+        if let Some(slot) = needles.iter().zip(found.iter_mut()).find_map(|(n, f)| (f.is_none() && line.contains(n)).then_some(f)) {
+            *slot = Some(line);
         }
     }
+    found.into_iter().flatten().collect()
 }
