@@ -105,9 +105,9 @@ struct DataplaneView {
     counters: Vec<(String, u64)>,
 }
 
-/// A neighbor link peering agreed on, as the dataplane got it.
+/// A link peering agreed on (a neighbor or a client), as the dataplane got it.
 #[derive(Debug, Clone)]
-struct Neighbor {
+struct Agreed {
     part: StreamPartKey,
     peer: String,
     link: LinkConfig,
@@ -118,18 +118,41 @@ struct Neighbor {
 struct Desired {
     joins: Vec<Command>,
     /// Neighbor links by local link id.
-    neighbors: BTreeMap<u32, Neighbor>,
+    neighbors: BTreeMap<u32, Agreed>,
+    /// Client links (`runnel pub/sub --node`) by link id.
+    clients: BTreeMap<u32, Agreed>,
 }
 
 impl Desired {
     fn commands(&self) -> Vec<Command> {
         let mut commands = self.joins.clone();
-        commands.extend(self.neighbors.values().map(|n| Command::AddLink(n.link.clone())));
+        commands.extend(self.neighbors.values().chain(self.clients.values()).map(|n| Command::AddLink(n.link.clone())));
         commands
     }
 
-    /// Takes in a peering event; returns the command it needs.
-    fn absorb(&mut self, event: PeeringEvent) -> Command {
+    fn joined(&self, part: &StreamPartKey) -> bool {
+        self.joins.iter().any(|command| matches!(command, Command::Join { part: joined } if joined == part))
+    }
+
+    /// Takes in a peering event; returns the commands it needs. A client link for a part
+    /// this node has not joined joins it (dataplane and overlay: the node now serves it).
+    fn absorb(&mut self, event: PeeringEvent, peering: &PeeringHandle) -> Vec<Command> {
+        let mut commands = Vec::new();
+        if let PeeringEvent::ClientLinkUp(up) = &event {
+            if !self.joined(&up.part) {
+                logln!("runnel control: joining {} for a client", hex::encode(&up.part.0[..8]));
+                if let Err(error) = peering.join(up.part) {
+                    logln!("runnel control: peering join for a client: {error}");
+                }
+                self.joins.push(Command::Join { part: up.part });
+                commands.push(Command::Join { part: up.part });
+            }
+        }
+        commands.push(self.absorb_link(event));
+        commands
+    }
+
+    fn absorb_link(&mut self, event: PeeringEvent) -> Command {
         match event {
             PeeringEvent::NeighborUp(up) => {
                 let link = LinkConfig {
@@ -150,13 +173,33 @@ impl Desired {
                     up.remote_link_id,
                     up.remote_endpoint
                 );
-                self.neighbors.insert(up.local_link_id, Neighbor { part: up.part, peer: up.peer.to_string(), link: link.clone() });
+                self.neighbors.insert(up.local_link_id, Agreed { part: up.part, peer: up.peer.to_string(), link: link.clone() });
                 Command::AddLink(link)
             }
             PeeringEvent::NeighborDown(down) => {
                 logln!("runnel control: neighbor {} gone (link {})", down.peer, down.local_link_id);
                 self.neighbors.remove(&down.local_link_id);
                 Command::RemoveLink { link_id: down.local_link_id }
+            }
+            PeeringEvent::ClientLinkUp(up) => {
+                let link = LinkConfig {
+                    id: up.link_id,
+                    peer_link_id: None,
+                    key: LinkKey(*up.key.expose()),
+                    role: LinkRole::Client,
+                    peer: None,
+                    peer_shards: 1,
+                    rate_datagrams_per_s: LINK_RATE_DATAGRAMS_PER_S_DEFAULT,
+                    burst_datagrams: LINK_BURST_DATAGRAMS_DEFAULT,
+                };
+                logln!("runnel control: client {} for {} (link {})", up.peer, hex::encode(&up.part.0[..8]), up.link_id);
+                self.clients.insert(up.link_id, Agreed { part: up.part, peer: up.peer.to_string(), link: link.clone() });
+                Command::AddLink(link)
+            }
+            PeeringEvent::ClientLinkDown(down) => {
+                logln!("runnel control: client {} gone (link {})", down.peer, down.link_id);
+                self.clients.remove(&down.link_id);
+                Command::RemoveLink { link_id: down.link_id }
             }
         }
     }
@@ -257,7 +300,7 @@ fn absorb_peering(peering: &Mutex<Option<PeeringState>>, desired: &Mutex<Desired
     let peering = peering.lock().expect("no panics while holding it");
     let Some(state) = peering.as_ref() else { return Vec::new() };
     let mut desired = desired.lock().expect("no panics while holding it");
-    state.events.try_iter().map(|event| desired.absorb(event)).collect()
+    state.events.try_iter().flat_map(|event| desired.absorb(event, &state.handle)).collect()
 }
 
 /// Connects, applies the desired state, follows replies and peering; reconnects until a
@@ -406,6 +449,11 @@ fn status_json(
         "stream_parts": parts.iter().map(|part| json!({ "stream_part": part.to_string(), "key": hex::encode(part.key().0) })).collect::<Vec<_>>(),
         "peers": peers,
         "neighbors": neighbors,
+        "clients": desired.clients.values().map(|c| json!({
+            "stream_part_key": hex::encode(c.part.0),
+            "peer": c.peer,
+            "link_id": c.link.id,
+        })).collect::<Vec<_>>(),
         "counters": dataplane_counters,
         "control": control,
     })

@@ -1,4 +1,5 @@
-//! `runnel pub` and `runnel sub`: a client link to one node.
+//! `runnel pub` and `runnel sub`: a client link to one node, from a link file or asked of
+//! the node's control process (`--node <multiaddr>`, [`runnel_peering::client`]).
 
 use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, PublisherThread, SigningMode, UdpClient, FRAMES_PER_ROOT_DEFAULT};
 use runnel_proto::crypto::{address_hex, PublisherKey};
@@ -7,6 +8,60 @@ use runnel_proto::wire::ContentType;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use runnel_peering::client::ClientSession;
+use runnel_peering::Identity;
+use runnel_proto::linktag::LinkKey;
+use runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT;
+
+/// How long `--node` waits for the node to grant a client link.
+const GRANT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a client's link comes from: exactly one of a file or a node to ask.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct LinkSource {
+    /// Client link file (TOML: node, node_shards, link_id, key), as `runnel dev --static` writes them.
+    #[arg(long)]
+    pub link: Option<PathBuf>,
+    /// Ask this node's control process for a client link: its peer address, a multiaddr
+    /// ending in /p2p/<PeerId> (`runnel control` prints it as "peer listening on").
+    #[arg(long, value_name = "MULTIADDR")]
+    pub node: Option<String>,
+}
+
+impl LinkSource {
+    /// The link, and for `--node` the session that holds it (keep it alive while the link is
+    /// used: the node removes the link when the session's connection closes).
+    fn open(
+        &self,
+        part: &StreamPart,
+        identity: impl FnOnce() -> Result<Identity, String>,
+    ) -> Result<(ClientLinkConfig, Option<ClientSession>), String> {
+        if let Some(path) = &self.link {
+            return Ok((ClientLinkConfig::load(path).map_err(|e| e.to_string())?, None));
+        }
+        let text = self.node.as_deref().expect("clap requires --link or --node");
+        let address = text.parse().map_err(|e| format!("--node {text:?}: {e}"))?;
+        let session = ClientSession::open(identity()?, &address, part.key(), GRANT_TIMEOUT).map_err(|e| format!("--node {text}: {e}"))?;
+        let grant = session.grant();
+        let link = ClientLinkConfig {
+            node: grant.endpoint.address,
+            node_shards: grant.endpoint.shards,
+            link_id: grant.link_id,
+            key: LinkKey(*grant.key.expose()),
+            datagram_length_max: DATAGRAM_LENGTH_DEFAULT,
+        };
+        Ok((link, Some(session)))
+    }
+}
+
+/// Whether a `--node` session lost its node (the link is gone with it).
+fn lost(session: &Option<ClientSession>) -> bool {
+    session.as_ref().is_some_and(|session| !session.connected())
+}
+
+const LOST_NODE: &str = "lost the connection to the node's control process (the client link is gone)";
 
 /// Which signatures a publisher makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,9 +83,8 @@ impl Signatures {
 
 #[derive(Debug, clap::Args)]
 pub struct PubArgs {
-    /// Client link file (TOML: node, node_shards, link_id, key), as `runnel dev` writes them.
-    #[arg(long)]
-    pub link: PathBuf,
+    #[command(flatten)]
+    pub link: LinkSource,
     /// Stream part to publish to: `0x<owner>/<path>#<partition>`.
     #[arg(long)]
     pub stream: String,
@@ -56,9 +110,8 @@ pub struct PubArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct SubArgs {
-    /// Client link file (TOML), as for `runnel pub`.
-    #[arg(long)]
-    pub link: PathBuf,
+    #[command(flatten)]
+    pub link: LinkSource,
     /// Stream part to subscribe to: `0x<owner>/<path>#<partition>`.
     #[arg(long)]
     pub stream: String,
@@ -76,6 +129,19 @@ pub struct SubArgs {
     pub no_verify: bool,
 }
 
+/// The libp2p identity of a publisher key (the same secp256k1 key).
+fn identity_of(key: &PublisherKey) -> Result<Identity, String> {
+    let mut digits = key.secret_hex().into_bytes();
+    let mut bytes = [0u8; 32];
+    let decoded = hex::decode_to_slice(digits.strip_prefix(b"0x").unwrap_or(&digits), &mut bytes);
+    digits.fill(0);
+    let identity =
+        decoded.map_err(|e| format!("publisher key as an identity: {e}")).and_then(|()| Identity::from_bytes(&bytes).map_err(|e| e.0));
+    bytes.fill(0);
+    std::hint::black_box(&mut bytes);
+    identity
+}
+
 pub fn load_publisher_key(key_file: Option<&Path>, password_file: Option<&Path>) -> Result<PublisherKey, String> {
     if let Some(path) = key_file {
         return crate::keygen::load_key_file(path, password_file).map_err(|e| format!("--key-file: {e}"));
@@ -91,10 +157,6 @@ pub fn load_publisher_key(key_file: Option<&Path>, password_file: Option<&Path>)
     key
 }
 
-fn load_link(path: &std::path::Path) -> Result<ClientLinkConfig, String> {
-    ClientLinkConfig::load(path).map_err(|e| e.to_string())
-}
-
 /// The publisher thread stopped on an error: say which (it ends the thread).
 fn sent_error(publisher: PublisherThread) -> String {
     match publisher.finish() {
@@ -106,7 +168,8 @@ fn sent_error(publisher: PublisherThread) -> String {
 pub fn run_pub(args: PubArgs) -> Result<(), String> {
     let part = StreamPart::parse(&args.stream).map_err(|e| format!("--stream: {e}"))?;
     let key = load_publisher_key(args.key_file.as_deref(), args.password_file.as_deref())?;
-    let link = load_link(&args.link)?;
+    // The publisher's key is also its libp2p identity: the node sees which account asked.
+    let (link, session) = args.link.open(&part, || identity_of(&key))?;
     let options = ClientOptions { publisher_key: Some(key.clone()), signing: args.signatures.mode(), verify: false, gso: true };
     let client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
     // Stays 200 ms after the last message to answer the node's NAKs and probe a lost tail:
@@ -122,6 +185,9 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
         let size = args.size.unwrap_or(64);
         let mut payload = vec![b'x'; size];
         while published < count && !crate::signals::stop_requested() {
+            if published.is_multiple_of(1024) && lost(&session) {
+                return Err(LOST_NODE.into());
+            }
             let stamp = published.to_le_bytes();
             let n = size.min(8);
             payload[..n].copy_from_slice(&stamp[..n]);
@@ -138,6 +204,9 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
                 break;
             }
             let line = line.map_err(|e| format!("reading stdin: {e}"))?;
+            if lost(&session) {
+                return Err(LOST_NODE.into());
+            }
             let is_json = serde_json::from_str::<serde_json::Value>(&line).is_ok();
             let now = runnel_client::unix_time_ms();
             let message = if is_json { Outgoing::json(now, line.as_bytes()) } else { Outgoing::binary(now, line.as_bytes()) };
@@ -197,7 +266,7 @@ impl Pacer {
 
 pub fn run_sub(args: SubArgs) -> Result<(), String> {
     let part = StreamPart::parse(&args.stream).map_err(|e| format!("--stream: {e}"))?;
-    let link = load_link(&args.link)?;
+    let (link, session) = args.link.open(&part, || Ok(Identity::generate()))?;
     let options = ClientOptions { publisher_key: None, verify: !args.no_verify, ..ClientOptions::default() };
     let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
     let stream_key = part.key();
@@ -210,6 +279,9 @@ pub fn run_sub(args: SubArgs) -> Result<(), String> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let stream_text = part.to_string();
     while received < limit && !crate::signals::stop_requested() && deadline.is_none_or(|d| Instant::now() < d) {
+        if lost(&session) {
+            return Err(LOST_NODE.into());
+        }
         let mut write_error = None;
         client
             .recv(Duration::from_millis(100), |delivery| {

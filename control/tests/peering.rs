@@ -1,13 +1,11 @@
 //! Peering end to end: three nodes, each a `runnel node --ipc` dataplane and a `runnel
 //! control` process with its own identity key, find each other through one bootstrap peer
-//! over real libp2p on loopback. No file names a node's neighbors: the neighbor links come
-//! from the handshakes, and messages published at the first node reach a subscriber at the
-//! last one through them.
+//! over real libp2p on loopback. No file names a node's neighbors or clients: the neighbor
+//! links come from the handshakes, the publisher (`runnel pub --node`) and the subscriber
+//! (`runnel sub --node`) get client links from the control processes of the first and the
+//! last node, and messages published at the first reach the subscriber at the last.
 
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, UdpClient};
 use runnel_proto::crypto::PublisherKey;
-use runnel_proto::linktag::LinkKey;
-use runnel_proto::stream::StreamPart;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -18,13 +16,12 @@ use std::time::{Duration, Instant};
 
 const STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/peering#0";
 const NODES: usize = 3;
-const CLIENT_LINK: u32 = 1;
 const MESSAGES: u64 = 2_000;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 mod common;
 
-use common::{lines_with, stderr_lines, temp_dir, Process};
+use common::{lines_of, lines_with, stderr_lines, temp_dir, Process};
 
 fn private_file(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
@@ -45,21 +42,13 @@ struct Node {
     _control: Process,
     admin: SocketAddr,
     p2p: String,
-    client: ClientLinkConfig,
     _lines: Receiver<String>,
 }
 
 fn start_node(dir: &Path, index: usize, bootstrap: Option<&str>) -> Node {
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let client_key = LinkKey([0x40 + index as u8; 32]);
     let config = dir.join(format!("node{index}.toml"));
-    private_file(
-        &config,
-        &format!(
-            "[node]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n[[links]]\nid = {CLIENT_LINK}\nkey = \"{}\"\nrole = \"client\"\n",
-            hex::encode(client_key.0)
-        ),
-    );
+    private_file(&config, &format!("[node]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\n"));
     let socket = dir.join(format!("node{index}.sock"));
     let dataplane = Process(
         Command::new(env!("CARGO_BIN_EXE_runnel"))
@@ -91,14 +80,7 @@ fn start_node(dir: &Path, index: usize, bootstrap: Option<&str>) -> Node {
     let (admin_line, p2p_line) = (&found[0], &found[1]);
     let admin = admin_line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|t| t.parse().ok()).unwrap();
     let p2p = p2p_line.split("peer listening on ").nth(1).unwrap().trim().to_string();
-    let client = ClientLinkConfig {
-        node: format!("127.0.0.1:{port}").parse().unwrap(),
-        node_shards: 1,
-        link_id: CLIENT_LINK,
-        key: client_key,
-        datagram_length_max: 1472,
-    };
-    Node { _dataplane: dataplane, _control: control, admin, p2p, client, _lines: lines }
+    Node { _dataplane: dataplane, _control: control, admin, p2p, _lines: lines }
 }
 
 // Goal: three nodes find each other through one bootstrap peer and agree on neighbor links
@@ -140,34 +122,67 @@ fn three_nodes_peer_through_a_bootstrap_and_carry_messages() {
         }
     }
 
-    let part = StreamPart::parse(STREAM).unwrap().key();
-    let mut subscriber = UdpClient::connect(&nodes[NODES - 1].client).unwrap();
-    subscriber.subscribe(&part).unwrap();
-    let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), ..ClientOptions::default() };
-    let mut publisher = UdpClient::connect_with(&nodes[0].client, options).unwrap();
-    // The subscription travels to the first node: probe until a message arrives.
-    let mut received: Vec<u64> = Vec::new();
+    // A subscriber at the last node and a publisher at the first, each asking the node's
+    // control process for its client link.
+    let mut subscriber = Process(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["sub", "--stream", STREAM, "--node", &nodes[NODES - 1].p2p])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let payloads = lines_of(subscriber.0.stdout.take().unwrap());
+    let key_file = dir.0.join("publisher.key");
+    private_file(&key_file, &format!("{}\n", PublisherKey::generate().secret_hex()));
+    let mut publisher = Process(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["pub", "--stream", STREAM, "--node", &nodes[0].p2p, "--key-file"])
+            .arg(&key_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = publisher.0.stdin.take().unwrap();
+    // Until the subscriber's link is up and its interest has reached the first node, probes.
     let deadline = Instant::now() + TIMEOUT;
-    let mut probe = 0u64;
-    while received.is_empty() {
-        assert!(Instant::now() < deadline, "no message reached the last node");
-        publisher.publish(&part, &Outgoing::binary(1_700_000_000_000, &u64::MAX.to_le_bytes())).unwrap();
-        publisher.flush().unwrap();
-        probe += 1;
-        subscriber.recv(Duration::from_millis(50), |d| received.push(u64::from_le_bytes(d.payload.try_into().unwrap()))).unwrap();
-        publisher.poll().unwrap();
+    let mut probes = 0;
+    loop {
+        assert!(Instant::now() < deadline, "no probe reached the subscriber at the last node");
+        writeln!(stdin, "\"probe\"").unwrap();
+        probes += 1;
+        if payloads.recv_timeout(Duration::from_millis(100)).is_ok() {
+            break;
+        }
     }
-    received.clear();
+    for status in [status(nodes[0].admin), status(nodes[NODES - 1].admin)] {
+        assert_eq!(status["clients"].as_array().map(Vec::len), Some(1), "each end node holds one client link: {status:#}");
+    }
+    // Lines that are JSON numbers are published as JSON; the subscriber prints them back.
     for sequence in 0..MESSAGES {
-        publisher.publish(&part, &Outgoing::binary(1_700_000_000_000 + sequence, &sequence.to_le_bytes())).unwrap();
+        writeln!(stdin, "{sequence}").unwrap();
     }
-    publisher.flush().unwrap();
+    stdin.flush().unwrap();
+    let mut data = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
-    while received.iter().filter(|s| **s != u64::MAX).count() < MESSAGES as usize {
-        assert!(Instant::now() < deadline, "received {} of {MESSAGES} (after {probe} probes)", received.len());
-        subscriber.recv(Duration::from_millis(20), |d| received.push(u64::from_le_bytes(d.payload.try_into().unwrap()))).unwrap();
-        publisher.poll().unwrap();
+    while data.len() < MESSAGES as usize {
+        let line = payloads
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("received {} of {MESSAGES} (after {probes} probes)", data.len()));
+        let message: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(sequence) = message["payload"].as_u64() {
+            data.push(sequence);
+        }
     }
-    let data: Vec<u64> = received.into_iter().filter(|s| *s != u64::MAX).collect();
     assert_eq!(data, (0..MESSAGES).collect::<Vec<_>>(), "every message once, in order");
+
+    // The publisher ends (end of input): its node removes its client link.
+    drop(stdin);
+    let deadline = Instant::now() + TIMEOUT;
+    while publisher.0.try_wait().unwrap().is_none() || status(nodes[0].admin)["clients"].as_array().is_some_and(|c| !c.is_empty()) {
+        assert!(Instant::now() < deadline, "the publisher's client link outlived it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -68,6 +68,11 @@ pub struct PeeringConfig {
     pub quic_idle_timeout: Duration,
     /// Established connections, all peers together.
     pub connections_max: u32,
+    /// Client links (`runnel pub/sub --node`) this node holds at once; more are refused Busy.
+    pub clients_max: usize,
+    /// Link ids for client links: by default the lower half of u32 above the small ids
+    /// config files use, apart from neighbor ids.
+    pub client_link_ids: RangeInclusive<u32>,
     /// Events waiting for the consumer. While it is full the node takes no new neighbors
     /// (it refuses with Busy and proposes to no one); NeighborDown events wait in the
     /// peering thread, at most one per neighbor.
@@ -99,6 +104,8 @@ impl PeeringConfig {
             ping_interval: Duration::from_secs(15),
             quic_idle_timeout: Duration::from_secs(10),
             connections_max: 512,
+            clients_max: 256,
+            client_link_ids: 0x0001_0000..=0x7fff_ffff,
             event_queue_length: 1024,
         }
     }
@@ -127,6 +134,13 @@ impl PeeringConfig {
                 "link_ids {:?} holds fewer ids than stream_parts_max × (degree_max + 2 × degree_target) = {}: widen it",
                 self.link_ids,
                 self.overlay().link_ids_max()
+            ));
+        }
+        let overlaps = self.client_link_ids.start() <= self.link_ids.end() && self.link_ids.start() <= self.client_link_ids.end();
+        if self.client_link_ids.is_empty() || overlaps || self.clients_max == 0 {
+            return fail(format!(
+                "client_link_ids {:?} must be non-empty and apart from link_ids {:?}, and clients_max at least 1",
+                self.client_link_ids, self.link_ids
             ));
         }
         crate::handshake::validate_endpoint(&self.dataplane)
@@ -200,10 +214,42 @@ pub struct NeighborDown {
     pub local_link_id: u32,
 }
 
+/// A client (a publisher or subscriber that is not a node) got a client link: the
+/// dataplane's `AddLink` with role client, one id both ways.
+pub struct ClientLinkUp {
+    pub part: StreamPartKey,
+    /// The client's PeerId (a publisher's is its Ethereum key's).
+    pub peer: PeerId,
+    pub link_id: u32,
+    /// `Debug` shows `<redacted>`.
+    pub key: Secret,
+}
+
+impl fmt::Debug for ClientLinkUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientLinkUp")
+            .field("part", &self.part)
+            .field("peer", &self.peer)
+            .field("link_id", &self.link_id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// A client's libp2p connection closed (or it asked again for the same part): remove its link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLinkDown {
+    pub part: StreamPartKey,
+    pub peer: PeerId,
+    pub link_id: u32,
+}
+
 #[derive(Debug)]
 pub enum PeeringEvent {
     NeighborUp(NeighborUp),
     NeighborDown(NeighborDown),
+    ClientLinkUp(ClientLinkUp),
+    ClientLinkDown(ClientLinkDown),
 }
 
 /// What went wrong; each says what to do.
@@ -296,6 +342,12 @@ counters! {
     EventsDeferred = "events_deferred",
     /// Connections closed because pings timed out.
     PingTimeouts = "ping_timeouts",
+    /// Client links granted (`runnel pub/sub --node`).
+    ClientLinksGranted = "client_links_granted",
+    /// Client link requests refused (full, busy, invalid key).
+    ClientLinksRefused = "client_links_refused",
+    /// Client links removed (the client disconnected or asked again).
+    ClientLinksDown = "client_links_down",
 }
 
 /// Counter values shared between the peering thread (writer) and the handle (reader).

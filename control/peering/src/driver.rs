@@ -13,11 +13,12 @@
 //! it holds [`OUTBOX_ACCEPTING_MAX`] events, so beyond that only NeighborDown events (at most
 //! one per neighbor) are added.
 
-use crate::api::{Command, Counters, PeeringConfig, PeeringCounter, PeeringError, PeeringEvent};
+use crate::api::{ClientLinkDown, ClientLinkUp, Command, Counters, PeeringConfig, PeeringCounter, PeeringError, PeeringEvent};
 use crate::codec::{NeighborCodec, NEIGHBOR_PROTOCOL};
+use crate::handshake::{derive_client_link_key, Ephemeral, LinkIds, Transcript};
 use crate::keep_alive;
 use crate::overlay::{Overlay, OverlayError};
-use crate::wire::{Request, Response};
+use crate::wire::{ClientGrant, ClientLink, RefuseReason, Request, Response};
 use crossbeam_channel::TrySendError;
 use futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
@@ -104,19 +105,31 @@ impl Behaviour {
 }
 
 fn build_swarm(config: &PeeringConfig, counters: std::sync::Arc<Counters>) -> Result<Swarm<Behaviour>, PeeringError> {
+    let timeouts = (config.quic_idle_timeout, config.idle_connection_timeout);
+    build_swarm_with(&config.identity, timeouts, |key| Behaviour::new(key, config, counters))
+}
+
+/// The transports every Runnel swarm speaks (TCP with Noise and Yamux, QUIC), around
+/// `behaviour`: a node's, or a client's (`crate::client`). `timeouts`: QUIC idle timeout,
+/// idle connection timeout.
+pub(crate) fn build_swarm_with<B: NetworkBehaviour>(
+    identity: &crate::Identity,
+    (quic_idle_timeout, idle_connection_timeout): (Duration, Duration),
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> Result<Swarm<B>, PeeringError> {
     let start = |error: &dyn std::fmt::Display| PeeringError::Start(error.to_string());
-    Ok(SwarmBuilder::with_existing_identity(config.identity.keypair().clone())
+    Ok(SwarmBuilder::with_existing_identity(identity.keypair().clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|error| start(&error))?
         .with_quic_config(|mut quic| {
-            quic.max_idle_timeout = config.quic_idle_timeout.as_millis() as u32;
-            quic.keep_alive_interval = config.quic_idle_timeout / 2;
+            quic.max_idle_timeout = quic_idle_timeout.as_millis() as u32;
+            quic.keep_alive_interval = quic_idle_timeout / 2;
             quic
         })
-        .with_behaviour(|key| Behaviour::new(key, config, counters))
+        .with_behaviour(behaviour)
         .map_err(|error| start(&error))?
-        .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(config.idle_connection_timeout))
+        .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle_connection_timeout))
         .build())
 }
 
@@ -147,6 +160,11 @@ struct Driver {
     /// Accepts we sent whose stream has not finished: if it fails, the peer never saw the
     /// Accept and the neighbor is dropped again.
     accepted: HashMap<InboundRequestId, (StreamPartKey, PeerId, u32)>,
+    /// Client links by (client, part): at most `clients_max`.
+    clients: HashMap<(PeerId, StreamPartKey), u32>,
+    client_ids: LinkIds,
+    /// Grants we sent whose stream has not finished (as `accepted`).
+    granted: HashMap<InboundRequestId, (PeerId, StreamPartKey, u32)>,
     discovery: HashMap<StreamPartKey, Discovery>,
     queries: HashMap<QueryId, StreamPartKey>,
     bootstrap: Vec<(PeerId, Multiaddr)>,
@@ -226,6 +244,9 @@ impl Driver {
             outbox: VecDeque::new(),
             outstanding: HashMap::new(),
             accepted: HashMap::new(),
+            clients: HashMap::new(),
+            client_ids: LinkIds::new(config.client_link_ids.clone(), config.clients_max, rand::random()),
+            granted: HashMap::new(),
             discovery: HashMap::new(),
             queries: HashMap::new(),
             bootstrap,
@@ -338,8 +359,8 @@ impl Driver {
         self.outbox.len() < OUTBOX_ACCEPTING_MAX
     }
 
-    /// Queues overlay events for the consumer, counts them, and keeps connections to
-    /// neighbors (only) open.
+    /// Queues events for the consumer, counts them, and keeps connections to neighbors and
+    /// clients (only) open.
     fn emit(&mut self, events: Vec<PeeringEvent>) {
         for event in events {
             let peer = match &event {
@@ -351,11 +372,67 @@ impl Driver {
                     self.counters.add(PeeringCounter::NeighborsDown, 1);
                     down.peer
                 }
+                PeeringEvent::ClientLinkUp(up) => {
+                    self.counters.add(PeeringCounter::ClientLinksGranted, 1);
+                    up.peer
+                }
+                PeeringEvent::ClientLinkDown(down) => {
+                    self.counters.add(PeeringCounter::ClientLinksDown, 1);
+                    down.peer
+                }
             };
-            let keep = self.overlay.is_neighbor_anywhere(&peer);
-            self.swarm.behaviour_mut().keep_alive.set_neighbor(peer, keep);
             self.outbox.push_back(event);
+            self.update_keep_alive(peer);
         }
+    }
+
+    /// Connections to a peer stay open while it is a neighbor of some part or holds a
+    /// client link.
+    fn update_keep_alive(&mut self, peer: PeerId) {
+        let keep = self.overlay.is_neighbor_anywhere(&peer) || self.clients.keys().any(|(client, _)| *client == peer);
+        self.swarm.behaviour_mut().keep_alive.set_neighbor(peer, keep);
+    }
+
+    /// A client asks for a client link: grant it (a fresh key agreed as a neighbor's is,
+    /// one link id both ways), replacing its earlier link for the part, or refuse.
+    fn grant_client_link(&mut self, peer: PeerId, request: &ClientLink, request_id: InboundRequestId) -> Response {
+        let part = StreamPartKey(request.part);
+        self.remove_client_link(peer, part);
+        if !self.accepting() || self.clients.len() >= self.config.clients_max {
+            self.counters.add(PeeringCounter::ClientLinksRefused, 1);
+            return Response::Refuse(RefuseReason::Busy);
+        }
+        let Some(link_id) = self.client_ids.allocate() else {
+            self.counters.add(PeeringCounter::ClientLinksRefused, 1);
+            return Response::Refuse(RefuseReason::Busy);
+        };
+        let ours = Ephemeral::generate();
+        let public = ours.public();
+        let local = self.overlay_local();
+        let transcript = Transcript {
+            initiator: &peer,
+            responder: &local,
+            part: &request.part,
+            initiator_link_id: 0,
+            responder_link_id: link_id,
+            initiator_public: &request.ephemeral_public,
+            responder_public: &public,
+        };
+        let Some(key) = derive_client_link_key(ours, &request.ephemeral_public, &transcript) else {
+            self.client_ids.release(link_id);
+            self.counters.add(PeeringCounter::ClientLinksRefused, 1);
+            return Response::Refuse(RefuseReason::Invalid);
+        };
+        self.clients.insert((peer, part), link_id);
+        self.granted.insert(request_id, (peer, part, link_id));
+        self.emit(vec![PeeringEvent::ClientLinkUp(ClientLinkUp { part, peer, link_id, key })]);
+        Response::ClientGrant(ClientGrant { link_id, endpoint: self.config.dataplane, ephemeral_public: public })
+    }
+
+    fn remove_client_link(&mut self, peer: PeerId, part: StreamPartKey) {
+        let Some(link_id) = self.clients.remove(&(peer, part)) else { return };
+        self.client_ids.release(link_id);
+        self.emit(vec![PeeringEvent::ClientLinkDown(ClientLinkDown { part, peer, link_id })]);
     }
 
     fn on_command(&mut self, command: Command) {
@@ -476,6 +553,10 @@ impl Driver {
                 self.swarm.close_connection(connection);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                let parts: Vec<StreamPartKey> = self.clients.keys().filter(|(peer, _)| *peer == peer_id).map(|(_, part)| *part).collect();
+                for part in parts {
+                    self.remove_client_link(peer_id, part);
+                }
                 let mut events = Vec::new();
                 self.overlay.peer_disconnected(&peer_id, Instant::now(), &mut events);
                 self.emit(events);
@@ -539,6 +620,7 @@ impl Driver {
                         self.counters.add(PeeringCounter::LeavesReceived, 1);
                         self.overlay.handle_leave(peer, &leave, Instant::now(), &mut events)
                     }
+                    Request::ClientLink(request) => self.grant_client_link(peer, &request, request_id),
                 };
                 self.emit(events);
                 if self.swarm.behaviour_mut().neighbor.send_response(channel, response).is_err() {
@@ -572,12 +654,18 @@ impl Driver {
             }
             Event::ResponseSent { request_id, .. } => {
                 self.accepted.remove(&request_id);
+                self.granted.remove(&request_id);
             }
         }
     }
 
     /// An Accept we made never reached the peer: drop the neighbor it created.
     fn accept_lost(&mut self, request_id: InboundRequestId) {
+        if let Some((peer, part, link_id)) = self.granted.remove(&request_id) {
+            if self.clients.get(&(peer, part)) == Some(&link_id) {
+                self.remove_client_link(peer, part);
+            }
+        }
         let Some((part, peer, local_link_id)) = self.accepted.remove(&request_id) else { return };
         let mut events = Vec::new();
         self.overlay.drop_neighbor(&part, &peer, local_link_id, &mut events);

@@ -29,6 +29,8 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 /// blake3 `derive_key` context of link keys; changing it changes every key.
 pub const LINK_KEY_CONTEXT: &str = "runnel-peering 2026-12 neighbor link key v1";
+/// blake3 `derive_key` context of client link keys.
+pub const CLIENT_LINK_KEY_CONTEXT: &str = "runnel-peering 2026-12 client link key v1";
 /// Most shards a dataplane endpoint may claim (a node runs one per core).
 pub const SHARDS_MAX: u16 = 1024;
 
@@ -85,8 +87,19 @@ pub struct Transcript<'a> {
 /// The link key of a handshake: `ours` is this side's ephemeral key, `theirs` the public key
 /// the other side sent. `None` when their public key is a low-order point.
 pub fn derive_link_key(ours: Ephemeral, theirs: &[u8; 32], transcript: &Transcript<'_>) -> Option<Secret> {
+    derive(LINK_KEY_CONTEXT, ours, theirs, transcript)
+}
+
+/// The key of a client link (`ClientLink` / `ClientGrant`): derived as a neighbor link's, in
+/// its own context, with the client as initiator and the client's link id 0 (a client link
+/// has one id, the node's), so no client key can equal a neighbor key.
+pub fn derive_client_link_key(ours: Ephemeral, theirs: &[u8; 32], transcript: &Transcript<'_>) -> Option<Secret> {
+    derive(CLIENT_LINK_KEY_CONTEXT, ours, theirs, transcript)
+}
+
+fn derive(context: &str, ours: Ephemeral, theirs: &[u8; 32], transcript: &Transcript<'_>) -> Option<Secret> {
     let shared = ours.shared(theirs)?;
-    let mut hasher = blake3::Hasher::new_derive_key(LINK_KEY_CONTEXT);
+    let mut hasher = blake3::Hasher::new_derive_key(context);
     hasher.update(shared.expose());
     for peer in [transcript.initiator, transcript.responder] {
         let bytes = peer.to_bytes();

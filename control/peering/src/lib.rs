@@ -49,11 +49,15 @@
 //! - Each side names the link by its own id (`local_link_id`), and the datagram header
 //!   carries the receiver's id, so `AddLink` needs both: `id = local_link_id` and the far
 //!   end's `remote_link_id` as the id to send with (docs/decisions-peering.md).
-//! - Liveness is libp2p's (connection closed, failed pings); dataplane heartbeats, Plumtree,
-//!   IPC to the dataplane and client (proxy) links are later pieces.
+//! - Client links ([`client`]): a publisher or subscriber asks a node for one over the same
+//!   request-response protocol; it lasts as long as the client's libp2p connection.
+//! - Liveness is libp2p's (connection closed, failed pings); the dataplane's missed
+//!   heartbeats reach the control process, which drops that neighbor.
 //! - Addresses announced to the DHT are the listen addresses (or `external_addresses`); no
 //!   NAT traversal.
 
+#[cfg(feature = "swarm")]
+pub mod client;
 #[cfg(feature = "swarm")]
 mod codec;
 #[cfg(feature = "swarm")]

@@ -323,7 +323,7 @@ impl Overlay {
                 }
                 return None;
             }
-            Response::LeaveAck => {
+            Response::LeaveAck | Response::ClientGrant(_) => {
                 // Not an answer to a Propose: the peer misbehaves.
                 self.link_ids.release(local_link_id);
                 Self::candidate_failed(state, &peer, now, &self.config);

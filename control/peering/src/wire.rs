@@ -1,5 +1,8 @@
 //! The neighbor protocol's messages and their byte encoding: pure functions, no I/O and no
 //! libp2p, so the decoder is fuzzed on its own (`dataplane/fuzz`, target `peering_codec`).
+//! The same protocol carries a client's request for a client link (`runnel pub/sub --node`):
+//! a publisher or subscriber that is not a node asks a node for a link the way a neighbor
+//! proposes one, minus the endpoint (a client's address is learned from its datagrams).
 //!
 //! Every message is one request or one response on its own request-response stream
 //! (`/runnel/neighbor/1.0.0`), which already runs inside the connection's Noise (TCP) or TLS
@@ -12,10 +15,12 @@
 //! request  = version (1) ‖ kind (1) ‖ body
 //!   kind 1 Propose: part (32) ‖ link id (u32) ‖ endpoint ‖ ephemeral X25519 public key (32)
 //!   kind 2 Leave:   part (32) ‖ link id (u32, the sender's own id of the link it leaves)
+//!   kind 3 ClientLink: part (32) ‖ ephemeral X25519 public key (32)
 //! response = version (1) ‖ kind (1) ‖ body
 //!   kind 1 Accept:  link id (u32) ‖ endpoint ‖ ephemeral X25519 public key (32)
 //!   kind 2 Refuse:  reason (1)
 //!   kind 3 LeaveAck: empty
+//!   kind 4 ClientGrant: link id (u32, both directions) ‖ endpoint ‖ ephemeral X25519 public key (32)
 //! endpoint = family (1: 4 or 6) ‖ address (4 or 16) ‖ port (u16) ‖ shards (u16)
 //! ```
 //!
@@ -35,9 +40,11 @@ pub const MESSAGE_BYTES_MAX: usize = 128;
 
 const REQUEST_PROPOSE: u8 = 1;
 const REQUEST_LEAVE: u8 = 2;
+const REQUEST_CLIENT_LINK: u8 = 3;
 const RESPONSE_ACCEPT: u8 = 1;
 const RESPONSE_REFUSE: u8 = 2;
 const RESPONSE_LEAVE_ACK: u8 = 3;
+const RESPONSE_CLIENT_GRANT: u8 = 4;
 
 /// Where a node's dataplane listens: shard 0's UDP address and how many shards (consecutive
 /// ports from it) it runs.
@@ -65,10 +72,18 @@ pub struct Leave {
     pub link_id: u32,
 }
 
+/// "Give me a client link for this stream part": from a publisher or subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLink {
+    pub part: [u8; 32],
+    pub ephemeral_public: [u8; 32],
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     Propose(Propose),
     Leave(Leave),
+    ClientLink(ClientLink),
 }
 
 /// The responder's half of an accepted handshake.
@@ -111,11 +126,22 @@ impl RefuseReason {
     }
 }
 
+/// The node's answer to a granted [`ClientLink`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientGrant {
+    /// The link's id in both directions (a client link has one id, the node's).
+    pub link_id: u32,
+    /// Where the client sends: the node's dataplane.
+    pub endpoint: Endpoint,
+    pub ephemeral_public: [u8; 32],
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Response {
     Accept(Accept),
     Refuse(RefuseReason),
     LeaveAck,
+    ClientGrant(ClientGrant),
 }
 
 /// Why bytes are not a message; says which part is wrong.
@@ -223,6 +249,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
             ephemeral_public: reader.array("ephemeral public key")?,
         }),
         REQUEST_LEAVE => Request::Leave(Leave { part: reader.array("stream part key")?, link_id: reader.u32("link id")? }),
+        REQUEST_CLIENT_LINK => Request::ClientLink(ClientLink {
+            part: reader.array("stream part key")?,
+            ephemeral_public: reader.array("ephemeral public key")?,
+        }),
         kind => return Err(WireError::UnknownKind(kind)),
     };
     reader.finish()?;
@@ -243,6 +273,11 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, WireError> {
             Response::Refuse(RefuseReason::from_byte(byte).ok_or(WireError::UnknownRefuseReason(byte))?)
         }
         RESPONSE_LEAVE_ACK => Response::LeaveAck,
+        RESPONSE_CLIENT_GRANT => Response::ClientGrant(ClientGrant {
+            link_id: reader.u32("link id")?,
+            endpoint: reader.endpoint()?,
+            ephemeral_public: reader.array("ephemeral public key")?,
+        }),
         kind => return Err(WireError::UnknownKind(kind)),
     };
     reader.finish()?;
@@ -281,6 +316,11 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
             out.extend_from_slice(&leave.part);
             out.extend_from_slice(&leave.link_id.to_be_bytes());
         }
+        Request::ClientLink(request) => {
+            out.push(REQUEST_CLIENT_LINK);
+            out.extend_from_slice(&request.part);
+            out.extend_from_slice(&request.ephemeral_public);
+        }
     }
     debug_assert!(out.len() <= MESSAGE_BYTES_MAX);
     out
@@ -302,6 +342,12 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
             out.push(*reason as u8);
         }
         Response::LeaveAck => out.push(RESPONSE_LEAVE_ACK),
+        Response::ClientGrant(grant) => {
+            out.push(RESPONSE_CLIENT_GRANT);
+            out.extend_from_slice(&grant.link_id.to_be_bytes());
+            put_endpoint(&mut out, &grant.endpoint);
+            out.extend_from_slice(&grant.ephemeral_public);
+        }
     }
     debug_assert!(out.len() <= MESSAGE_BYTES_MAX);
     out
@@ -324,12 +370,14 @@ mod tests {
             Request::Propose(Propose { part: [7; 32], link_id: 0x8000_0001, endpoint: endpoint_v4(), ephemeral_public: [9; 32] }),
             Request::Propose(Propose { part: [1; 32], link_id: u32::MAX, endpoint: endpoint_v6(), ephemeral_public: [2; 32] }),
             Request::Leave(Leave { part: [3; 32], link_id: 5 }),
+            Request::ClientLink(ClientLink { part: [4; 32], ephemeral_public: [6; 32] }),
         ];
         let responses = vec![
             Response::Accept(Accept { link_id: 4, endpoint: endpoint_v6(), ephemeral_public: [8; 32] }),
             Response::Refuse(RefuseReason::Full),
             Response::Refuse(RefuseReason::Busy),
             Response::LeaveAck,
+            Response::ClientGrant(ClientGrant { link_id: 7, endpoint: endpoint_v4(), ephemeral_public: [5; 32] }),
         ];
         (requests, responses)
     }

@@ -37,6 +37,8 @@ struct Node {
     port: u16,
     links: HashMap<(StreamPartKey, PeerId), Link>,
     downs: Vec<(StreamPartKey, PeerId)>,
+    client_ups: Vec<runnel_peering::ClientLinkUp>,
+    client_downs: Vec<runnel_peering::ClientLinkDown>,
 }
 
 impl Node {
@@ -56,7 +58,16 @@ impl Node {
         config.quic_idle_timeout = Duration::from_secs(3);
         let (handle, events) = Peering::spawn(config).expect("peering starts");
         let peer = handle.local_peer_id();
-        Self { handle: Some(handle), events, peer, port, links: HashMap::new(), downs: Vec::new() }
+        Self {
+            handle: Some(handle),
+            events,
+            peer,
+            port,
+            links: HashMap::new(),
+            downs: Vec::new(),
+            client_ups: Vec::new(),
+            client_downs: Vec::new(),
+        }
     }
 
     fn handle(&self) -> &PeeringHandle {
@@ -89,6 +100,8 @@ impl Node {
                     assert_eq!(link.local_link_id, down.local_link_id);
                     self.downs.push((down.part, down.peer));
                 }
+                PeeringEvent::ClientLinkUp(up) => self.client_ups.push(up),
+                PeeringEvent::ClientLinkDown(down) => self.client_downs.push(down),
             }
         }
     }
@@ -307,4 +320,55 @@ fn leave_drops_every_link_on_both_sides() {
     assert!(nodes[2].handle().neighbors(PART).unwrap().is_empty());
     let left_counted: u64 = nodes.iter().map(|node| node.handle().counter(PeeringCounter::LeavesReceived)).sum();
     assert!(left_counted >= 1);
+}
+
+// Goal: a client (not a node) asks a node for a client link over TCP and over QUIC: both
+// ends hold the same key (never sent), the node reports the client's PeerId and the link id
+// it granted, its dataplane endpoint reaches the client; asking again for the same part
+// replaces the link; dropping the session (closing the connection) removes every link.
+#[test]
+fn client_links_are_granted_replaced_and_removed() {
+    use runnel_peering::client::ClientSession;
+    let mut nodes = start_nodes(1, Transport::TcpAndQuic);
+    nodes[0].handle().join(PART).unwrap();
+    for tcp in [true, false] {
+        let node_address = nodes[0].address(tcp);
+        let identity = Identity::generate();
+        let client_peer = identity.peer_id();
+        let session = ClientSession::open(identity.clone(), &node_address, PART, Duration::from_secs(10)).expect("a client link");
+        assert!(session.connected());
+        let grant = session.grant();
+        assert_eq!((grant.endpoint.address.port(), grant.endpoint.shards, grant.node), (nodes[0].port, 2, nodes[0].peer));
+        wait_until(&mut nodes, Instant::now() + Duration::from_secs(10), "the node's ClientLinkUp", |nodes| {
+            nodes[0].client_ups.iter().any(|up| up.peer == client_peer)
+        });
+        let up = nodes[0].client_ups.iter().find(|up| up.peer == client_peer).unwrap();
+        assert_eq!((up.part, up.link_id, up.key.expose()), (PART, grant.link_id, grant.key.expose()));
+        let first_link = up.link_id;
+        // The same client asking again for the same part: the new link replaces the old.
+        let again = ClientSession::open(identity, &node_address, PART, Duration::from_secs(10)).unwrap();
+        assert_ne!(again.grant().link_id, first_link);
+        wait_until(&mut nodes, Instant::now() + Duration::from_secs(10), "the old link's ClientLinkDown", |nodes| {
+            nodes[0].client_downs.iter().any(|down| down.link_id == first_link)
+        });
+        let second_link = again.grant().link_id;
+        // A second request from another client for another part gets its own link.
+        let other = ClientSession::open(Identity::generate(), &node_address, PART_A, Duration::from_secs(10)).unwrap();
+        assert_ne!(other.grant().link_id, first_link);
+        assert_ne!(other.grant().key.expose(), grant.key.expose());
+        drop(other);
+        drop(again);
+        drop(session);
+        wait_until(&mut nodes, Instant::now() + Duration::from_secs(10), "ClientLinkDown for every link", |nodes| {
+            nodes[0].client_downs.iter().any(|down| down.link_id == second_link && down.peer == client_peer)
+                && nodes[0].client_downs.iter().any(|down| down.part == PART_A)
+        });
+        nodes[0].client_ups.clear();
+        nodes[0].client_downs.clear();
+    }
+    // A node address without /p2p is refused with a clear message.
+    let bare: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+    let error = ClientSession::open(Identity::generate(), &bare, PART, Duration::from_secs(1)).err().expect("refused");
+    assert!(error.to_string().contains("/p2p/"), "{error}");
+    assert_eq!(nodes[0].handle().counter(PeeringCounter::ClientLinksGranted), 6);
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the process tests of `runnel control` and peering: child processes
 //! killed on drop, a private temporary directory, and reading a child's stderr lines.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Child;
@@ -34,12 +34,16 @@ pub fn temp_dir(label: &str) -> TempDir {
     TempDir(dir)
 }
 
-/// The lines a child writes to stderr, read on a thread (bounded: tests read as they go).
+/// The lines a child writes to stderr, read on a thread.
 pub fn stderr_lines(child: &mut Child) -> Receiver<String> {
+    lines_of(child.stderr.take().unwrap())
+}
+
+/// The lines of a pipe, read on a thread (bounded: tests read as they go).
+pub fn lines_of(pipe: impl Read + Send + 'static) -> Receiver<String> {
     let (sender, receiver) = sync_channel(4096);
-    let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             if sender.send(line).is_err() {
                 break;
             }
