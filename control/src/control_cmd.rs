@@ -38,26 +38,26 @@ pub struct ControlArgs {
     #[arg(long, value_name = "PATH")]
     pub ipc: PathBuf,
     /// Admin HTTP address for /status and /metrics (port 0: any free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    #[arg(long, env = "RUNNEL_ADMIN", default_value = "127.0.0.1:9464")]
     pub admin: String,
     /// Join this stream part (0x<owner>/<path>#<partition>); repeatable.
     #[arg(long, value_name = "STREAM_PART")]
     pub join: Vec<String>,
     /// The node's identity key (a 0600 key file or keystore, `runnel keygen --out`): enables
     /// peering. Its address is the node's Ethereum account, its libp2p PeerId the same key's.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "RUNNEL_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// Keystore password file (or $RUNNEL_KEYSTORE_PASSWORD).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "RUNNEL_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
-    /// libp2p listen address; repeatable.
-    #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/7600")]
+    /// libp2p listen address; repeatable (env: comma-separated).
+    #[arg(long, env = "RUNNEL_P2P_LISTEN", value_delimiter = ',', value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/7600")]
     pub p2p_listen: Vec<String>,
-    /// A bootstrap peer (multiaddr ending in /p2p/<PeerId>); repeatable.
-    #[arg(long, value_name = "MULTIADDR")]
+    /// A bootstrap peer (multiaddr ending in /p2p/<PeerId>); repeatable (env: comma-separated).
+    #[arg(long, env = "RUNNEL_BOOTSTRAP", value_delimiter = ',', value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
     /// The dataplane address neighbors send to (default: the dataplane's first listen address).
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, env = "RUNNEL_DATAPLANE_ADDRESS", value_name = "IP:PORT")]
     pub dataplane_address: Option<SocketAddr>,
 }
 

@@ -23,17 +23,19 @@ mod loss_window;
 
 use self::latency_histogram::LatencyHistogram;
 use self::loss_window::{Arrival, LossWindow};
-use crate::pubsub::{Pacer, Signatures};
-use runnel_client::{ClientLinkConfig, ClientOptions, Outgoing, PublisherThread, UdpClient};
-use runnel_node::config::{NodeConfig, VerifyPolicy};
-use runnel_node::node::{Node, NodeHandle};
+use crate::pubsub::{identity_of, LinkSource, Pacer, Signatures};
+use runnel_client::{ClientOptions, Outgoing, PublisherThread, UdpClient};
+use runnel_peering::client::ClientSession;
+use runnel_peering::Identity;
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::stream::StreamPart;
 use serde_json::json;
-use std::collections::{BTreeSet, HashMap};
-use std::io::IsTerminal;
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,50 +65,147 @@ pub struct DevArgs {
     pub dir: Option<PathBuf>,
 }
 
-/// Link ids in the generated network: neighbor edges are 1.., clients 1000+.
-const PUBLISHER_LINK_ID: u32 = 1000;
-const SUBSCRIBER_LINK_ID_BASE: u32 = 2000;
-const USER_LINK_ID_BASE: u32 = 3000;
-/// Most nodes `runnel dev` starts (each takes one loopback port and one thread).
-const NODES_MAX: usize = 64;
+/// Most nodes `runnel dev` starts (each is three processes and three loopback ports).
+const NODES_MAX: usize = 32;
+/// How long the nodes get to find each other before `runnel dev` gives up.
+const MESH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A stream part of anvil's account 0 (the owner is only a name until the chain issue).
 pub const DEV_STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/runnel-dev#0";
 
-/// Free loopback UDP ports, found by binding port 0 (the OS picks), then released.
-fn free_ports(count: usize) -> Result<Vec<u16>, String> {
-    let sockets: Vec<UdpSocket> = (0..count)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free loopback port: {e}")))
-        .collect::<Result<_, _>>()?;
-    sockets.iter().map(|s| s.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
-}
-
-/// Ring with chords: node i links to i+1 and i+2 (mod n), so degree is at most 4.
-pub fn dev_edges(nodes: usize) -> Vec<(usize, usize)> {
-    let mut edges = BTreeSet::new();
-    for i in 0..nodes {
-        for step in [1, 2] {
-            let j = (i + step) % nodes;
-            if i != j {
-                edges.insert((i.min(j), i.max(j)));
-            }
-        }
+/// Free loopback ports, found by binding port 0 (the OS picks); all held at once, so none
+/// is handed out twice, then released.
+fn free_ports(count: usize, udp: bool) -> Result<Vec<u16>, String> {
+    let error = |e: std::io::Error| format!("cannot find a free loopback port: {e}");
+    let mut udp_sockets = Vec::new();
+    let mut tcp_listeners = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..count {
+        let address = if udp {
+            let socket = UdpSocket::bind("127.0.0.1:0").map_err(error)?;
+            let address = socket.local_addr().map_err(error)?;
+            udp_sockets.push(socket);
+            address
+        } else {
+            let listener = TcpListener::bind("127.0.0.1:0").map_err(error)?;
+            let address = listener.local_addr().map_err(error)?;
+            tcp_listeners.push(listener);
+            address
+        };
+        ports.push(address.port());
     }
-    edges.into_iter().collect()
+    Ok(ports)
 }
 
-struct Layout {
-    node_configs: Vec<String>,
-    publisher_link: ClientLinkConfig,
-    subscriber_links: Vec<(usize, ClientLinkConfig)>,
-    user_links: Vec<PathBuf>,
+/// One node of the local network: its supervisor process and how to reach it.
+struct DevNode {
+    process: Child,
+    admin: SocketAddr,
+    /// Its control process's libp2p address, `/ip4/127.0.0.1/tcp/P/p2p/<PeerId>`.
+    p2p: String,
 }
 
-fn key_hex() -> String {
-    hex::encode(crate::keygen::link_key_bytes())
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        // SIGTERM: the supervisor stops its dataplane and control process, then exits.
+        // SAFETY: kill(2) on our own child; no memory is involved.
+        unsafe { libc::kill(self.process.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while self.process.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }
 
-/// Writes a file that holds link keys: mode 0600, replacing one a previous run left.
+/// The ports of one node: dataplane (UDP), admin (TCP), libp2p (TCP).
+struct NodePorts {
+    udp: u16,
+    admin: u16,
+    p2p: u16,
+}
+
+/// Writes node `index`'s identity key and config and starts it, its log in `dir`.
+fn start_node(dir: &Path, index: usize, ports: &NodePorts, bootstrap: Option<&str>) -> Result<DevNode, String> {
+    let identity = Identity::generate();
+    let key_path = dir.join(format!("node{index}.key"));
+    write_key_file(&key_path, &format!("{}\n", identity.publisher_key().secret_hex()))?;
+    let bootstrap = bootstrap.map(|b| format!("\"{b}\"")).unwrap_or_default();
+    let config = format!(
+        "[node]\nlisten = \"127.0.0.1:{}\"\nshards = 1\nverify = \"all\"\n\n[control]\nadmin = \"127.0.0.1:{}\"\njoin = [\"{DEV_STREAM}\"]\n\
+         ipc = \"{}\"\nkey_file = \"{}\"\np2p_listen = [\"/ip4/127.0.0.1/tcp/{}\"]\nbootstrap = [{bootstrap}]\n",
+        ports.udp,
+        ports.admin,
+        dir.join(format!("node{index}.sock")).display(),
+        key_path.display(),
+        ports.p2p
+    );
+    let config_path = dir.join(format!("node{index}.toml"));
+    write_key_file(&config_path, &config)?;
+    let log_path = dir.join(format!("node{index}.log"));
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let executable = std::env::current_exe().map_err(|e| format!("cannot find the runnel executable: {e}"))?;
+    let mut command = Command::new(executable);
+    command.args(["node", "--status-interval", "0", "--config"]).arg(&config_path).stdin(Stdio::null()).stdout(log).stderr(log_err);
+    crate::supervise::die_with_parent(&mut command);
+    let process = command.spawn().map_err(|e| format!("cannot start node {index}: {e}"))?;
+    let p2p = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", ports.p2p, identity.peer_id());
+    Ok(DevNode { process, admin: SocketAddr::from(([127, 0, 0, 1], ports.admin)), p2p })
+}
+
+/// A node's `/status`, or why not.
+fn status(admin: SocketAddr) -> Result<serde_json::Value, String> {
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    stream.write_all(b"GET /status HTTP/1.1\r\nHost: dev\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).ok_or("no HTTP body")?;
+    serde_json::from_str(body).map_err(|e| e.to_string())
+}
+
+fn neighbor_count(status: &serde_json::Value) -> usize {
+    status["neighbors"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits until every node's control process drives its dataplane and has `degree`
+/// neighbors; returns the seconds it took.
+fn wait_for_mesh(nodes: &mut [DevNode], degree: usize, dir: &Path) -> Result<f64, String> {
+    let started = Instant::now();
+    loop {
+        let mut meshed = true;
+        for (index, node) in nodes.iter_mut().enumerate() {
+            if let Ok(Some(exit)) = node.process.try_wait() {
+                return Err(format!("node {index} exited ({exit}); see {}", dir.join(format!("node{index}.log")).display()));
+            }
+            meshed &= status(node.admin).is_ok_and(|s| s["dataplane"]["connected"] == true && neighbor_count(&s) >= degree);
+        }
+        if meshed {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if crate::signals::stop_requested() || started.elapsed() > MESH_TIMEOUT {
+            return Err(format!("the nodes did not find {degree} neighbors each within {MESH_TIMEOUT:?}; logs in {}", dir.display()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client link from node `node`'s control process, as `runnel pub/sub --node` get theirs.
+fn client_link(node: &DevNode, identity: Identity, part: &StreamPart) -> Result<(runnel_client::ClientLinkConfig, ClientSession), String> {
+    let source = LinkSource { link: None, node: Some(node.p2p.clone()) };
+    let (link, session) = source.open(part, || Ok(identity))?;
+    Ok((link, session.expect("--node links come with a session")))
+}
+
+/// Writes a file that holds keys: mode 0600, replacing one a previous run left.
 fn write_key_file(path: &Path, text: &str) -> Result<(), String> {
     runnel_keystore::write_private_file(path, text.as_bytes(), runnel_keystore::Replace::Yes).map_err(|e| e.to_string())
 }
@@ -123,46 +222,6 @@ fn private_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
         None => runnel_keystore::create_private_temp_dir("runnel-dev-")
             .map_err(|e| format!("cannot create a folder in {}: {e}", std::env::temp_dir().display())),
     }
-}
-
-fn layout(nodes: usize, ports: &[u16], dir: &Path) -> Result<Layout, String> {
-    let edges = dev_edges(nodes);
-    let address = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
-    let mut texts: Vec<String> =
-        (0..nodes).map(|i| format!("[node]\nlisten = \"{}\"\nshards = 1\nverify = \"all\"\n", address(i))).collect();
-    for (index, &(a, b)) in edges.iter().enumerate() {
-        let key = key_hex();
-        for (me, peer) in [(a, b), (b, a)] {
-            texts[me].push_str(&format!(
-                "\n[[links]]\nid = {}\nkey = \"{key}\"\nrole = \"neighbor\"\npeer = \"{}\"\npeer_shards = 1\n",
-                index + 1,
-                address(peer)
-            ));
-        }
-    }
-    let client_link = |node: usize, id: u32, texts: &mut Vec<String>| -> Result<ClientLinkConfig, String> {
-        let key = key_hex();
-        texts[node].push_str(&format!("\n[[links]]\nid = {id}\nkey = \"{key}\"\nrole = \"client\"\n"));
-        ClientLinkConfig::parse(&format!("node = \"{}\"\nnode_shards = 1\nlink_id = {id}\nkey = \"{key}\"\n", address(node)))
-            .map_err(|e| e.to_string())
-    };
-    let publisher_link = client_link(0, PUBLISHER_LINK_ID, &mut texts)?;
-    let subscriber_nodes: Vec<usize> = if nodes == 1 { vec![0] } else { (1..nodes).collect() };
-    let mut subscriber_links = Vec::new();
-    for &node in &subscriber_nodes {
-        subscriber_links.push((node, client_link(node, SUBSCRIBER_LINK_ID_BASE + node as u32, &mut texts)?));
-    }
-    let mut user_links = Vec::new();
-    for node in 0..nodes {
-        let link = client_link(node, USER_LINK_ID_BASE + node as u32, &mut texts)?;
-        let path = dir.join(format!("client-node{node}.toml"));
-        write_key_file(&path, &link.to_toml())?;
-        user_links.push(path);
-    }
-    for (node, text) in texts.iter().enumerate() {
-        write_key_file(&dir.join(format!("node{node}.toml")), text)?;
-    }
-    Ok(Layout { node_configs: texts, publisher_link, subscriber_links, user_links })
 }
 
 /// What the subscribers saw, merged; fixed memory however long `runnel dev` runs.
@@ -232,32 +291,42 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         return Err("--size must be at least 8 bytes (the payload carries its send time)".into());
     }
     let dir = private_dir(args.dir.as_deref())?;
-    let ports = free_ports(args.nodes)?;
-    let layout = layout(args.nodes, &ports, &dir)?;
-    let mut nodes: Vec<NodeHandle> = Vec::new();
-    for text in &layout.node_configs {
-        let mut config = NodeConfig::parse(text).map_err(|e| e.to_string())?;
-        config.verify = VerifyPolicy::All;
-        nodes.push(Node::start(config).map_err(|e| e.to_string())?);
+    let (udp, admin, p2p) = (free_ports(args.nodes, true)?, free_ports(args.nodes, false)?, free_ports(args.nodes, false)?);
+    let mut nodes: Vec<DevNode> = Vec::new();
+    for index in 0..args.nodes {
+        let ports = NodePorts { udp: udp[index], admin: admin[index], p2p: p2p[index] };
+        let bootstrap = nodes.first().map(|first| first.p2p.clone());
+        nodes.push(start_node(&dir, index, &ports, bootstrap.as_deref())?);
     }
     let part = StreamPart::parse(DEV_STREAM).expect("valid constant");
     let stream_key = part.key();
+    // The overlay's target is 4; a smaller network can give each node only n − 1.
+    let degree = (args.nodes - 1).min(3);
     logln!(
-        "runnel dev: {} node(s) on 127.0.0.1 ports {:?}, {} link(s); publisher at node 0, subscribers at {:?}",
+        "runnel dev: {} node(s) on 127.0.0.1 (dataplane ports {udp:?}), node 0 the bootstrap peer; configs, keys and logs in {}",
         args.nodes,
-        ports,
-        dev_edges(args.nodes).len(),
-        layout.subscriber_links.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+        dir.display()
     );
-    logln!("runnel dev: configs in {}; try: runnel sub --link {} --stream '{DEV_STREAM}'", dir.display(), layout.user_links[0].display());
-    logln!("runnel dev: {}", nodes[0].filter_mode());
+    let mesh_s = wait_for_mesh(&mut nodes, degree, &dir)?;
+    let degrees: Vec<usize> = nodes.iter().map(|node| status(node.admin).map_or(0, |s| neighbor_count(&s))).collect();
+    logln!("runnel dev: the nodes found each other over libp2p in {mesh_s:.2} s; neighbors per node {degrees:?}");
+    logln!("runnel dev: attach: runnel sub --node {} --stream '{DEV_STREAM}'", nodes[nodes.len() - 1].p2p);
+    logln!("runnel dev: status: curl http://{}/status (and /metrics)", nodes[0].admin);
+    let subscriber_nodes: Vec<usize> = if args.nodes == 1 { vec![0] } else { (1..args.nodes).collect() };
+    let mut sessions = Vec::new();
+    let mut subscriber_links = Vec::new();
+    for &index in &subscriber_nodes {
+        let (link, session) = client_link(&nodes[index], Identity::generate(), &part)?;
+        subscriber_links.push(link);
+        sessions.push(session);
+    }
 
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let subscribers_stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut threads = Vec::new();
-    for (index, (_, link)) in layout.subscriber_links.iter().enumerate() {
+    for (index, link) in subscriber_links.iter().enumerate() {
         let link = link.clone();
         let stop = subscribers_stop.clone();
         let tally = tally.clone();
@@ -283,18 +352,23 @@ pub fn run(args: DevArgs) -> Result<(), String> {
             Ok(())
         }));
     }
-    // Give the overlay a moment: subscriptions propagate on the first Subscribe.
-    std::thread::sleep(Duration::from_millis(300));
+    // Give the overlay a moment: subscriptions propagate on the first Subscribe, and
+    // neighbors start sending each other data on their first Subscribe refresh.
+    std::thread::sleep(Duration::from_millis(1200));
 
     let published = Arc::new(AtomicU64::new(0));
     // Our publisher's address and chain: the one whose losses count.
     let origin: ([u8; 20], u64);
+    let publisher_key = PublisherKey::generate();
+    let publisher_identity = identity_of(&publisher_key)?;
+    let (publisher_link, publisher_session) = client_link(&nodes[0], publisher_identity, &part)?;
+    sessions.push(publisher_session);
     let publisher = {
-        let link = layout.publisher_link.clone();
+        let link = publisher_link;
         let stop = stop.clone();
         let published = published.clone();
         let (rate, size, signing) = (args.rate, args.size, args.signatures.mode());
-        let options = ClientOptions { publisher_key: Some(PublisherKey::generate()), signing, verify: false, gso: true };
+        let options = ClientOptions { publisher_key: Some(publisher_key), signing, verify: false, gso: true };
         let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("publisher link: {e}"))?;
         let chain = client.publisher(&stream_key).map_err(|e| format!("publisher: {e}"))?;
         origin = (chain.address(), chain.chain_id());
@@ -364,20 +438,25 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let published = published.load(Ordering::Relaxed);
     let mut tally = Arc::try_unwrap(tally).map_err(|_| "tally still shared")?.into_inner().map_err(|_| "tally poisoned")?;
     tally.take_window_percentiles();
-    let lost = tally.lost(layout.subscriber_links.len(), origin, published);
+    let lost = tally.lost(subscriber_links.len(), origin, published);
     let (p50_us, p99_us) = (tally.latency_total.percentile_us(0.5), tally.latency_total.percentile_us(0.99));
-    let mut node_counters = runnel_core::counters::Counters::default();
+    // Every node's dataplane counters, summed, from its control process's /status.
+    let mut node_counters: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut neighbors = Vec::new();
     for node in &nodes {
-        for shard in node.counters() {
-            node_counters.merge(&shard);
+        let status = status(node.admin).map_err(|e| format!("node status at the end: {e}"))?;
+        neighbors.push(neighbor_count(&status));
+        for (name, value) in status["counters"].as_object().into_iter().flatten() {
+            *node_counters.entry(name.clone()).or_default() += value.as_u64().unwrap_or(0);
         }
     }
-    for node in nodes {
-        node.stop().map_err(|e| e.to_string())?;
-    }
+    drop(sessions);
+    drop(nodes);
     let summary = json!({
         "nodes": args.nodes,
-        "subscribers": layout.subscriber_links.len(),
+        "subscribers": subscriber_links.len(),
+        "seconds_to_mesh": mesh_s,
+        "neighbors": neighbors,
         "duration_s": elapsed_s,
         "published": published,
         "delivered": tally.delivered,
@@ -389,7 +468,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         "delivered_per_s": tally.delivered as f64 / elapsed_s,
         "latency_us_p50": p50_us,
         "latency_us_p99": p99_us,
-        "node_counters": node_counters.iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "node_counters": node_counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
     });
     if args.json {
         println!("{summary}");
@@ -397,7 +476,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         logln!(
             "runnel dev: {published} published, {} delivered to {} subscriber(s), {} duplicates, {} late, {lost} lost; latency p50 {} µs, p99 {} µs",
             tally.delivered,
-            layout.subscriber_links.len(),
+            subscriber_links.len(),
             tally.duplicates,
             tally.late,
             p50_us,

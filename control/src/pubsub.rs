@@ -33,7 +33,7 @@ pub struct LinkSource {
 impl LinkSource {
     /// The link, and for `--node` the session that holds it (keep it alive while the link is
     /// used: the node removes the link when the session's connection closes).
-    fn open(
+    pub(crate) fn open(
         &self,
         part: &StreamPart,
         identity: impl FnOnce() -> Result<Identity, String>,
@@ -130,7 +130,7 @@ pub struct SubArgs {
 }
 
 /// The libp2p identity of a publisher key (the same secp256k1 key).
-fn identity_of(key: &PublisherKey) -> Result<Identity, String> {
+pub(crate) fn identity_of(key: &PublisherKey) -> Result<Identity, String> {
     let mut digits = key.secret_hex().into_bytes();
     let mut bytes = [0u8; 32];
     let decoded = hex::decode_to_slice(digits.strip_prefix(b"0x").unwrap_or(&digits), &mut bytes);

@@ -6,7 +6,16 @@
 //! admin = "127.0.0.1:9464"                 # /status and /metrics
 //! join = ["0x…/sensors#0"]                 # stream parts the control process joins
 //! ipc = "/run/runnel/dataplane.sock"       # default: a private directory under /tmp
+//! key_file = "/etc/runnel/node.key"        # identity (0600 key file or keystore): peering on
+//! password_file = "/etc/runnel/password"   # for a keystore
+//! p2p_listen = ["/ip4/0.0.0.0/tcp/7600"]
+//! bootstrap = ["/ip4/10.0.0.1/tcp/7600/p2p/16Uiu2…"]
+//! dataplane_address = "10.0.0.7:7700"      # what neighbors send to (default: [node] listen)
 //! ```
+//!
+//! Environment overrides the file: `RUNNEL_ADMIN`, `RUNNEL_KEY_FILE`, `RUNNEL_PASSWORD_FILE`,
+//! `RUNNEL_P2P_LISTEN` and `RUNNEL_BOOTSTRAP` (comma-separated), `RUNNEL_DATAPLANE_ADDRESS`
+//! (a key set in the environment is not passed as a flag, so `runnel control` reads it).
 //!
 //! - The children are this same executable: `runnel node --ipc SOCK` (with `--ipc`, `runnel
 //!   node` is the dataplane alone) and `runnel control --ipc SOCK`. They share the supervisor's stdout and stderr.
@@ -15,7 +24,8 @@
 //! - Because the dataplane keeps its state and control replays its own, either may restart
 //!   alone: a restarted control reconnects, a restarted dataplane is driven again by the
 //!   control that waits for it.
-//! - SIGINT/SIGTERM stops both: SIGTERM first, SIGKILL after 5 s.
+//! - SIGINT/SIGTERM stops both: SIGTERM first, SIGKILL after 5 s. If the supervisor itself
+//!   dies (even by SIGKILL), the kernel sends both children SIGTERM (`PR_SET_PDEATHSIG`).
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -36,6 +46,13 @@ struct ControlSection {
     #[serde(default)]
     join: Vec<String>,
     ipc: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    p2p_listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    dataplane_address: Option<String>,
 }
 
 fn default_admin() -> String {
@@ -66,7 +83,10 @@ struct Supervised {
 impl Supervised {
     fn start(&mut self) -> Result<(), String> {
         let executable = std::env::current_exe().map_err(|e| format!("cannot find this executable to start the {}: {e}", self.name))?;
-        let child = Command::new(executable).args(&self.args).spawn().map_err(|e| format!("cannot start the {}: {e}", self.name))?;
+        let mut command = Command::new(executable);
+        command.args(&self.args);
+        die_with_parent(&mut command);
+        let child = command.spawn().map_err(|e| format!("cannot start the {}: {e}", self.name))?;
         logln!("runnel node: started the {} (pid {})", self.name, child.id());
         self.child = Some(child);
         self.started = Instant::now();
@@ -120,7 +140,22 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     let ipc_text = ipc.display().to_string();
     let mut dataplane_args = vec!["node".to_string(), "--config".into(), config_text, "--ipc".into(), ipc_text.clone()];
     dataplane_args.extend(["--status-interval".into(), status_interval.to_string()]);
-    let mut control_args = vec!["control".to_string(), "--ipc".into(), ipc_text, "--admin".into(), section.admin];
+    let mut control_args = vec!["control".to_string(), "--ipc".into(), ipc_text];
+    // A key set in the environment wins over the file: leave the flag out, clap reads it.
+    let mut flag = |env: &str, name: &str, values: Vec<String>| {
+        if std::env::var_os(env).is_none() {
+            for value in values {
+                control_args.extend([format!("--{name}"), value]);
+            }
+        }
+    };
+    let path = |path: Option<PathBuf>| path.map(|p| p.display().to_string()).into_iter().collect::<Vec<_>>();
+    flag("RUNNEL_ADMIN", "admin", vec![section.admin]);
+    flag("RUNNEL_KEY_FILE", "key-file", path(section.key_file));
+    flag("RUNNEL_PASSWORD_FILE", "password-file", path(section.password_file));
+    flag("RUNNEL_P2P_LISTEN", "p2p-listen", section.p2p_listen);
+    flag("RUNNEL_BOOTSTRAP", "bootstrap", section.bootstrap);
+    flag("RUNNEL_DATAPLANE_ADDRESS", "dataplane-address", section.dataplane_address.into_iter().collect());
     for part in section.join {
         control_args.extend(["--join".into(), part]);
     }
@@ -168,4 +203,23 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     }
     logln!("runnel node: stopped");
     result
+}
+
+/// The child gets SIGTERM when the process that started it dies, however it dies (a
+/// supervisor killed with SIGKILL must not leave its dataplane and control running).
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl(2) and getppid(2).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would signal us.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("the parent exited before the child started"));
+            }
+            Ok(())
+        });
+    }
 }

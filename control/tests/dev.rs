@@ -1,5 +1,5 @@
-//! End-to-end runs of `runnel dev`: real nodes on loopback, a real publisher and subscribers,
-//! the final JSON read back.
+//! End-to-end runs of `runnel dev`: real nodes (supervisor, dataplane and control processes,
+//! peering over libp2p) on loopback, a real publisher and subscribers, the final JSON read back.
 
 use std::process::{Command, Stdio};
 
@@ -46,6 +46,11 @@ fn summary_accounts_for_every_message() {
     let lost = number(&summary, "lost");
     let (p50_us, p99_us) = (number(&summary, "latency_us_p50"), number(&summary, "latency_us_p99"));
     assert_eq!(subscribers, 2, "{summary}");
+    // The three nodes found each other over libp2p: each has the other two as neighbors.
+    assert_eq!(summary["neighbors"], serde_json::json!([2, 2, 2]), "{summary}");
+    assert!(summary["seconds_to_mesh"].as_f64().is_some_and(|s| s > 0.0), "{summary}");
+    let counters = &summary["node_counters"];
+    assert!(counters["commands_succeeded"].as_u64().is_some_and(|n| n >= 3 * 3), "joins and links came as IPC commands: {summary}");
     assert!(published > 1000, "the publisher ran: {summary}");
     assert_eq!(untracked, 0, "only our own publisher: {summary}");
     assert_eq!(delivered + lost, published * subscribers + duplicates + late, "{summary}");

@@ -180,8 +180,9 @@ fn pub_refuses_readable_key_files_and_accepts_the_old_formats() {
     assert_eq!(publish_as(&scratch, &[], &[("RUNNEL_PRIVATE_KEY", key)]).unwrap(), anvil_address);
 }
 
-// Goal: `runnel dev` writes its link keys only into 0600 files inside a 0700 folder (its
-// own under the temporary directory, or --dir), and prints none of them.
+// Goal: `runnel dev` writes its nodes' identity keys (and configs and logs) only into 0600
+// files inside a 0700 folder (its own under the temporary directory, or --dir), and prints
+// none of the keys.
 #[test]
 fn dev_keeps_link_keys_private() {
     let scratch = Scratch::new("dev");
@@ -192,21 +193,27 @@ fn dev_keeps_link_keys_private() {
         let output = runnel(&args, &[]);
         let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
         assert!(output.status.success(), "{stderr}");
-        let dir = stderr.split("configs in ").nth(1).and_then(|rest| rest.split(';').next()).expect("configs folder named");
+        let dir = stderr.split("keys and logs in ").nth(1).and_then(|rest| rest.lines().next()).expect("configs folder named");
         let dir = PathBuf::from(dir);
         assert_eq!(mode_of(&dir), 0o700, "{}", dir.display());
-        let mut files = 0;
+        let mut names = Vec::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sock") {
+                continue; // the dataplanes' command sockets, if still there
+            }
             assert_eq!(mode_of(&path), 0o600, "{}", path.display());
             let contents = std::fs::read_to_string(&path).unwrap();
-            for line in contents.lines().filter(|line| line.starts_with("key = ")) {
-                let key = line.trim_start_matches("key = ").trim_matches('"');
-                assert!(!stdout.contains(key) && !stderr.contains(key), "{} printed a link key", path.display());
+            if path.extension().is_some_and(|e| e == "key") {
+                let key = contents.trim().trim_start_matches("0x");
+                assert_eq!(key.len(), 64, "{}", path.display());
+                assert!(!stdout.contains(key) && !stderr.contains(key), "{} was printed", path.display());
             }
-            files += 1;
+            names.push(path.file_name().unwrap().to_string_lossy().into_owned());
         }
-        assert_eq!(files, 4, "node0/1.toml and client-node0/1.toml in {}", dir.display());
+        names.sort();
+        let expected = ["node0.key", "node0.log", "node0.toml", "node1.key", "node1.log", "node1.toml"];
+        assert_eq!(names, expected, "in {}", dir.display());
         if dir_args.is_empty() {
             assert!(dir.starts_with(std::env::temp_dir()));
             std::fs::remove_dir_all(&dir).unwrap();
