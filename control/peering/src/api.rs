@@ -288,6 +288,7 @@ type Reply<T> = std::sync::mpsc::SyncSender<T>;
 pub(crate) enum Command {
     Join(StreamPartKey, Reply<Result<(), PeeringError>>),
     Leave(StreamPartKey, Reply<()>),
+    DropNeighbor(StreamPartKey, u32),
     Neighbors(StreamPartKey, Reply<Vec<NeighborInfo>>),
     ListenAddrs(Reply<Vec<Multiaddr>>),
     Shutdown,
@@ -342,6 +343,8 @@ counters! {
     EventsDeferred = "events_deferred",
     /// Connections closed because pings timed out.
     PingTimeouts = "ping_timeouts",
+    /// Neighbors dropped because the dataplane heard no heartbeat from them.
+    NeighborsSilent = "neighbors_silent",
     /// Client links granted (`runnel pub/sub --node`).
     ClientLinksGranted = "client_links_granted",
     /// Client link requests refused (full, busy, invalid key).
@@ -412,11 +415,15 @@ impl fmt::Debug for PeeringHandle {
 impl PeeringHandle {
     fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, PeeringError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        self.commands.try_send(command(reply)).map_err(|error| match error {
+        self.send(command(reply))?;
+        answer.recv_timeout(REPLY_TIMEOUT).map_err(|_| PeeringError::Stopped)
+    }
+
+    fn send(&self, command: Command) -> Result<(), PeeringError> {
+        self.commands.try_send(command).map_err(|error| match error {
             tokio::sync::mpsc::error::TrySendError::Full(_) => PeeringError::Busy,
             tokio::sync::mpsc::error::TrySendError::Closed(_) => PeeringError::Stopped,
-        })?;
-        answer.recv_timeout(REPLY_TIMEOUT).map_err(|_| PeeringError::Stopped)
+        })
     }
 
     /// Joins a stream part: announces this node as a provider of its key and seeks
@@ -429,6 +436,13 @@ impl PeeringHandle {
     /// NeighborDown for each.
     pub fn leave(&self, part: StreamPartKey) -> Result<(), PeeringError> {
         self.ask(|reply| Command::Leave(part, reply))
+    }
+
+    /// Drops the neighbor of `part` on `local_link_id` because the dataplane heard nothing
+    /// from it (missed heartbeats, `WireEvent::NeighborSilent`): it gets a Leave, the node a
+    /// NeighborDown, and the part seeks a replacement among the other candidates.
+    pub fn drop_neighbor(&self, part: StreamPartKey, local_link_id: u32) -> Result<(), PeeringError> {
+        self.send(Command::DropNeighbor(part, local_link_id))
     }
 
     pub fn neighbors(&self, part: StreamPartKey) -> Result<Vec<NeighborInfo>, PeeringError> {

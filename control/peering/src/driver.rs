@@ -444,6 +444,15 @@ impl Driver {
                 self.leave(part);
                 let _ = reply.try_send(());
             }
+            Command::DropNeighbor(part, local_link_id) => {
+                let mut events = Vec::new();
+                if let Some((peer, leave)) = self.overlay.neighbor_silent(&part, local_link_id, Instant::now(), &mut events) {
+                    self.counters.add(PeeringCounter::NeighborsSilent, 1);
+                    let request = self.swarm.behaviour_mut().neighbor.send_request(&peer, Request::Leave(leave));
+                    self.outstanding.insert(request, Outstanding::Leave);
+                }
+                self.emit(events);
+            }
             Command::Neighbors(part, reply) => {
                 let _ = reply.try_send(self.overlay.neighbors(&part));
             }

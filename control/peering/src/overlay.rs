@@ -431,6 +431,26 @@ impl Overlay {
         }
     }
 
+    /// A neighbor the dataplane heard nothing from (missed heartbeats): dropped like a
+    /// failed one — its candidate waits `retry_after_failure` (or is forgotten after
+    /// [`CANDIDATE_FAILURES_MAX`]) so the replacement is another peer. Returns the peer and
+    /// the Leave to tell it, if `local_link_id` is a neighbor of `part`.
+    pub fn neighbor_silent(
+        &mut self,
+        part: &StreamPartKey,
+        local_link_id: u32,
+        now: Instant,
+        events: &mut Vec<PeeringEvent>,
+    ) -> Option<(PeerId, Leave)> {
+        let state = self.parts.get_mut(part)?;
+        let peer = state.neighbors.values().find(|neighbor| neighbor.local_link_id == local_link_id)?.peer;
+        state.neighbors.remove(&peer);
+        self.link_ids.release(local_link_id);
+        events.push(down(*part, peer, local_link_id));
+        Self::candidate_failed(state, &peer, now, &self.config);
+        Some((peer, Leave { part: part.0, link_id: local_link_id }))
+    }
+
     /// Live link ids (neighbors and proposals in flight).
     pub fn link_ids_live(&self) -> usize {
         self.link_ids.live()
@@ -513,6 +533,26 @@ mod tests {
         assert_eq!((a_up.remote_endpoint.port(), b_up.remote_endpoint.port()), (5000, 4000));
         assert_eq!((a.degree(&PART), b.degree(&PART)), (1, 1));
         assert!(a_up.local_link_id >= 0x8000_0000);
+    }
+
+    // Goal: a neighbor the dataplane reports silent is dropped (NeighborDown, a Leave for it,
+    // its link id free again) and not proposed to again before retry_after_failure, so the
+    // replacement is another candidate; an unknown link id changes nothing.
+    #[test]
+    fn silent_neighbor_is_dropped_and_not_retried_at_once() {
+        let (mut a, mut b) = (node(4000, 4, 8), node(5000, 4, 8));
+        let now = Instant::now();
+        let (a_events, _, _) = handshake(&mut a, &mut b, now);
+        let link = only_up(&a_events).local_link_id;
+        let mut events = Vec::new();
+        assert_eq!(a.neighbor_silent(&PART, link + 1, now, &mut events), None);
+        assert!(events.is_empty());
+        let (peer, leave) = a.neighbor_silent(&PART, link, now, &mut events).expect("a neighbor");
+        assert_eq!((peer, leave.link_id), (b.local, link));
+        assert!(matches!(events.as_slice(), [PeeringEvent::NeighborDown(down)] if down.local_link_id == link));
+        assert_eq!((a.degree(&PART), a.link_ids_live()), (0, 0));
+        assert!(a.start_proposals(&PART, now + Duration::from_secs(1), true).is_empty(), "not the silent peer again at once");
+        assert_eq!(a.start_proposals(&PART, now + Duration::from_secs(11), true).len(), 1, "after retry_after_failure");
     }
 
     // Goal: a node with degree_max neighbors refuses with Full; one that has not joined the
