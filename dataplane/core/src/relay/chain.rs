@@ -233,6 +233,19 @@ impl ChainState {
         ranges
     }
 
+    /// Records that sequences up to `last` exist (a neighbor announced them in an IHave):
+    /// the unseen ones among them are missing from now on, so [`ChainState::missing_ranges`]
+    /// names them and a gap can NAK them. False, and nothing changes, when `last` lies
+    /// beyond the dedup window (an announcement never forces the window forward, so it can
+    /// never make a relay give up frames).
+    pub fn announce(&mut self, last: u64) -> bool {
+        if last >= self.next_sequence.saturating_add(DEDUP_WINDOW) {
+            return false;
+        }
+        self.top = self.top.max(last + 1);
+        true
+    }
+
     /// Highest sequence seen (or, before anything is seen, the one before the start).
     pub fn newest_sequence(&self) -> Option<u64> {
         self.top.checked_sub(1)
@@ -316,6 +329,26 @@ mod tests {
         let outcome = chain.give_up_gap(true, &mut |r: &[u8]| out.push(u64::from_le_bytes(r.try_into().unwrap())));
         assert_eq!(outcome.lost, DEDUP_WINDOW - 1);
         assert_eq!(out.last(), Some(&1_000_000));
+    }
+
+    // Goal: announced sequences count as missing until they arrive, an announcement of what
+    // is already known changes nothing, and one beyond the window is refused.
+    #[test]
+    fn announced_sequences_are_missing_until_seen() {
+        let mut chain = ChainState::new(0, 0);
+        let mut out = Vec::new();
+        run(&mut chain, 0, &mut out);
+        assert!(chain.announce(3));
+        assert_eq!(chain.missing_ranges(8), vec![(1, 3)]);
+        assert!(chain.announce(0) && chain.announce(2));
+        assert_eq!(chain.missing_ranges(8), vec![(1, 3)]);
+        assert!(!chain.announce(DEDUP_WINDOW + 1));
+        assert!(!chain.announce(u64::MAX));
+        for sequence in 1..=3 {
+            run(&mut chain, sequence, &mut out);
+        }
+        assert_eq!(out, vec![0, 1, 2, 3]);
+        assert!(!chain.has_gap());
     }
 
     // Goal: random permutations with duplicates (seeded) deliver each sequence exactly once
