@@ -4,8 +4,9 @@
 //! `next_sequence` is the next sequence to deliver in order; everything below it has been
 //! delivered or given up (counted lost). A ring bitmap marks which of the next
 //! [`DEDUP_WINDOW`] sequences have been seen. A frame at `next_sequence` is delivered at once,
-//! and so are the buffered frames it unblocks; a frame beyond it opens a gap, is forwarded
-//! to neighbors immediately (flooding never waits), and — if local subscribers want ordered
+//! and so are the buffered frames it unblocks; a frame beyond it (or an announced sequence
+//! beyond it, [`ChainState::announce`]) opens a gap; a frame is forwarded to neighbors
+//! immediately (forwarding never waits), and — if local subscribers want ordered
 //! delivery — waits in a bounded reorder buffer until the gap is repaired (NAK) or given up.
 //!
 //! Limits: a sequence more than [`DEDUP_WINDOW`] ahead forces the window forward (the skipped

@@ -12,12 +12,20 @@
 //! validated in place; a duplicate (per publisher and chain, by frame sequence) is dropped
 //! before any hashing; the signature is verified once (policy [`VerifyPolicy`]); the frame goes
 //! to the repair ring, is appended byte for byte to a datagram being packed for every
-//! interested neighbor except the one it came from, and is released in chain order to local
-//! subscribers (clients). A datagram is packed once per audience and its body shared by every
+//! eager neighbor except the one it came from (its id goes to the lazy ones, below), and is
+//! released in chain order to local subscribers (clients). A datagram is packed once per audience and its body shared by every
 //! link it goes to; each link gets its own stamped header ([`Relay::poll_gather`],
 //! docs/decisions-forwarding.md). A gap in a chain is NAKed to a neighbor after `nak_delay_us` and
 //! given up after `nak_retries_max`. A message larger than a frame spans several frames,
 //! each authenticated on its own: the relay never reassembles anything.
+//!
+//! Propagation (Plumtree, docs/decisions-plumtree.md): per stream part each neighbor link is
+//! eager or lazy (new ones eager). A full frame that arrives twice (not a repair) turns its
+//! second sender's link lazy and sends it a Prune; a Prune turns its sender lazy. Lazy
+//! neighbors get, per receive batch, one IHave naming the frames forwarded in full to the
+//! others. An IHave naming frames this relay lacks opens a gap in the ordinary gap machinery,
+//! first NAKed from the announcer after `graft_delay_us`; a NAK to or from a lazy neighbor is
+//! a graft (the link turns eager). With [`Propagation::Flood`] every link stays eager.
 //!
 //! Flow control ([`crate::credit`]): every link's receiver grants its sender a window of link
 //! sequences. Data to a link waits for its credit (control datagrams never do), and a shard
@@ -31,7 +39,9 @@
 //!
 //! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
 //! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
-//! events. Whatever a bound refuses is counted.
+//! events. The lazy set and the IHaves and Prunes being collected are per (neighbor, stream
+//! part), so bounded by the neighbors bound; an IHave never moves a chain's window forward and
+//! never evicts a chain. Whatever a bound refuses is counted.
 
 pub mod chain;
 pub mod repair;
