@@ -405,6 +405,9 @@ fn on_event(event: &WireEvent, counters: &ControlCounters) {
             hex::encode(publisher)
         ),
         WireEvent::SlowConsumer { shard, link_id } => logln!("runnel control: shard {shard}: link {link_id} is a slow consumer"),
+        WireEvent::NeighborSilent { shard, link_id, part } => {
+            logln!("runnel control: shard {shard}: neighbor link {link_id} went silent in stream part {}", hex::encode(part))
+        }
         WireEvent::Joined { .. } => {}
     }
 }

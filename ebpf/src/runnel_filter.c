@@ -74,7 +74,10 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "runnel_filter reads l
 #define KIND_RETIRED 2
 #define KIND_NAK 3
 /* 4 is Subscribe, 5 Unsubscribe, 6 Credit (a window grant): all bodiless or fixed-size. */
-#define KIND_LAST 6
+/* Plumtree's lazy push: an IHave announces frame ids (a NAK's ranges), a Prune is bodiless. */
+#define KIND_IHAVE 7
+#define KIND_PRUNE 8
+#define KIND_LAST 8
 
 #define FLAG_SINGLE_PUBLISHER 0x0001
 #define FLAGS_KNOWN 0x0003
@@ -557,11 +560,11 @@ static __always_inline enum verdict classify(struct xdp_md *ctx)
     if (!fresh)
         return VERDICT_REPLAYED;
 
-    /* Frames and NAKs for a stream part the node is not in are work for nobody. A client
-     * publishing to a new stream part is what makes the node join it, so only neighbors'
-     * Data is held to this; NAKs from anyone are. */
+    /* Frames, NAKs, IHaves and Prunes for a stream part the node is not in are work for
+     * nobody. A client publishing to a new stream part is what makes the node join it, so
+     * only neighbors' Data is held to this; the others from anyone are. */
     const __u8 *part = header + OFFSET_STREAM_PART_KEY;
-    if ((kind == KIND_DATA && link->role == ROLE_NEIGHBOR) || kind == KIND_NAK) {
+    if ((kind == KIND_DATA && link->role == ROLE_NEIGHBOR) || kind == KIND_NAK || kind == KIND_IHAVE || kind == KIND_PRUNE) {
         if (!bpf_map_lookup_elem(&joined, part))
             return VERDICT_NOT_JOINED;
     }

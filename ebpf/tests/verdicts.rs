@@ -31,6 +31,8 @@ const KIND_NAK: u8 = 3;
 const KIND_SUBSCRIBE: u8 = 4;
 const KIND_UNSUBSCRIBE: u8 = 5;
 const KIND_CREDIT: u8 = 6;
+const KIND_IHAVE: u8 = 7;
+const KIND_PRUNE: u8 = 8;
 const FLAG_SINGLE_PUBLISHER: u16 = 0x0001;
 const FLAG_REPAIR: u16 = 0x0002;
 
@@ -365,7 +367,8 @@ fn malformed_cases() {
         ("kind 2 (retired Fragment)", edited(&|b| b[3] = KIND_RETIRED)),
         ("version 0", edited(&|b| b[2] = 0)),
         ("kind 0", edited(&|b| b[3] = 0)),
-        ("kind 7", edited(&|b| b[3] = 7)),
+        ("kind 9", edited(&|b| b[3] = 9)),
+        ("kind 255", edited(&|b| b[3] = 255)),
         ("flag bit 2", edited(&|b| b[48] |= 0x04)),
         ("flag bit 15", edited(&|b| b[49] |= 0x80)),
         ("reserved byte 54", edited(&|b| b[54] = 1)),
@@ -415,7 +418,8 @@ fn malformed_cases() {
         expect(&filter, frame, Verdict::Malformed, case);
     }
     // The kinds and flags the protocol defines are all accepted (the boundary of the rules).
-    for (seq, kind) in [KIND_DATA, KIND_NAK, KIND_SUBSCRIBE, KIND_UNSUBSCRIBE, KIND_CREDIT].into_iter().enumerate() {
+    let kinds = [KIND_DATA, KIND_NAK, KIND_SUBSCRIBE, KIND_UNSUBSCRIBE, KIND_CREDIT, KIND_IHAVE, KIND_PRUNE];
+    for (seq, kind) in kinds.into_iter().enumerate() {
         let mut datagram = Datagram::data(CLIENT_LINK, 100 + seq as u64).kind(kind);
         datagram.flags = FLAG_REPAIR;
         expect(&filter, &datagram.ipv4(), Verdict::Pass, &format!("kind {kind} with FLAG_REPAIR"));
@@ -614,7 +618,7 @@ fn quarantine_expiry() {
     filter.release_publisher(PUBLISHER).unwrap(); // absent: fine
 }
 
-// Goal: the joined rule applies to neighbors' Data and to NAKs from anyone;
+// Goal: the joined rule applies to neighbors' Data and to NAKs, IHaves and Prunes from anyone;
 // clients may publish to a stream part the node has not joined, and Subscribe/Unsubscribe
 // are never refused by it.
 #[test]
@@ -625,8 +629,12 @@ fn not_joined_rules() {
         (NEIGHBOR_LINK, KIND_NAK, Verdict::NotJoined),
         (NEIGHBOR_LINK, KIND_SUBSCRIBE, Verdict::Pass),
         (NEIGHBOR_LINK, KIND_UNSUBSCRIBE, Verdict::Pass),
+        (NEIGHBOR_LINK, KIND_IHAVE, Verdict::NotJoined),
+        (NEIGHBOR_LINK, KIND_PRUNE, Verdict::NotJoined),
         (CLIENT_LINK, KIND_DATA, Verdict::Pass),
         (CLIENT_LINK, KIND_NAK, Verdict::NotJoined),
+        (CLIENT_LINK, KIND_IHAVE, Verdict::NotJoined),
+        (CLIENT_LINK, KIND_PRUNE, Verdict::NotJoined),
         (CLIENT_LINK, KIND_SUBSCRIBE, Verdict::Pass),
     ];
     let mut seq = 0;

@@ -38,7 +38,7 @@ macro_rules! counters {
 
 counters! {
     DatagramsReceived = "datagrams_received": "Datagrams received (each datagram of a GRO-coalesced buffer counts once).",
-    DatagramsMalformed = "datagrams_malformed": "Datagrams whose header is not a valid v2 header (or a Nak body that is not).",
+    DatagramsMalformed = "datagrams_malformed": "Datagrams whose header is not a valid v2 header (or a Nak or IHave body that is not).",
     DatagramsUnknownLink = "datagrams_unknown_link": "Filter: the link id is not one of this node's links.",
     DatagramsBadTag = "datagrams_bad_tag": "Filter: the link tag does not match the header under the link's key.",
     DatagramsReplayed = "datagrams_replayed": "Filter: the link sequence was seen before or is behind the replay window.",
@@ -85,6 +85,15 @@ counters! {
     SlowConsumersSkipped = "slow_consumers_skipped": "Subscribed clients skipped ahead (policy skip): no credit for the slow-consumer timeout, queue dropped, still subscribed.",
     DropsSkippedAhead = "drops_skipped_ahead": "Datagrams dropped, oldest first, so a slow client (policy skip) gets the newest data.",
     RepairsRateLimited = "repairs_rate_limited": "Nak'ed frames not resent because the link's repair rate was used up.",
+    PrunesSent = "prunes_sent": "Prune datagrams sent: a full frame arrived twice, its second sender's link in that stream part turned lazy.",
+    PrunesReceived = "prunes_received": "Prune datagrams received from neighbors (their link in that stream part turned lazy here).",
+    GraftsSent = "grafts_sent": "NAKs sent to a lazy neighbor: the link turned eager again (a missing frame was only announced).",
+    GraftsReceived = "grafts_received": "NAKs received from a lazy neighbor: the link turned eager again.",
+    IhavesSent = "ihaves_sent": "IHave datagrams sent to lazy neighbors (one per lazy neighbor and stream part per receive batch, or per full datagram).",
+    IhavesReceived = "ihaves_received": "IHave datagrams received.",
+    FramesAnnounced = "frames_announced": "Frame ids announced to lazy neighbors in IHaves instead of sending the frames in full.",
+    TreeControlRefused = "tree_control_refused": "IHave/Prune refused: from a client link, for a stream part not joined, naming a chain that does not fit, or sequences beyond the dedup window.",
+    NeighborsSilent = "neighbors_silent": "Neighbor interests that expired without a Subscribe refresh (each reported as a NeighborSilent event).",
 }
 
 /// Number of counters.

@@ -259,7 +259,8 @@ impl Filter {
             return Verdict::Replayed;
         }
         let carries_data = header.kind == Kind::Data;
-        let needs_join = (carries_data && link.role == LinkRole::Neighbor) || header.kind == Kind::Nak;
+        let tree_or_repair = matches!(header.kind, Kind::Nak | Kind::IHave | Kind::Prune);
+        let needs_join = (carries_data && link.role == LinkRole::Neighbor) || tree_or_repair;
         if needs_join && !self.joined.contains(&header.part) {
             return Verdict::NotJoined;
         }
@@ -377,6 +378,9 @@ mod tests {
         assert_eq!(filter.check(now, from(), &truncated), Verdict::Malformed);
         assert_eq!(filter.check(now, from(), &datagram(Kind::Data, 4, other, 0)), Verdict::NotJoined);
         assert_eq!(filter.check(now, from(), &datagram(Kind::Nak, 5, other, 0)), Verdict::NotJoined);
+        // Plumtree's announcements and prunes are for a joined stream part too (like NAKs).
+        assert_eq!(filter.check(now, from(), &datagram(Kind::IHave, 50, other, 0)), Verdict::NotJoined);
+        assert_eq!(filter.check(now, from(), &datagram(Kind::Prune, 51, other, 0)), Verdict::NotJoined);
         // Third datagram of a burst of 3 passes; the fourth is over the rate.
         assert_eq!(filter.check(now, from(), &data(6)), Verdict::Pass);
         assert_eq!(filter.check(now, from(), &data(7)), Verdict::Pass);

@@ -34,6 +34,20 @@ pub enum SlowConsumerPolicy {
     Skip,
 }
 
+/// How a relay passes frames to its neighbors in a stream part (docs/decisions-plumtree.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// Plumtree (eager/lazy push): full frames along a spanning tree of the stream part's
+    /// overlay, frame ids (IHave) to the other neighbors, so a lost route is grafted from an
+    /// announcement and a frame reaches a node about once.
+    #[default]
+    Plumtree,
+    /// Every frame to every neighbor but its source: the most robust, about degree − 1
+    /// duplicates per delivery. For comparison (benchmarks, the simulator).
+    Flood,
+}
+
 /// What the far end of a link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -22,7 +22,9 @@
 //! Oracles besides "never panics": every transmit is shaped like one UDP GSO send; every
 //! datagram the relay emits parses, with `total_length` equal to its segment; every frame of
 //! an emitted Data datagram parses (the relay forwards only frames it parsed, byte for byte),
-//! exactly `message_count` of them; and an emitted Nak's ranges parse.
+//! exactly `message_count` of them; an emitted Nak's ranges parse, and so do an emitted
+//! IHave's (at least one). The relay runs Plumtree (the default), so duplicates from the
+//! neighbor prune it, its IHaves open gaps and its NAKs graft it.
 
 #![no_main]
 
@@ -95,8 +97,9 @@ fn drain(relay: &mut Relay, buffer: &mut Vec<u8>) {
                     assert_eq!(frames.len(), datagram.message_count() as usize, "message_count differs from the frames sent");
                 }
                 Kind::Nak => assert!(datagram.nak_ranges().is_ok(), "relay emitted a bad NAK"),
+                Kind::IHave => assert!(datagram.nak_ranges().is_ok_and(|r| r.count() > 0), "relay emitted a bad or empty IHave"),
                 Kind::Credit => assert!(datagram.credit().is_ok(), "relay emitted a bad Credit"),
-                Kind::Subscribe | Kind::Unsubscribe => {}
+                Kind::Subscribe | Kind::Unsubscribe | Kind::Prune => {}
             }
         }
     }

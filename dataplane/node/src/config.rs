@@ -11,6 +11,7 @@
 //! datagram_length_max = 1472  # bytes of UDP payload; more on loopback/jumbo frames
 //! verify = "all"              # or "none": trust publishers (benchmarks, closed networks)
 //! slow_consumer = "cut"       # or "skip": a subscriber that cannot keep up gets the newest data
+//! propagation = "plumtree"    # or "flood": every frame to every neighbor (docs/decisions-plumtree.md)
 //!
 //! [[links]]
 //! id = 1
@@ -45,8 +46,8 @@
 //! chain, the chain watcher produces the same updates.
 
 pub use runnel_core::link::{
-    parse_link_key, shard_of, ConfigError, LinkConfig, LinkRole, SlowConsumerPolicy, VerifyPolicy, LINK_BURST_DATAGRAMS_DEFAULT,
-    LINK_RATE_DATAGRAMS_PER_S_DEFAULT, SHARDS_MAX,
+    parse_link_key, shard_of, ConfigError, LinkConfig, LinkRole, Propagation, SlowConsumerPolicy, VerifyPolicy,
+    LINK_BURST_DATAGRAMS_DEFAULT, LINK_RATE_DATAGRAMS_PER_S_DEFAULT, SHARDS_MAX,
 };
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -91,6 +92,8 @@ pub struct NodeConfig {
     pub verify: VerifyPolicy,
     /// What happens to a subscribed client that cannot keep up (`slow_consumer = "cut" | "skip"`).
     pub slow_consumer: SlowConsumerPolicy,
+    /// How frames reach neighbors (`propagation = "plumtree" | "flood"`).
+    pub propagation: Propagation,
     pub links: Vec<LinkConfig>,
     pub xdp: XdpConfig,
     pub permissions: Vec<PermissionConfig>,
@@ -136,6 +139,8 @@ struct RawNode {
     verify: VerifyPolicy,
     #[serde(default)]
     slow_consumer: SlowConsumerPolicy,
+    #[serde(default)]
+    propagation: Propagation,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +262,7 @@ impl NodeConfig {
             datagram_length_max,
             verify: raw.node.verify,
             slow_consumer: raw.node.slow_consumer,
+            propagation: raw.node.propagation,
             links,
             xdp,
             permissions,
@@ -337,6 +343,9 @@ mod tests {
         assert_eq!(config.xdp, XdpConfig::default());
         let skipping = NodeConfig::parse(&good.replace("[node]", "[node]\nslow_consumer = \"skip\"")).unwrap();
         assert_eq!(skipping.slow_consumer, SlowConsumerPolicy::Skip);
+        assert_eq!(config.propagation, Propagation::Plumtree);
+        let flooding = NodeConfig::parse(&good.replace("[node]", "[node]\npropagation = \"flood\"")).unwrap();
+        assert_eq!(flooding.propagation, Propagation::Flood);
         let restricted = format!(
             "{good}[xdp]\nmode = \"off\"\n[[permissions]]\nstream_part = \"0x1234567890123456789012345678901234567890/a#3\"\npublishers = [\"0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266\"]\n"
         );
@@ -352,6 +361,7 @@ mod tests {
             (good.replace("role = \"client\"", "role = \"client\"\npeer = \"1.2.3.4:5\""), "links[1].peer"),
             (good.replace("[node]", "[node]\ncolour = 1"), "colour"),
             (good.replace("[node]", "[node]\nslow_consumer = \"wait\""), "slow_consumer"),
+            (good.replace("[node]", "[node]\npropagation = \"gossip\""), "propagation"),
             (good.replace("role = \"client\"", "role = \"client\"\npeer_link_id = 3"), "links[1].peer_link_id"),
             (format!("{good}[xdp]\nmode = \"fast\"\n"), "mode"),
             (format!("{good}[[permissions]]\nstream_part = \"nope\"\npublishers = []\n"), "permissions[0].stream_part"),

@@ -66,8 +66,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The protocol version both sides must speak.
-pub const IPC_VERSION: u32 = 1;
+/// The protocol version both sides must speak (2: `WireEvent::NeighborSilent`, which a
+/// version-1 reader could not decode).
+pub const IPC_VERSION: u32 = 2;
 /// Largest frame (archive bytes after the length prefix).
 pub const FRAME_LENGTH_MAX: usize = 64 * 1024;
 /// Replies (responses, events, status) waiting for the writer.
@@ -177,9 +178,26 @@ pub struct WireError {
 /// A shard's [`Event`] as it crosses the socket.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum WireEvent {
-    SignatureFailure { shard: u16, link_id: u32, publisher: [u8; 20], publisher_proven: bool },
-    Joined { shard: u16, part: [u8; 32] },
-    SlowConsumer { shard: u16, link_id: u32 },
+    SignatureFailure {
+        shard: u16,
+        link_id: u32,
+        publisher: [u8; 20],
+        publisher_proven: bool,
+    },
+    Joined {
+        shard: u16,
+        part: [u8; 32],
+    },
+    SlowConsumer {
+        shard: u16,
+        link_id: u32,
+    },
+    /// A neighbor missed its Subscribe heartbeats in a stream part (`Event::NeighborSilent`).
+    NeighborSilent {
+        shard: u16,
+        link_id: u32,
+        part: [u8; 32],
+    },
 }
 
 /// What is wrong with bytes on the IPC socket.
@@ -365,6 +383,7 @@ impl WireEvent {
             }
             Event::Joined { part } => WireEvent::Joined { shard, part: part.0 },
             Event::SlowConsumer { link_id } => WireEvent::SlowConsumer { shard, link_id },
+            Event::NeighborSilent { link_id, part } => WireEvent::NeighborSilent { shard, link_id, part: part.0 },
         }
     }
 }

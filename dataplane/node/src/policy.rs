@@ -161,6 +161,8 @@ impl Policy {
             }
             // The shard has counted and cut it; the node handle's reader hears of it below.
             Event::SlowConsumer { .. } => {}
+            // Replacing a silent neighbor is the control process's choice (peering).
+            Event::NeighborSilent { .. } => {}
         }
         if self.events_out.try_send(event).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);

@@ -761,6 +761,10 @@ struct SeedDatagrams {
     unsubscribe: Vec<u8>,
     /// The single frame again, flagged repair.
     repair: Vec<u8>,
+    /// Plumtree: an IHave announcing frame sequences 1..=6 (more than the seeds hold, so it
+    /// opens a gap that grafts), and a Prune.
+    ihave: Vec<u8>,
+    prune: Vec<u8>,
     /// Subscribe, batch, single-frame datagram in one GRO-style buffer.
     coalesced: Vec<u8>,
 }
@@ -780,8 +784,14 @@ fn seed_datagrams(encodings: &Encodings) -> SeedDatagrams {
     builder.reset();
     let unsubscribe = builder.finish(HeaderFields::new(Kind::Unsubscribe, LINK_ID, 47, part_key.0), &link_key).to_vec();
     let repair = data_datagram(&part_key, &[&encodings.single_frame], 48, FLAG_REPAIR, false);
+    builder.reset();
+    encode_nak_range(&NakRange { publisher: address, chain_id: CHAIN_ID, first_sequence: 1, last_sequence: 6 }, builder.body_mut());
+    builder.set_count(1);
+    let ihave = builder.finish(HeaderFields::new(Kind::IHave, LINK_ID, 49, part_key.0), &link_key).to_vec();
+    builder.reset();
+    let prune = builder.finish(HeaderFields::new(Kind::Prune, LINK_ID, 50, part_key.0), &link_key).to_vec();
     let coalesced = [&encodings.subscribe[..], &batch[..], &encodings.data_datagram[..]].concat();
-    SeedDatagrams { batch, last_piece, first_frames, nak, unsubscribe, repair, coalesced }
+    SeedDatagrams { batch, last_piece, first_frames, nak, unsubscribe, repair, ihave, prune, coalesced }
 }
 
 /// Seed inputs of every fuzz target, built from valid encodings.
@@ -802,6 +812,8 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
         &datagrams.nak,
         &datagrams.unsubscribe,
         &datagrams.repair,
+        &datagrams.ihave,
+        &datagrams.prune,
         &datagrams.coalesced,
     ];
     let mut verifier = Verifier::default();
@@ -823,6 +835,8 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
         }
     }
     assert_eq!(Datagram::parse(&datagrams.nak).expect("nak").nak_ranges().expect("ranges").count(), 1);
+    assert_eq!(Datagram::parse(&datagrams.ihave).expect("ihave").nak_ranges().expect("ranges").count(), 1);
+    assert_eq!(Datagram::parse(&datagrams.prune).expect("prune").kind, Kind::Prune);
 
     // frame: the single frame, each batch frame, and all of them back to back.
     seeds.push(("frame", encodings.single_frame.clone()));
@@ -913,6 +927,7 @@ fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
         Reply::Response { id: 1, error: None },
         Reply::Response { id: 2, error: Some(WireError { kind: "unknown_link".into(), message: "no link 7".into() }) },
         Reply::Event(WireEvent::SignatureFailure { shard: 0, link_id: 7, publisher: [3; 20], publisher_proven: true }),
+        Reply::Event(WireEvent::NeighborSilent { shard: 1, link_id: 7, part: part.0 }),
         Reply::Status { id: 9, counters: vec![("frames_delivered".into(), 5)] },
         Reply::ProtocolError { message: "bad frame".into() },
     ];
@@ -1044,6 +1059,25 @@ fn relay_scripts(encodings: &Encodings, datagrams: &SeedDatagrams, client_key: &
             receive(0, &datagrams.unsubscribe),
             receive(0, &datagrams.coalesced),
             clock(4000),
+            vec![FLUSH],
+        ]
+        .concat(),
+        // Plumtree: the neighbor announces more than it sent (a gap, grafted by a NAK after the
+        // graft delay), prunes this relay, then repeats a frame in full (pruned back).
+        [
+            vec![VERIFY_ALL],
+            receive(0, &encodings.subscribe),
+            receive(1, &client_subscribe),
+            receive(0, &encodings.data_datagram),
+            receive(0, &datagrams.ihave),
+            vec![FLUSH],
+            clock(10),
+            vec![FLUSH],
+            receive(0, &datagrams.prune),
+            receive(1, &client_publish),
+            receive(0, &datagrams.batch),
+            vec![FLUSH],
+            clock(100),
             vec![FLUSH],
         ]
         .concat(),

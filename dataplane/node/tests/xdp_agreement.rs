@@ -83,7 +83,7 @@ fn datagram(rng: &mut Rng, sequences: &mut [u64; 4]) -> Vec<u8> {
             sequences[slot]
         }
     };
-    let kind = rng.pick(&[Kind::Data, Kind::Data, Kind::Data, Kind::Nak, Kind::Subscribe, Kind::Unsubscribe]);
+    let kind = rng.pick(&[Kind::Data, Kind::Data, Kind::Data, Kind::Nak, Kind::Subscribe, Kind::Unsubscribe, Kind::IHave, Kind::Prune]);
     let flags = rng.pick(&[0u16, 1, 1, 2, 3]);
     let publisher = if flags & 1 != 0 { rng.pick(&[PERMITTED, EXPIRED, BANNED, STRANGER]) } else { [0; 20] };
     let body_length = rng.below(120) as usize;

@@ -2,8 +2,9 @@
 //!
 //! A datagram is one UDP payload on a link: an 88-byte [`DatagramHeader`] followed by a body
 //! whose meaning depends on the kind. Data datagrams carry frames ([`crate::frame`]) of one
-//! stream part back to back; Nak datagrams carry frame sequence ranges to resend;
-//! Subscribe/Unsubscribe carry no body.
+//! stream part back to back; Nak datagrams carry frame sequence ranges to resend, IHave
+//! datagrams the same ranges as an announcement ("I have these frames"); Subscribe,
+//! Unsubscribe and Prune carry no body.
 //!
 //! Fixed-size parts (datagram header, frame header, message entry, NAK range) are
 //! `rkyv` archives read in place: [`rkyv::access`] validates them (bytecheck) and returns a
@@ -32,7 +33,7 @@ pub const HEADER_LENGTH: usize = 88;
 pub const TAGGED_HEADER_LENGTH: usize = 80;
 /// Bytes of a recoverable secp256k1 signature: r ‖ s ‖ v (v = 27 or 28).
 pub const SIGNATURE_LENGTH: usize = 65;
-/// Bytes of one NAK range.
+/// Bytes of one NAK range (also one IHave range: the same encoding).
 pub const NAK_RANGE_LENGTH: usize = 44;
 /// Bytes of a Credit datagram's body: the granted link sequence.
 pub const CREDIT_BODY_LENGTH: usize = 8;
@@ -60,6 +61,13 @@ pub enum Kind {
     /// "You may send Data up to this link sequence": the receiver's window grant (flow
     /// control). Body: [`CREDIT_BODY_LENGTH`] bytes, the granted link sequence (u64 LE).
     Credit = 6,
+    /// "I have these frames" to a lazy neighbor (Plumtree's lazy push): the frame ids a full
+    /// frame would have carried, as [`NakRange`]s, so the receiver can NAK (graft) what it
+    /// lacks. Body: `message_count` ranges, exactly a Nak's encoding.
+    IHave = 7,
+    /// "Stop sending me this stream part's frames in full; announce them" (Plumtree's prune:
+    /// the receiver got them twice). No body.
+    Prune = 8,
 }
 
 impl Kind {
@@ -70,6 +78,8 @@ impl Kind {
             4 => Kind::Subscribe,
             5 => Kind::Unsubscribe,
             6 => Kind::Credit,
+            7 => Kind::IHave,
+            8 => Kind::Prune,
             _ => return None,
         })
     }
@@ -259,7 +269,7 @@ impl<'a> Datagram<'a> {
         Frames { rest: self.body, remaining: self.message_count() }
     }
 
-    /// The ranges of a Nak datagram.
+    /// The ranges of a Nak or IHave datagram (one encoding for both).
     pub fn nak_ranges(&self) -> Result<impl Iterator<Item = &'a ArchivedNakRange> + 'a, WireError> {
         let count = self.message_count() as usize;
         need(self.body, count * NAK_RANGE_LENGTH)?;
@@ -668,6 +678,32 @@ mod tests {
         let mut template = builder.finish_unstamped(HeaderFields::new(Kind::Data, 0, 0, [6; 32])).to_vec();
         stamp(&mut template, 5, 123, &key);
         assert_eq!(direct, template);
+    }
+
+    // Goal: every kind survives its byte, the retired and unknown bytes do not, and an IHave
+    // carries its ranges in the Nak encoding (an inverted range is an error).
+    #[test]
+    fn kinds_round_trip_and_ihave_carries_ranges() {
+        for kind in [Kind::Data, Kind::Nak, Kind::Subscribe, Kind::Unsubscribe, Kind::Credit, Kind::IHave, Kind::Prune] {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        }
+        assert_eq!(Kind::from_u8(2), None);
+        assert_eq!(Kind::from_u8(9), None);
+        let key = LinkKey([3; 32]);
+        let range = NakRange { publisher: [7; 20], chain_id: 9, first_sequence: 10, last_sequence: 12 };
+        let mut builder = DatagramBuilder::new(512);
+        encode_nak_range(&range, builder.body_mut());
+        builder.set_count(1);
+        let bytes = builder.finish(HeaderFields::new(Kind::IHave, 1, 1, [0; 32]), &key).to_vec();
+        let parsed = Datagram::parse(&bytes).unwrap();
+        assert_eq!(parsed.kind, Kind::IHave);
+        let ranges: Vec<_> = parsed.nak_ranges().unwrap().map(|r| (r.first_sequence.to_native(), r.last_sequence.to_native())).collect();
+        assert_eq!(ranges, vec![(10, 12)]);
+        builder.reset();
+        encode_nak_range(&NakRange { first_sequence: 13, ..range }, builder.body_mut());
+        builder.set_count(1);
+        let inverted = builder.finish(HeaderFields::new(Kind::IHave, 1, 2, [0; 32]), &key).to_vec();
+        assert!(Datagram::parse(&inverted).unwrap().nak_ranges().is_err());
     }
 
     // Goal: every truncation of a valid datagram is an error, never a panic, and bad

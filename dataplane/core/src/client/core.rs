@@ -960,7 +960,7 @@ impl ClientCore {
                     }
                     Err(_) => self.counters.datagrams_malformed += 1,
                 },
-                Kind::Subscribe | Kind::Unsubscribe => self.counters.datagrams_ignored += 1,
+                Kind::Subscribe | Kind::Unsubscribe | Kind::IHave | Kind::Prune => self.counters.datagrams_ignored += 1,
             }
         }
         self.grant_credits();

@@ -4,8 +4,9 @@
 //! `next_sequence` is the next sequence to deliver in order; everything below it has been
 //! delivered or given up (counted lost). A ring bitmap marks which of the next
 //! [`DEDUP_WINDOW`] sequences have been seen. A frame at `next_sequence` is delivered at once,
-//! and so are the buffered frames it unblocks; a frame beyond it opens a gap, is forwarded
-//! to neighbors immediately (flooding never waits), and — if local subscribers want ordered
+//! and so are the buffered frames it unblocks; a frame beyond it (or an announced sequence
+//! beyond it, [`ChainState::announce`]) opens a gap; a frame is forwarded to neighbors
+//! immediately (forwarding never waits), and — if local subscribers want ordered
 //! delivery — waits in a bounded reorder buffer until the gap is repaired (NAK) or given up.
 //!
 //! Limits: a sequence more than [`DEDUP_WINDOW`] ahead forces the window forward (the skipped
@@ -233,6 +234,19 @@ impl ChainState {
         ranges
     }
 
+    /// Records that sequences up to `last` exist (a neighbor announced them in an IHave):
+    /// the unseen ones among them are missing from now on, so [`ChainState::missing_ranges`]
+    /// names them and a gap can NAK them. False, and nothing changes, when `last` lies
+    /// beyond the dedup window (an announcement never forces the window forward, so it can
+    /// never make a relay give up frames).
+    pub fn announce(&mut self, last: u64) -> bool {
+        if last >= self.next_sequence.saturating_add(DEDUP_WINDOW) {
+            return false;
+        }
+        self.top = self.top.max(last + 1);
+        true
+    }
+
     /// Highest sequence seen (or, before anything is seen, the one before the start).
     pub fn newest_sequence(&self) -> Option<u64> {
         self.top.checked_sub(1)
@@ -316,6 +330,26 @@ mod tests {
         let outcome = chain.give_up_gap(true, &mut |r: &[u8]| out.push(u64::from_le_bytes(r.try_into().unwrap())));
         assert_eq!(outcome.lost, DEDUP_WINDOW - 1);
         assert_eq!(out.last(), Some(&1_000_000));
+    }
+
+    // Goal: announced sequences count as missing until they arrive, an announcement of what
+    // is already known changes nothing, and one beyond the window is refused.
+    #[test]
+    fn announced_sequences_are_missing_until_seen() {
+        let mut chain = ChainState::new(0, 0);
+        let mut out = Vec::new();
+        run(&mut chain, 0, &mut out);
+        assert!(chain.announce(3));
+        assert_eq!(chain.missing_ranges(8), vec![(1, 3)]);
+        assert!(chain.announce(0) && chain.announce(2));
+        assert_eq!(chain.missing_ranges(8), vec![(1, 3)]);
+        assert!(!chain.announce(DEDUP_WINDOW + 1));
+        assert!(!chain.announce(u64::MAX));
+        for sequence in 1..=3 {
+            run(&mut chain, sequence, &mut out);
+        }
+        assert_eq!(out, vec![0, 1, 2, 3]);
+        assert!(!chain.has_gap());
     }
 
     // Goal: random permutations with duplicates (seeded) deliver each sequence exactly once

@@ -12,12 +12,20 @@
 //! validated in place; a duplicate (per publisher and chain, by frame sequence) is dropped
 //! before any hashing; the signature is verified once (policy [`VerifyPolicy`]); the frame goes
 //! to the repair ring, is appended byte for byte to a datagram being packed for every
-//! interested neighbor except the one it came from, and is released in chain order to local
-//! subscribers (clients). A datagram is packed once per audience and its body shared by every
+//! eager neighbor except the one it came from (its id goes to the lazy ones, below), and is
+//! released in chain order to local subscribers (clients). A datagram is packed once per audience and its body shared by every
 //! link it goes to; each link gets its own stamped header ([`Relay::poll_gather`],
 //! docs/decisions-forwarding.md). A gap in a chain is NAKed to a neighbor after `nak_delay_us` and
 //! given up after `nak_retries_max`. A message larger than a frame spans several frames,
 //! each authenticated on its own: the relay never reassembles anything.
+//!
+//! Propagation (Plumtree, docs/decisions-plumtree.md): per stream part each neighbor link is
+//! eager or lazy (new ones eager). A full frame that arrives twice (not a repair) turns its
+//! second sender's link lazy and sends it a Prune; a Prune turns its sender lazy. Lazy
+//! neighbors get, per receive batch, one IHave naming the frames forwarded in full to the
+//! others. An IHave naming frames this relay lacks opens a gap in the ordinary gap machinery,
+//! first NAKed from the announcer after `graft_delay_us`; a NAK to or from a lazy neighbor is
+//! a graft (the link turns eager). With [`Propagation::Flood`] every link stays eager.
 //!
 //! Flow control ([`crate::credit`]): every link's receiver grants its sender a window of link
 //! sequences. Data to a link waits for its credit (control datagrams never do), and a shard
@@ -31,7 +39,9 @@
 //!
 //! Bounds (all in [`RelayConfig`]): per-link outbound queue, stream parts, chains per stream
 //! part, neighbors and clients per stream part, repair ring bytes and age, reorder buffer,
-//! events. Whatever a bound refuses is counted.
+//! events. The lazy set and the IHaves and Prunes being collected are per (neighbor, stream
+//! part), so bounded by the neighbors bound; an IHave never moves a chain's window forward and
+//! never evicts a chain. Whatever a bound refuses is counted.
 
 pub mod chain;
 pub mod repair;
@@ -40,7 +50,7 @@ pub mod replay;
 use crate::counters::{Counter, Counters};
 use crate::credit::{GrantCredit, SendCredit};
 use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
-use crate::link::{shard_of, LinkConfig, LinkRole, SlowConsumerPolicy, VerifyPolicy};
+use crate::link::{shard_of, LinkConfig, LinkRole, Propagation, SlowConsumerPolicy, VerifyPolicy};
 use chain::ChainState;
 use repair::RepairArena;
 use runnel_proto::crypto::{SignatureError, Verifier, VerifyCost};
@@ -116,6 +126,12 @@ pub struct RelayConfig {
     /// Frames resent per second per link to answer NAKs (sustained, then `repair_burst_frames`).
     pub repair_frames_per_s: u64,
     pub repair_burst_frames: u64,
+    /// Eager/lazy push along a tree (Plumtree) or flooding, to neighbors.
+    pub propagation: Propagation,
+    /// Plumtree: frames an IHave names that this relay lacks are NAKed — a graft when the
+    /// announcer is lazy — after this long, unless the eager copy arrives first: the time
+    /// the tree route may take beyond the announcer's.
+    pub graft_delay_us: Micros,
 }
 
 impl RelayConfig {
@@ -151,6 +167,8 @@ impl RelayConfig {
             slow_consumer: SlowConsumerPolicy::Cut,
             repair_frames_per_s: 50_000,
             repair_burst_frames: 4096,
+            propagation: Propagation::Plumtree,
+            graft_delay_us: 5_000,
         }
     }
 }
@@ -179,6 +197,11 @@ pub enum Event {
     /// (policy cut: its interest dropped; it is served again once it subscribes and reads) or
     /// skipped ahead (policy skip: its queue dropped, still subscribed).
     SlowConsumer { link_id: u32 },
+    /// A neighbor's interest in a joined stream part expired: it sent no Subscribe refresh
+    /// for `interest_timeout_us` (missed its heartbeats), so it is gone from the stream part's
+    /// overlay here and the control process may replace it. Once per expiry; never for
+    /// clients, for an Unsubscribe or for a removed link.
+    NeighborSilent { link_id: u32, part: StreamPartKey },
 }
 
 /// Most segments in one GSO send (the kernel's UDP_MAX_SEGMENTS is 64).
@@ -424,6 +447,54 @@ impl Packer {
     }
 }
 
+/// Plumtree's control datagrams collected during a receive batch and sent by `flush`.
+///
+/// Bounds: both are keyed by (neighbor link, stream part), so they hold at most
+/// `neighbors_per_stream_part_max` entries per joined stream part; `flush` empties them, and an
+/// announcement list that reaches a datagram's worth of ranges leaves at once.
+#[derive(Default)]
+struct TreeControl {
+    /// Per lazy neighbor and stream part, the ids of the frames it was not sent in full.
+    /// Kept empty between batches (for their capacity); housekeeping drops the idle ones.
+    announcements: FastMap<(u32, StreamPartKey), Vec<NakRange>>,
+    /// Keys of `announcements` that hold ranges.
+    announcing: Vec<(u32, StreamPartKey)>,
+    /// Neighbors that sent a frame this relay already had, in full: one Prune each.
+    prunes: FastSet<(u32, StreamPartKey)>,
+}
+
+impl TreeControl {
+    /// Adds one frame id to the IHave being collected for `link_id` (consecutive sequences
+    /// of one chain share a range). True when it holds `ranges_max` ranges: send it now.
+    fn announce(&mut self, link_id: u32, part: StreamPartKey, chain_id: ChainId, sequence: u64, ranges_max: usize) -> bool {
+        let ranges = self.announcements.entry((link_id, part)).or_default();
+        if ranges.is_empty() {
+            self.announcing.push((link_id, part));
+        }
+        let extends =
+            |range: &&mut NakRange| (range.publisher, range.chain_id) == chain_id && range.last_sequence.checked_add(1) == Some(sequence);
+        match ranges.last_mut().filter(extends) {
+            Some(range) => range.last_sequence = sequence,
+            None => {
+                ranges.push(NakRange { publisher: chain_id.0, chain_id: chain_id.1, first_sequence: sequence, last_sequence: sequence })
+            }
+        }
+        ranges.len() >= ranges_max
+    }
+
+    fn forget_link(&mut self, link_id: u32) {
+        self.announcements.retain(|(id, _), _| *id != link_id);
+        self.announcing.retain(|(id, _)| *id != link_id);
+        self.prunes.retain(|(id, _)| *id != link_id);
+    }
+
+    fn forget_part(&mut self, part: &StreamPartKey) {
+        self.announcements.retain(|(_, announced), _| announced != part);
+        self.announcing.retain(|(_, announced)| announced != part);
+        self.prunes.retain(|(_, pruned)| pruned != part);
+    }
+}
+
 /// The sending side of a relay apart from the links themselves: reused datagram buffers, the
 /// round-robin of links with queued datagrams, and the grant bookkeeping. Kept out of
 /// [`Relay`]'s other fields so a link (borrowed from the link table) and the outbox can be
@@ -571,6 +642,25 @@ struct StreamPartState {
     clients: FastMap<u32, Micros>,
     chains: FastMap<ChainId, ChainState>,
     repair: RepairArena,
+    /// Plumtree: the neighbors this relay only announces frames to; every other neighbor
+    /// with interest is eager (new ones start eager). Always a subset of `neighbors`' keys.
+    lazy: FastSet<u32>,
+}
+
+impl StreamPartState {
+    /// The live neighbors but `except`, split into those sent frames in full (`eager`) and
+    /// those sent their ids (`lazy`; always empty when flooding: nothing is ever pruned).
+    fn split_neighbors(&self, now_us: Micros, except: u32, links: &FastMap<u32, Link>, eager: &mut Vec<u32>, lazy: &mut Vec<u32>) {
+        eager.clear();
+        lazy.clear();
+        for link_id in live_links(&self.neighbors, now_us, except, links) {
+            if self.lazy.contains(&link_id) {
+                lazy.push(link_id);
+            } else {
+                eager.push(link_id);
+            }
+        }
+    }
 }
 
 /// A shard's relay state.
@@ -588,7 +678,9 @@ pub struct Relay {
     packer: Packer,
     /// Scratch: the audiences of the frame being handled (kept for their capacity).
     forward_to: Vec<u32>,
+    announce_to: Vec<u32>,
     deliver_to: Vec<u32>,
+    tree: TreeControl,
     /// What [`Relay::poll_transmit`] gathers before copying it out.
     flat: Gather,
     /// Chains with an open gap.
@@ -626,7 +718,9 @@ impl Relay {
             outbox,
             packer: Packer::default(),
             forward_to: Vec::new(),
+            announce_to: Vec::new(),
             deliver_to: Vec::new(),
+            tree: TreeControl::default(),
             flat: Gather::default(),
             gapped: FastSet::default(),
             probing: FastSet::default(),
@@ -685,8 +779,10 @@ impl Relay {
         self.packer.forget_link(link_id);
         self.outbox.grants.retain(|id| *id != link_id);
         self.outbox.withheld.retain(|id| *id != link_id);
+        self.tree.forget_link(link_id);
         for state in self.stream_parts.values_mut() {
             state.neighbors.remove(&link_id);
+            state.lazy.remove(&link_id);
             state.clients.remove(&link_id);
         }
     }
@@ -710,6 +806,7 @@ impl Relay {
                 clients: FastMap::default(),
                 chains: FastMap::default(),
                 repair: RepairArena::new(self.config.repair_ring_bytes_max, self.config.repair_age_max_us),
+                lazy: FastSet::default(),
             },
         );
         self.filter.join(part);
@@ -732,6 +829,8 @@ impl Relay {
         self.filter.leave(part);
         self.gapped.retain(|(gapped, _)| gapped != part);
         self.probing.retain(|(probing, _)| probing != part);
+        // Announcing frames of a stream part it no longer carries would invite grafts it cannot answer.
+        self.tree.forget_part(part);
         self.flush();
         self.packer.forget_part(&mut self.outbox, part);
         for link_id in self.neighbor_links.clone() {
@@ -851,6 +950,7 @@ impl Relay {
             Kind::Unsubscribe => {
                 if let Some(state) = self.stream_parts.get_mut(&part) {
                     state.neighbors.remove(&link_id);
+                    state.lazy.remove(&link_id);
                     state.clients.remove(&link_id);
                 }
             }
@@ -872,19 +972,78 @@ impl Relay {
             }
             Kind::Nak => {
                 self.counters.increment(Counter::NaksReceived);
-                let Ok(ranges) = datagram.nak_ranges() else {
+                let Ok(ranges) = owned_ranges(&datagram) else {
                     self.counters.increment(Counter::DatagramsMalformed);
                     return;
                 };
-                let ranges: Vec<NakRange> = ranges
-                    .map(|r| NakRange {
-                        publisher: r.publisher,
-                        chain_id: r.chain_id.to_native(),
-                        first_sequence: r.first_sequence.to_native(),
-                        last_sequence: r.last_sequence.to_native(),
-                    })
-                    .collect();
+                // A NAK from a lazy neighbor is a graft: it lacked what was only announced, so
+                // the tree route to it broke; frames go to it in full again.
+                let state = self.stream_parts.get_mut(&part).filter(|_| role == LinkRole::Neighbor);
+                if state.is_some_and(|state| state.lazy.remove(&link_id)) {
+                    self.counters.increment(Counter::GraftsReceived);
+                }
                 self.answer_nak(link_id, part, &ranges);
+            }
+            Kind::IHave => {
+                self.counters.increment(Counter::IhavesReceived);
+                if role != LinkRole::Neighbor || !self.stream_parts.contains_key(&part) {
+                    self.counters.increment(Counter::TreeControlRefused);
+                    return;
+                }
+                let Ok(ranges) = owned_ranges(&datagram) else {
+                    self.counters.increment(Counter::DatagramsMalformed);
+                    return;
+                };
+                self.handle_ihave(link_id, part, &ranges);
+            }
+            Kind::Prune => {
+                self.counters.increment(Counter::PrunesReceived);
+                let state = self.stream_parts.get_mut(&part).filter(|state| state.neighbors.contains_key(&link_id));
+                let Some(state) = state.filter(|_| role == LinkRole::Neighbor) else {
+                    self.counters.increment(Counter::TreeControlRefused);
+                    return;
+                };
+                // Flooding ignores it: a flooding node keeps sending in full (and the pruning
+                // end, having turned this link lazy, does not prune it again each frame).
+                if self.config.propagation == Propagation::Plumtree {
+                    state.lazy.insert(link_id);
+                }
+            }
+        }
+    }
+
+    /// Plumtree's lazy push, received: the sequences an IHave names that this relay lacks
+    /// join the chain's missing ranges, and a gap opened by them sends its first NAK to the
+    /// announcer (a graft when it is lazy) after `graft_delay_us`, unless the eager copy
+    /// arrives first. The existing gap machinery does the rest: retries, other neighbors,
+    /// giving up. An unknown chain (a publisher whose first frames were lost on the eager
+    /// path) is started as a frame would start it, but only while the stream part has room
+    /// for chains: announcements are not signed, so they never evict a chain.
+    fn handle_ihave(&mut self, link_id: u32, part: StreamPartKey, ranges: &[NakRange]) {
+        let now_us = self.now_us;
+        let state = self.stream_parts.get_mut(&part).expect("caller checked the stream part is joined");
+        for range in ranges {
+            let chain_id: ChainId = (range.publisher, range.chain_id);
+            if !state.chains.contains_key(&chain_id) {
+                let permitted = self.filter.may_publish(now_us.saturating_mul(1000), &part, &chain_id.0);
+                if !permitted || state.chains.len() >= self.config.chains_per_stream_part_max {
+                    self.counters.increment(Counter::TreeControlRefused);
+                    continue;
+                }
+                let first = range.first_sequence;
+                let start = if first > 0 { first.saturating_sub(chain::CHAIN_START_LOOKBACK) } else { first };
+                state.chains.insert(chain_id, ChainState::new(start, now_us));
+            }
+            let chain = state.chains.get_mut(&chain_id).expect("present or inserted");
+            if !chain.announce(range.last_sequence) {
+                self.counters.increment(Counter::TreeControlRefused);
+                continue;
+            }
+            if chain.has_gap() && chain.gap.is_none() {
+                let first_missing = chain.next_sequence();
+                let next_nak_us = now_us + self.config.graft_delay_us;
+                chain.gap = Some(chain::Gap { first_missing, next_nak_us, naks_sent: 0, source_link: link_id });
+                self.gapped.insert((part, chain_id));
             }
         }
     }
@@ -904,6 +1063,15 @@ impl Relay {
         let state = self.stream_parts.get_mut(&part).expect("caller checked the stream part is joined");
         if state.chains.get(&chain_id).is_some_and(|c| c.is_duplicate(sequence)) {
             self.counters.increment(Counter::FramesDuplicate);
+            // Plumtree: a second full copy means its sender's link is a redundant route of
+            // the tree: it turns lazy here and is told so. A lazy link still sending in full
+            // lost our Prune: it is told again (once per batch). Repairs and tail probes are
+            // asked for or expected twice: they prune nothing.
+            let plumtree = self.config.propagation == Propagation::Plumtree;
+            if plumtree && !repair && state.neighbors.contains_key(&source_link) {
+                state.lazy.insert(source_link);
+                self.tree.prunes.insert((source_link, part));
+            }
             return;
         }
         // The filter checked a single-publisher header; this covers every frame, whatever
@@ -950,10 +1118,11 @@ impl Relay {
             self.counters.increment(Counter::ChainsEvicted);
         }
 
-        // Forward to every interested neighbor but the source: flooding never waits for order.
+        // Forward in full to every eager neighbor but the source, and collect the frame's id
+        // for the lazy ones (sent with this batch's IHaves): forwarding never waits for order.
         let mut forward_to = std::mem::take(&mut self.forward_to);
-        forward_to.clear();
-        forward_to.extend(live_links(&state.neighbors, now_us, source_link, &self.links));
+        let mut announce_to = std::mem::take(&mut self.announce_to);
+        state.split_neighbors(now_us, source_link, &self.links, &mut forward_to, &mut announce_to);
         let except = if state.neighbors.contains_key(&source_link) { source_link } else { NO_LINK };
         let key = (part, 0, Audience::Neighbors { except });
         self.packer.append(&mut self.outbox, &mut self.links, &mut self.counters, key, &forward_to, frame.bytes);
@@ -999,9 +1168,51 @@ impl Relay {
             }
             self.gapped.insert((part, chain_id));
         }
+        self.announce(part, chain_id, sequence, &announce_to);
+        self.announce_to = announce_to;
     }
 
-    /// Sends a bodiless control datagram (Subscribe/Unsubscribe) for `part` on a link.
+    /// Adds a frame id to the IHave being collected for each of `lazy`; an IHave holding a
+    /// datagram's worth of ranges leaves at once, the others with `flush`.
+    fn announce(&mut self, part: StreamPartKey, chain_id: ChainId, sequence: u64, lazy: &[u32]) {
+        let ranges_max = ((self.config.datagram_length_max - HEADER_LENGTH) / NAK_RANGE_LENGTH).clamp(1, u16::MAX as usize);
+        for &link_id in lazy {
+            if self.tree.announce(link_id, part, chain_id, sequence, ranges_max) {
+                self.send_announcement(link_id, part);
+            }
+        }
+        self.counters.add(Counter::FramesAnnounced, lazy.len() as u64);
+    }
+
+    /// Sends the IHave collected for `link_id` in `part` (if any) and empties it.
+    fn send_announcement(&mut self, link_id: u32, part: StreamPartKey) {
+        let Some(ranges) = self.tree.announcements.get_mut(&(link_id, part)) else { return };
+        if ranges.is_empty() {
+            return;
+        }
+        if let Some(link) = self.links.get_mut(&link_id) {
+            Self::send_ranges(&mut self.outbox, &mut self.counters, link, part, Kind::IHave, ranges);
+            self.counters.increment(Counter::IhavesSent);
+        }
+        ranges.clear();
+    }
+
+    /// Sends this batch's IHaves and Prunes (control datagrams: they never wait for credit).
+    fn send_tree_control(&mut self) {
+        let mut announcing = std::mem::take(&mut self.tree.announcing);
+        for &(link_id, part) in &announcing {
+            self.send_announcement(link_id, part);
+        }
+        announcing.clear();
+        self.tree.announcing = announcing;
+        let prunes: Vec<(u32, StreamPartKey)> = self.tree.prunes.drain().collect();
+        for (link_id, part) in prunes {
+            self.counters.increment(Counter::PrunesSent);
+            self.send_control(link_id, part, Kind::Prune);
+        }
+    }
+
+    /// Sends a bodiless control datagram (Subscribe, Unsubscribe, Prune) for `part` on a link.
     fn send_control(&mut self, link_id: u32, part: StreamPartKey, kind: Kind) {
         let Some(link) = self.links.get_mut(&link_id) else { return };
         let mut builder = self.outbox.builder(HEADER_LENGTH + 1);
@@ -1106,6 +1317,7 @@ impl Relay {
     /// Closes the datagrams being packed so they can be sent: call once per receive batch.
     pub fn flush(&mut self) {
         self.packer.flush(&mut self.outbox, &mut self.links, &mut self.counters);
+        self.send_tree_control();
         self.grant_credits();
     }
 
@@ -1289,26 +1501,44 @@ impl Relay {
             }
             let stored = newest.and_then(|n| chain.repair.find(n));
             let Some(record) = stored.and_then(|entry| state.repair.get(&entry, now_us)) else { continue };
+            // Lazy neighbors get the probe as an announcement: one lacking the tail grafts it.
             let mut forward_to = std::mem::take(&mut self.forward_to);
-            forward_to.clear();
-            forward_to.extend(live_links(&state.neighbors, now_us, NO_LINK, &self.links));
+            let mut announce_to = std::mem::take(&mut self.announce_to);
+            state.split_neighbors(now_us, NO_LINK, &self.links, &mut forward_to, &mut announce_to);
             let key = (part, FLAG_REPAIR, Audience::Neighbors { except: NO_LINK });
             self.packer.append(&mut self.outbox, &mut self.links, &mut self.counters, key, &forward_to, record);
             self.counters.add(Counter::TailProbesSent, forward_to.len() as u64);
             self.forward_to = forward_to;
+            if let Some(newest) = newest {
+                self.announce(part, chain_id, newest, &announce_to);
+            }
+            self.announce_to = announce_to;
         }
     }
 
     fn housekeeping(&mut self, now_us: Micros) {
         self.packer.prune(&mut self.outbox);
+        self.tree.announcements.retain(|_, ranges| !ranges.is_empty());
         let parts: Vec<StreamPartKey> = self.stream_parts.keys().copied().collect();
+        let mut silent = Vec::new();
         for part in parts {
             for link_id in self.neighbor_links.clone() {
                 self.send_control(link_id, part, Kind::Subscribe);
             }
             let state = self.stream_parts.get_mut(&part).expect("listed");
-            state.neighbors.retain(|_, expiry| *expiry >= now_us);
+            state.neighbors.retain(|link_id, expiry| {
+                let refreshed = *expiry >= now_us;
+                if !refreshed {
+                    silent.push(*link_id);
+                }
+                refreshed
+            });
+            state.lazy.retain(|link_id| state.neighbors.contains_key(link_id));
             state.clients.retain(|_, expiry| *expiry >= now_us);
+            for link_id in silent.drain(..) {
+                self.counters.increment(Counter::NeighborsSilent);
+                self.push_event(Event::NeighborSilent { link_id, part });
+            }
         }
     }
 
@@ -1364,6 +1594,11 @@ impl Relay {
                 // asked again rather than the hole given up after 160 ms.
                 gap.next_nak_us = now_us + (self.config.nak_interval_us << (gap.naks_sent - 1).min(3));
                 chain.gap = Some(gap);
+                // A NAK to a lazy neighbor is a graft: it announced what the tree did not bring,
+                // so it sends in full again (it turns this link eager on receipt).
+                if state.lazy.remove(&target) {
+                    self.counters.increment(Counter::GraftsSent);
+                }
                 self.send_nak(target, part, chain_id, &ranges);
                 continue;
             }
@@ -1398,18 +1633,24 @@ impl Relay {
 
     fn send_nak(&mut self, link_id: u32, part: StreamPartKey, chain_id: ChainId, ranges: &[(u64, u64)]) {
         let Some(link) = self.links.get_mut(&link_id) else { return };
+        let ranges: Vec<NakRange> = ranges
+            .iter()
+            .map(|&(first, last)| NakRange { publisher: chain_id.0, chain_id: chain_id.1, first_sequence: first, last_sequence: last })
+            .collect();
+        self.counters.increment(Counter::NaksSent);
+        Self::send_ranges(&mut self.outbox, &mut self.counters, link, part, Kind::Nak, &ranges);
+    }
+
+    /// Queues a Nak or an IHave (one body encoding: frame sequence ranges) on a link.
+    fn send_ranges(outbox: &mut Outbox, counters: &mut Counters, link: &mut Link, part: StreamPartKey, kind: Kind, ranges: &[NakRange]) {
         let capacity = HEADER_LENGTH + NAK_RANGE_LENGTH * ranges.len();
-        let mut builder = self.outbox.builder(capacity.max(HEADER_LENGTH + 1));
-        for &(first, last) in ranges {
-            wire::encode_nak_range(
-                &NakRange { publisher: chain_id.0, chain_id: chain_id.1, first_sequence: first, last_sequence: last },
-                builder.body_mut(),
-            );
+        let mut builder = outbox.builder(capacity.max(HEADER_LENGTH + 1));
+        for range in ranges {
+            wire::encode_nak_range(range, builder.body_mut());
         }
         builder.set_count(ranges.len() as u16);
-        builder.finish_unstamped(template(Kind::Nak, part, 0, [0; 20]));
-        self.counters.increment(Counter::NaksSent);
-        self.outbox.send_control(&mut self.counters, link, &part, builder);
+        builder.finish_unstamped(template(kind, part, 0, [0; 20]));
+        outbox.send_control(counters, link, &part, builder);
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -1424,6 +1665,19 @@ impl Relay {
     pub fn link_key(&self, link_id: u32) -> Option<&LinkKey> {
         self.links.get(&link_id).map(|l| &l.config.key)
     }
+}
+
+/// The ranges of a Nak or IHave datagram, copied out of the receive buffer.
+fn owned_ranges(datagram: &Datagram<'_>) -> Result<Vec<NakRange>, wire::WireError> {
+    Ok(datagram
+        .nak_ranges()?
+        .map(|r| NakRange {
+            publisher: r.publisher,
+            chain_id: r.chain_id.to_native(),
+            first_sequence: r.first_sequence.to_native(),
+            last_sequence: r.last_sequence.to_native(),
+        })
+        .collect())
 }
 
 /// The links of an interest map that are live at `now_us`, exist, and are not `except`.

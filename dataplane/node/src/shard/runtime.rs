@@ -102,6 +102,7 @@ impl Shard {
         let mut relay_config = RelayConfig::new(context.index, config.shards, config.datagram_length_max, config.verify);
         relay_config.rate_limit_in_userspace = context.rate_limit_in_userspace;
         relay_config.slow_consumer = config.slow_consumer;
+        relay_config.propagation = config.propagation;
         let mut relay = Relay::new(relay_config);
         for link in &config.links {
             relay.add_link(link);
