@@ -367,7 +367,7 @@ fn session(
     absorb_peering(peering, desired);
     let replay = desired.lock().expect("no panics while holding it").commands();
     for command in &replay {
-        let result = client.execute(command, |event| on_event(&event, counters))?;
+        let result = client.execute(command, |event| on_event(&event, counters, peering))?;
         if let Err(error) = result {
             counters.commands_failed.fetch_add(1, Ordering::Relaxed);
             logln!("runnel control: {} refused: {}", command.name(), error.message);
@@ -385,7 +385,7 @@ fn session(
         }
         match client.poll()? {
             Some(Reply::Status { counters: totals, .. }) => view.lock().expect("no panics while holding it").counters = totals,
-            Some(Reply::Event(event)) => on_event(&event, counters),
+            Some(Reply::Event(event)) => on_event(&event, counters, peering),
             Some(Reply::Response { error: Some(error), .. }) => {
                 counters.commands_failed.fetch_add(1, Ordering::Relaxed);
                 logln!("runnel control: a command was refused: {}", error.message);
@@ -397,7 +397,7 @@ fn session(
     Ok(())
 }
 
-fn on_event(event: &WireEvent, counters: &ControlCounters) {
+fn on_event(event: &WireEvent, counters: &ControlCounters, peering: &Mutex<Option<PeeringState>>) {
     counters.events_received.fetch_add(1, Ordering::Relaxed);
     match event {
         WireEvent::SignatureFailure { shard, link_id, publisher, publisher_proven } => logln!(
@@ -406,7 +406,16 @@ fn on_event(event: &WireEvent, counters: &ControlCounters) {
         ),
         WireEvent::SlowConsumer { shard, link_id } => logln!("runnel control: shard {shard}: link {link_id} is a slow consumer"),
         WireEvent::NeighborSilent { shard, link_id, part } => {
-            logln!("runnel control: shard {shard}: neighbor link {link_id} went silent in stream part {}", hex::encode(part))
+            logln!(
+                "runnel control: shard {shard}: neighbor link {link_id} went silent in stream part {}; replacing it",
+                hex::encode(&part[..8])
+            );
+            // Its NeighborDown comes back as a peering event and becomes the RemoveLink.
+            if let Some(state) = peering.lock().expect("no panics while holding it").as_ref() {
+                if let Err(error) = state.handle.drop_neighbor(StreamPartKey(*part), *link_id) {
+                    logln!("runnel control: cannot drop the silent neighbor: {error}");
+                }
+            }
         }
         WireEvent::Joined { .. } => {}
     }
