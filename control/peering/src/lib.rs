@@ -20,6 +20,8 @@
 //!     match event {
 //!         PeeringEvent::NeighborUp(up) => { /* AddLink { id: up.local_link_id, key: up.key, peer: up.remote_endpoint, .. } */ }
 //!         PeeringEvent::NeighborDown(down) => { /* RemoveLink { link_id: down.local_link_id } */ }
+//!         PeeringEvent::ClientLinkUp(up) => { /* AddLink { id: up.link_id, key: up.key, role: client, .. } */ }
+//!         PeeringEvent::ClientLinkDown(down) => { /* RemoveLink { link_id: down.link_id } */ }
 //!     }
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
