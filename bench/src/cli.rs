@@ -6,7 +6,7 @@
 //! drift from what is accepted. Defaults shown are rendered from the subcommand's own default
 //! options, not written down a second time. `--json` and `-h`/`--help` are common to all.
 
-use crate::{BenchError, FanoutOptions, FloodRate, LatencyOptions, RelayChainOptions, UdpCeilingOptions, XdpOptions};
+use crate::{BenchError, FanoutOptions, FloodRate, LatencyOptions, RelayChainOptions, SimOptions, UdpCeilingOptions, XdpOptions};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,7 +79,9 @@ impl<O> Command for Subcommand<O> {
             };
             out += &format!("  {usage:<34}{} (default: {})\n", flag.help, (flag.default)(&defaults));
         }
-        out += &format!("  {JSON_FLAG:<34}print one JSON object on stdout instead of the table (default: table)\n");
+        out += &format!(
+            "  {JSON_FLAG:<34}print JSON on stdout instead of the table: one object, one per line for several runs (default: table)\n"
+        );
         out += &format!("  {:<34}print this help\n", HELP_FLAGS.join(", "));
         out
     }
@@ -91,10 +93,11 @@ impl<O> Command for Subcommand<O> {
         }
         let (options, json) = self.parse(args)?;
         let (report_json, table) = (self.run)(options)?;
-        if json {
-            println!("{report_json}");
-        } else {
-            print!("{table}");
+        match report_json {
+            // Several reports (sim: one per churn level): one object per line.
+            Value::Array(reports) if json => reports.iter().for_each(|report| println!("{report}")),
+            report_json if json => println!("{report_json}"),
+            _ => print!("{table}"),
         }
         Ok(())
     }
@@ -127,7 +130,7 @@ impl<O> Subcommand<O> {
 }
 
 /// Every `runnel bench` subcommand, in the order `runnel bench --help` lists them.
-pub static COMMANDS: [&dyn Command; 5] = [&FANOUT, &RELAY_CHAIN, &LATENCY, &UDP_CEILING, &XDP];
+pub static COMMANDS: [&dyn Command; 6] = [&FANOUT, &RELAY_CHAIN, &LATENCY, &UDP_CEILING, &XDP, &SIM];
 
 /// Runs `runnel bench <args>`.
 pub fn run(args: &[String]) -> Result<(), BenchError> {
@@ -210,6 +213,11 @@ fn show_fanout_against(options: &FanoutOptions) -> String {
         (false, true) => "zenoh".to_string(),
         (true, true) => "nats,zenoh".to_string(),
     }
+}
+
+/// `--churn 0,0.1`: one run per fraction.
+fn churn_levels(text: &str) -> Result<Vec<f64>, BenchError> {
+    text.split(',').map(number).collect()
 }
 
 fn path(text: &str) -> Result<Option<PathBuf>, BenchError> {
@@ -448,6 +456,51 @@ static XDP: Subcommand<XdpOptions> = Subcommand {
             takes: Takes::Value("N", |o, v| number(v).map(|n| o.repeat = n)),
             help: "runs per BPF_PROG_TEST_RUN call for the stateless verdicts",
             default: |o| o.repeat.to_string(),
+        },
+    ],
+};
+
+static SIM: Subcommand<SimOptions> = Subcommand {
+    name: "sim",
+    summary: "seeded simulation of one stream part at N nodes: real overlay and relay cores, simulated latency, loss, churn",
+    defaults: SimOptions::default,
+    run: |options| crate::sim(options).map(|reports| (reports.iter().map(|r| r.to_json()).collect(), crate::sim::table(&reports))),
+    flags: &[
+        Flag {
+            name: "--nodes",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.nodes = n)),
+            help: "nodes at the start, all subscribed to the one stream part",
+            default: |o| o.nodes.to_string(),
+        },
+        Flag {
+            name: "--seed",
+            takes: Takes::Value("S", |o, v| number(v).map(|n| o.seed = n)),
+            help: "seed of every random choice; printed, and the same seed gives the same report",
+            default: |_| "the clock (printed)".to_string(),
+        },
+        Flag {
+            name: "--churn",
+            takes: Takes::Value("FRACTION[,FRACTION..]", |o, v| churn_levels(v).map(|levels| o.churn = levels)),
+            help: "per level, one run: that fraction of nodes killed during publishing, as many new ones started",
+            default: |o| o.churn.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+        },
+        Flag {
+            name: "--messages",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.messages = n)),
+            help: "messages published (64 bytes, signed per message)",
+            default: |o| o.messages.to_string(),
+        },
+        Flag {
+            name: "--rate",
+            takes: Takes::Value("MSGS_PER_S", |o, v| number(v).map(|n| o.rate_per_s = n)),
+            help: "publish rate (the publishing window is messages / rate)",
+            default: |o| o.rate_per_s.to_string(),
+        },
+        Flag {
+            name: "--loss",
+            takes: Takes::Value("PROBABILITY", |o, v| number(v).map(|n| o.loss = n)),
+            help: "chance that one datagram between nodes is lost",
+            default: |o| o.loss.to_string(),
         },
     ],
 };

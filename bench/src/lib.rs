@@ -14,6 +14,9 @@
 //!   fraction of [`udp_ceiling()`].
 //! - [`udp_ceiling()`]: a minimal forwarder that only moves datagrams (UDP GRO receive, GSO
 //!   send): what a relay on this machine could at best forward.
+//! - [`sim()`]: a seeded, deterministic simulation of one stream part at thousands of nodes:
+//!   the real overlay and relay state machines over a simulated network with latency, loss
+//!   and churn; time to mesh, delivery ratio, latency stretch, duplicates per delivery.
 //! - [`xdp()`]: the XDP early-rejection filter: ns per verdict by `BPF_PROG_TEST_RUN`, and
 //!   legitimate delivery through a node on a veth pair while forged datagrams flood it, with
 //!   the filter on and off (needs root).
@@ -41,6 +44,7 @@ pub mod nats;
 pub mod process;
 pub mod relay_chain;
 pub mod runnel;
+pub mod sim;
 pub mod udp_ceiling;
 pub mod workload;
 pub mod xdp;
@@ -50,6 +54,7 @@ pub mod zenoh;
 pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
 pub use latency::{latency, LatencyOptions, LatencyReport};
 pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};
+pub use sim::{sim, SimOptions, SimReport};
 pub use udp_ceiling::{udp_ceiling, UdpCeilingOptions, UdpCeilingReport};
 pub use xdp::{xdp, FloodRate, XdpOptions, XdpReport};
 

@@ -234,7 +234,8 @@ impl Driver {
         for address in &config.external_addresses {
             swarm.add_external_address(address.clone());
         }
-        let overlay = Overlay::new(config.identity.peer_id(), config.dataplane, config.overlay(), rand::random());
+        let rng = rand::SeedableRng::from_os_rng();
+        let overlay = Overlay::new(config.identity.peer_id(), config.dataplane, config.overlay(), rand::random(), rng);
         let bootstrap = config.bootstrap_peers()?;
         let mut driver = Self {
             swarm,

@@ -22,6 +22,11 @@
 //!   [`CANDIDATE_FAILURES_MAX`] failures in a row it is forgotten until a provider lookup
 //!   names it again.
 //!
+//! **Randomness.** Which due candidates get proposals is random, from the `StdRng` the
+//! overlay is given: seeded from the OS by the driver, from a run's seed by a simulation
+//! (`runnel bench sim`), which then replays exactly. The ephemeral X25519 keys are not drawn
+//! from it: they stay the OS's, and no rule depends on their bytes.
+//!
 //! **Bounds.** At most `stream_parts_max` parts, `degree_max` neighbors and `degree_target`
 //! proposals per part, `candidates_per_part_max` candidates per part (more are dropped and
 //! counted); link ids for all of them exist ([`LinkIds`]).
@@ -30,6 +35,7 @@ use crate::handshake::{derive_link_key, validate_endpoint, Ephemeral, LinkIds, T
 use crate::wire::{Accept, Endpoint, Leave, Propose, RefuseReason, Response};
 use crate::{NeighborDown, NeighborUp, PeeringEvent};
 use libp2p::PeerId;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use runnel_proto::stream::StreamPartKey;
 use std::collections::HashMap;
@@ -106,14 +112,16 @@ pub struct Overlay {
     config: OverlayConfig,
     parts: HashMap<StreamPartKey, PartState>,
     link_ids: LinkIds,
+    /// Picks the candidates to propose to ([`Overlay::start_proposals`]).
+    rng: StdRng,
     /// Candidates not kept because a part had `candidates_per_part_max` already.
     pub candidates_dropped: u64,
 }
 
 impl Overlay {
-    pub fn new(local: PeerId, endpoint: Endpoint, config: OverlayConfig, link_id_start: u32) -> Self {
+    pub fn new(local: PeerId, endpoint: Endpoint, config: OverlayConfig, link_id_start: u32, rng: StdRng) -> Self {
         let link_ids = LinkIds::new(config.link_ids.clone(), config.link_ids_max(), link_id_start);
-        Self { local, endpoint, config, parts: HashMap::new(), link_ids, candidates_dropped: 0 }
+        Self { local, endpoint, config, parts: HashMap::new(), link_ids, rng, candidates_dropped: 0 }
     }
 
     pub fn is_joined(&self, part: &StreamPartKey) -> bool {
@@ -212,7 +220,9 @@ impl Overlay {
             })
             .map(|(peer, _)| *peer)
             .collect();
-        due.shuffle(&mut rand::rng());
+        // A HashMap's order differs per process: sorted first, the shuffle depends on the rng alone.
+        due.sort_unstable();
+        due.shuffle(&mut self.rng);
         due.truncate(self.config.degree_target - busy);
         let mut proposals = Vec::with_capacity(due.len());
         for peer in due {
@@ -476,6 +486,7 @@ fn down(part: StreamPartKey, peer: PeerId, local_link_id: u32) -> PeeringEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     const PART: StreamPartKey = StreamPartKey([1; 32]);
     const OTHER_PART: StreamPartKey = StreamPartKey([2; 32]);
@@ -495,7 +506,8 @@ mod tests {
 
     fn node(port: u16, target: usize, max: usize) -> Overlay {
         let endpoint = Endpoint { address: SocketAddr::from(([127, 0, 0, 1], port)), shards: 2 };
-        let mut overlay = Overlay::new(PeerId::random(), endpoint, config(target, max), u32::from(port));
+        let rng = StdRng::seed_from_u64(u64::from(port));
+        let mut overlay = Overlay::new(PeerId::random(), endpoint, config(target, max), u32::from(port), rng);
         overlay.join(PART).unwrap();
         overlay
     }
@@ -740,6 +752,25 @@ mod tests {
         b.handle_leave(a.local, &leave.unwrap(), now, &mut events);
         assert_eq!(b.degree(&PART), 0);
         assert_eq!(a.link_ids_live(), 0);
+    }
+
+    // Goal: the choice of candidates depends on the rng's seed alone, not on the order the
+    // candidates came in (nor on a HashMap's per-process order): a simulation replays it.
+    #[test]
+    fn proposals_follow_the_seed() {
+        let now = Instant::now();
+        // Fewer than candidates_per_part_max, so both orders keep them all.
+        let peers: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let chosen = |order: &mut dyn Iterator<Item = PeerId>| {
+            let mut overlay = node(4000, 4, 8);
+            overlay.add_candidates(&PART, order, now);
+            let mut chosen: Vec<PeerId> = overlay.start_proposals(&PART, now, true).into_iter().map(|(peer, _)| peer).collect();
+            chosen.sort_unstable();
+            chosen
+        };
+        let forward = chosen(&mut peers.iter().copied());
+        assert_eq!(forward.len(), 4);
+        assert_eq!(chosen(&mut peers.iter().rev().copied()), forward);
     }
 
     // Goal: proposals stop at the target; failures back off and a candidate that keeps
