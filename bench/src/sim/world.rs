@@ -481,6 +481,8 @@ impl World {
             Request::Leave(leave) => {
                 self.nodes[to].overlay.handle_leave(peer, &leave, now, &mut events);
             }
+            // Every simulated node is a full node: clients are not simulated.
+            Request::ClientLink(_) => {}
         }
         self.apply(to, events);
     }
@@ -528,6 +530,8 @@ impl World {
                     burst_datagrams: 1,
                 }),
                 PeeringEvent::NeighborDown(down) => state.relay.remove_link(down.local_link_id),
+                // The overlay makes no client links (the driver does).
+                PeeringEvent::ClientLinkUp(_) | PeeringEvent::ClientLinkDown(_) => {}
             }
         }
         self.update_meshed(node);
