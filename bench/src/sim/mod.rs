@@ -248,7 +248,7 @@ impl SimReport {
             "nodes": self.nodes,
             "churn": self.churn,
             "seed": self.seed,
-            "propagation": "flood",
+            "propagation": "plumtree",
             "messages": self.messages,
             "loss": self.loss,
             "seconds_to_mesh": self.seconds_to_mesh,
@@ -288,7 +288,7 @@ impl SimReport {
 pub fn table(reports: &[SimReport]) -> String {
     let Some(first) = reports.first() else { return String::new() };
     let mut out = format!(
-        "runnel bench sim: {} nodes, seed {} (replay: --seed {}), {} messages, loss {}, propagation flood\n\n",
+        "runnel bench sim: {} nodes, seed {} (replay: --seed {}), {} messages, loss {}, propagation plumtree\n\n",
         first.nodes, first.seed, first.seed, first.messages, first.loss
     );
     out += "churn  mesh_s  delivery  stretch_p50  stretch_p99  p50_ms  p99_ms  dup/deliv  repair_dup/deliv  degree min/mean/max  connected  wall_s  peak_rss_MiB\n";

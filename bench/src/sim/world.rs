@@ -57,8 +57,8 @@ pub const PUBLISHER_NODE: usize = 0;
 /// "Not delivered" in a node's latency record.
 pub const NOT_DELIVERED: u32 = u32::MAX;
 
-/// The relay configuration of every node: the one place the propagation mode will be chosen
-/// once the relay core has more than flooding.
+/// The relay configuration of every node: the one place the propagation mode is chosen
+/// (the relay's default, Plumtree).
 fn relay_config() -> RelayConfig {
     // Signatures do not change which route a frame takes or when (the simulator gives
     // nodes infinite CPU): verifying 10^4 × messages ECDSA signatures would cost minutes
