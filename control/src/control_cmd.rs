@@ -68,6 +68,10 @@ const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long links an earlier control process made keep forwarding after this one connects:
+/// long enough for peering to find new neighbors (their peers keep their ends as long,
+/// `PeeringConfig::disconnected_grace`).
+const INHERITED_GRACE: Duration = Duration::from_secs(15);
 
 /// What control counts (`runnel_control_…_total` in /metrics).
 #[derive(Debug, Default)]
@@ -77,10 +81,11 @@ struct ControlCounters {
     events_received: AtomicU64,
     commands_failed: AtomicU64,
     admin_requests: AtomicU64,
+    links_inherited: AtomicU64,
 }
 
 impl ControlCounters {
-    fn list(&self) -> [(&'static str, &'static str, u64); 5] {
+    fn list(&self) -> [(&'static str, &'static str, u64); 6] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("control_ipc_connects", "Connections made to the dataplane's command socket.", get(&self.ipc_connects)),
@@ -92,6 +97,11 @@ impl ControlCounters {
             ),
             ("control_commands_failed", "Commands the dataplane answered with an error.", get(&self.commands_failed)),
             ("control_admin_requests", "Requests served by the admin endpoint.", get(&self.admin_requests)),
+            (
+                "control_links_inherited",
+                "Links found in the dataplane that an earlier control process made (kept for a grace period, then removed).",
+                get(&self.links_inherited),
+            ),
         ]
     }
 }
@@ -121,6 +131,9 @@ struct Desired {
     neighbors: BTreeMap<u32, Agreed>,
     /// Client links (`runnel pub/sub --node`) by link id.
     clients: BTreeMap<u32, Agreed>,
+    /// Links the dataplane holds that an earlier control process made, and when to remove
+    /// them: they forward until then, while peering makes this process's own.
+    inherited: BTreeMap<u32, Instant>,
 }
 
 impl Desired {
@@ -128,6 +141,34 @@ impl Desired {
         let mut commands = self.joins.clone();
         commands.extend(self.neighbors.values().chain(self.clients.values()).map(|n| Command::AddLink(n.link.clone())));
         commands
+    }
+
+    /// Takes the dataplane's commanded links (its Hello): those this process did not make
+    /// are inherited; returns how many are new.
+    fn inherit(&mut self, links: &[u32], now: Instant) -> usize {
+        let mut new = 0;
+        for id in links {
+            if !self.neighbors.contains_key(id) && !self.clients.contains_key(id) && !self.inherited.contains_key(id) {
+                self.inherited.insert(*id, now + INHERITED_GRACE);
+                new += 1;
+            }
+        }
+        new
+    }
+
+    /// RemoveLink for each inherited link whose grace period is over.
+    fn expire_inherited(&mut self, now: Instant) -> Vec<Command> {
+        let expired: Vec<u32> = self.inherited.iter().filter(|(_, until)| **until <= now).map(|(id, _)| *id).collect();
+        if !expired.is_empty() {
+            logln!("runnel control: removing {} links an earlier control process made", expired.len());
+        }
+        expired
+            .into_iter()
+            .map(|id| {
+                self.inherited.remove(&id);
+                Command::RemoveLink { link_id: id }
+            })
+            .collect()
     }
 
     fn joined(&self, part: &StreamPartKey) -> bool {
@@ -147,6 +188,15 @@ impl Desired {
                 self.joins.push(Command::Join { part: up.part });
                 commands.push(Command::Join { part: up.part });
             }
+        }
+        // A new link that reuses an inherited link's id replaces it.
+        let new_id = match &event {
+            PeeringEvent::NeighborUp(up) => Some(up.local_link_id),
+            PeeringEvent::ClientLinkUp(up) => Some(up.link_id),
+            PeeringEvent::NeighborDown(_) | PeeringEvent::ClientLinkDown(_) => None,
+        };
+        if let Some(id) = new_id.filter(|id| self.inherited.remove(id).is_some()) {
+            commands.push(Command::RemoveLink { link_id: id });
         }
         commands.push(self.absorb_link(event));
         commands
@@ -365,6 +415,14 @@ fn session(
 ) -> Result<(), IpcError> {
     client.set_read_timeout(READ_TIMEOUT * 20)?;
     absorb_peering(peering, desired);
+    let inherited = desired.lock().expect("no panics while holding it").inherit(&client.links, Instant::now());
+    if inherited > 0 {
+        counters.links_inherited.fetch_add(inherited as u64, Ordering::Relaxed);
+        logln!(
+            "runnel control: the dataplane holds {inherited} links an earlier control process made; they forward for {}s more",
+            INHERITED_GRACE.as_secs()
+        );
+    }
     let replay = desired.lock().expect("no panics while holding it").commands();
     for command in &replay {
         let result = client.execute(command, |event| on_event(&event, counters, peering))?;
@@ -377,6 +435,9 @@ fn session(
     let mut next_status = Instant::now();
     while !crate::signals::stop_requested() {
         for command in absorb_peering(peering, desired) {
+            client.send(&command)?;
+        }
+        for command in desired.lock().expect("no panics while holding it").expire_inherited(Instant::now()) {
             client.send(&command)?;
         }
         if Instant::now() >= next_status {
@@ -433,6 +494,17 @@ fn status_json(
     let dataplane_counters: Map<String, Value> = view.counters.iter().map(|(name, value)| (name.clone(), json!(value))).collect();
     let control: Map<String, Value> =
         counters.list().iter().map(|(name, _, value)| (name.trim_start_matches("control_").to_string(), json!(value))).collect();
+    // Neighbors whose connection closed keep their link for a grace period.
+    let mut disconnected = std::collections::BTreeSet::new();
+    if let Some(handle) = peering {
+        let mut neighbor_parts: Vec<StreamPartKey> = desired.neighbors.values().map(|n| n.part).collect();
+        neighbor_parts.sort_unstable_by_key(|part| part.0);
+        neighbor_parts.dedup();
+        for part in neighbor_parts {
+            let infos = handle.neighbors(part).unwrap_or_default();
+            disconnected.extend(infos.iter().filter(|info| !info.is_connected()).map(|info| info.local_link_id));
+        }
+    }
     let neighbors: Vec<Value> = desired
         .neighbors
         .values()
@@ -440,6 +512,7 @@ fn status_json(
             json!({
                 "stream_part_key": hex::encode(n.part.0),
                 "peer": n.peer,
+                "connected": !disconnected.contains(&n.link.id),
                 "link_id": n.link.id,
                 "peer_link_id": n.link.peer_link_id,
                 "dataplane": n.link.peer.map(|a| a.to_string()),
@@ -466,6 +539,7 @@ fn status_json(
             "peer": c.peer,
             "link_id": c.link.id,
         })).collect::<Vec<_>>(),
+        "inherited_links": desired.inherited.keys().collect::<Vec<_>>(),
         "counters": dataplane_counters,
         "control": control,
     })
@@ -490,6 +564,8 @@ fn metrics(view: &DataplaneView, peering: Option<&PeeringHandle>, counters: &Con
         match name.split_once('_') {
             Some(("runtime", rest)) => format!("Shard runtime counter {rest} (node-wide total)."),
             Some(("commands", rest)) => format!("Command interface counter {rest}."),
+            Some(("policy", rest)) => format!("Dataplane policy thread counter {rest} (quarantines, XDP map writes)."),
+            Some(("ipc", rest)) => format!("Dataplane command socket counter {rest}."),
             Some(("xdp", rest)) => format!("XDP filter verdict {rest}, summed over CPUs."),
             Some(("peering", rest)) => format!("Peering counter {rest}."),
             _ => format!("Counter {name}."),

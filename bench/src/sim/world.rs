@@ -10,9 +10,9 @@ use libp2p::PeerId;
 use runnel_core::client::{Outgoing, Publisher, SigningMode};
 use runnel_core::counters::Counter;
 use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
-use runnel_core::relay::{Relay, RelayConfig};
+use runnel_core::relay::{Event as RelayEvent, Relay, RelayConfig};
 use runnel_peering::overlay::{Overlay, OverlayConfig};
-use runnel_peering::wire::{Endpoint, Request, Response};
+use runnel_peering::wire::{Endpoint, Leave, Request, Response};
 use runnel_peering::{Identity, PeeringConfig, PeeringEvent};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
@@ -78,6 +78,7 @@ fn overlay_config(defaults: &PeeringConfig) -> OverlayConfig {
         retry_after_refusal: defaults.retry_after_refusal,
         retry_after_failure: defaults.retry_after_failure,
         crossing_window: defaults.request_timeout,
+        disconnected_grace: defaults.disconnected_grace,
         link_ids: defaults.link_ids.clone(),
     }
 }
@@ -357,10 +358,9 @@ impl World {
             }
             Event::Disconnected { node, peer } => {
                 if self.nodes[node].alive {
-                    let mut events = Vec::new();
                     let (peer_id, now) = (self.nodes[peer].peer, self.instant());
-                    self.nodes[node].overlay.peer_disconnected(&peer_id, now, &mut events);
-                    self.apply(node, events);
+                    self.nodes[node].overlay.peer_disconnected(&peer_id, now);
+                    self.update_meshed(node);
                 }
             }
             Event::Datagram { from, to, bytes } => self.on_datagram(from, to, &bytes),
@@ -437,6 +437,12 @@ impl World {
             return;
         }
         self.queue.push(self.now_us + TICK_US, Event::Tick(node));
+        let mut events = Vec::new();
+        let now = self.instant();
+        for (peer, leave) in self.nodes[node].overlay.expire_disconnected(now, &mut events) {
+            self.send_leave(node, self.by_peer[&peer], leave);
+        }
+        self.apply(node, events);
         if self.nodes[node].overlay.parts_below_target().is_empty() {
             return;
         }
@@ -506,8 +512,34 @@ impl World {
         let leave = self.nodes[to].overlay.handle_reply(&part, peer, local_link_id, &response, now, &mut events);
         self.apply(to, events);
         if let Some(leave) = leave {
-            self.queue.push(self.now_us + one_way_us, Event::Request { from: to, to: from, request: Box::new(Request::Leave(leave)) });
+            self.send_leave(to, from, leave);
         }
+    }
+
+    /// What control does with the relay's events: a neighbor the relay found silent is
+    /// dropped (and told so), like the driver's `drop_neighbor`.
+    fn follow_relay_events(&mut self, node: usize) {
+        let mut silent = Vec::new();
+        while let Some(event) = self.nodes[node].relay.poll_event() {
+            if let RelayEvent::NeighborSilent { link_id, part } = event {
+                silent.push((link_id, part));
+            }
+        }
+        if silent.is_empty() {
+            return;
+        }
+        let (now, mut events) = (self.instant(), Vec::new());
+        for (link_id, part) in silent {
+            if let Some((peer, leave)) = self.nodes[node].overlay.neighbor_silent(&part, link_id, now, &mut events) {
+                self.send_leave(node, self.by_peer[&peer], leave);
+            }
+        }
+        self.apply(node, events);
+    }
+
+    fn send_leave(&mut self, from: usize, to: usize, leave: Leave) {
+        let one_way_us = self.latency_us(from, to);
+        self.queue.push(self.now_us + one_way_us, Event::Request { from, to, request: Box::new(Request::Leave(leave)) });
     }
 
     /// Turns overlay events into the relay's links (what the control process's `AddLink` /
@@ -612,6 +644,7 @@ impl World {
     /// Seals what the relay packed, moves its sends into the network (each datagram lost or
     /// delayed on its own), and queues its next deadline.
     fn drain(&mut self, node: usize) {
+        self.follow_relay_events(node);
         let mut buffer = std::mem::take(&mut self.transmit_buffer);
         let mut sends: Vec<(usize, u32, u64, Vec<u8>)> = Vec::new();
         let relay = &mut self.nodes[node].relay;

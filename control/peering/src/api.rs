@@ -54,6 +54,10 @@ pub struct PeeringConfig {
     pub retry_after_refusal: Duration,
     /// Wait before proposing again to a peer whose proposal failed or that disconnected.
     pub retry_after_failure: Duration,
+    /// How long a neighbor whose connection closed keeps its dataplane link (it may be a
+    /// control process restarting beside a dataplane that forwards); replacements are
+    /// sought at once. A dead neighbor goes sooner, when the dataplane finds it silent.
+    pub disconnected_grace: Duration,
     /// How often a part below its target degree starts a provider lookup.
     pub lookup_interval: Duration,
     /// Kademlia query timeout (lookups, provider announcements).
@@ -96,6 +100,7 @@ impl PeeringConfig {
             request_timeout: Duration::from_secs(10),
             retry_after_refusal: Duration::from_secs(5),
             retry_after_failure: Duration::from_secs(10),
+            disconnected_grace: Duration::from_secs(15),
             lookup_interval: Duration::from_secs(2),
             query_timeout: Duration::from_secs(20),
             provider_record_ttl: Duration::from_secs(30 * 60),
@@ -171,6 +176,7 @@ impl PeeringConfig {
             retry_after_refusal: self.retry_after_refusal,
             retry_after_failure: self.retry_after_failure,
             crossing_window: self.request_timeout,
+            disconnected_grace: self.disconnected_grace,
             link_ids: self.link_ids.clone(),
         }
     }
@@ -345,6 +351,8 @@ counters! {
     PingTimeouts = "ping_timeouts",
     /// Neighbors dropped because the dataplane heard no heartbeat from them.
     NeighborsSilent = "neighbors_silent",
+    /// Neighbors dropped because their connection stayed closed for the grace period.
+    NeighborsExpired = "neighbors_expired",
     /// Client links granted (`runnel pub/sub --node`).
     ClientLinksGranted = "client_links_granted",
     /// Client link requests refused (full, busy, invalid key).

@@ -529,6 +529,15 @@ impl Driver {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        let mut events = Vec::new();
+        for (peer, leave) in self.overlay.expire_disconnected(now, &mut events) {
+            self.counters.add(PeeringCounter::NeighborsExpired, 1);
+            if self.swarm.is_connected(&peer) {
+                let request = self.swarm.behaviour_mut().neighbor.send_request(&peer, Request::Leave(leave));
+                self.outstanding.insert(request, Outstanding::Leave);
+            }
+        }
+        self.emit(events);
         for part in self.overlay.parts_below_target() {
             let Some(discovery) = self.discovery.get(&part) else { continue };
             let due = |last: Option<Instant>| last.is_none_or(|last| now.duration_since(last) >= self.config.lookup_interval);
@@ -567,9 +576,7 @@ impl Driver {
                 for part in parts {
                     self.remove_client_link(peer_id, part);
                 }
-                let mut events = Vec::new();
-                self.overlay.peer_disconnected(&peer_id, Instant::now(), &mut events);
-                self.emit(events);
+                self.overlay.peer_disconnected(&peer_id, Instant::now());
             }
             SwarmEvent::NewListenAddr { address, .. } if self.config.external_addresses.is_empty() => {
                 self.swarm.add_external_address(address);

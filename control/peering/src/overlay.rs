@@ -58,6 +58,11 @@ pub struct OverlayConfig {
     /// one that crossed ours (refused with Conflict) rather than one from a peer that lost
     /// its state (which replaces the link): the longest a request can be in flight.
     pub crossing_window: Duration,
+    /// How long a neighbor whose libp2p connection closed keeps its dataplane link: its
+    /// control process may be restarting while its dataplane forwards. It no longer counts
+    /// toward the target degree (replacements are sought at once); it is dropped when the
+    /// dataplane finds it silent, a new handshake replaces it, or this time has passed.
+    pub disconnected_grace: Duration,
     pub link_ids: RangeInclusive<u32>,
 }
 
@@ -80,6 +85,14 @@ pub struct NeighborInfo {
     /// Whether this node proposed the link (and the neighbor accepted).
     pub initiated_locally: bool,
     pub since: Instant,
+    /// When the peer's last libp2p connection closed; `None` while connected.
+    pub disconnected_since: Option<Instant>,
+}
+
+impl NeighborInfo {
+    pub fn is_connected(&self) -> bool {
+        self.disconnected_since.is_none()
+    }
 }
 
 struct Candidate {
@@ -97,6 +110,12 @@ struct PartState {
     neighbors: HashMap<PeerId, NeighborInfo>,
     proposals: HashMap<PeerId, Proposal>,
     candidates: HashMap<PeerId, Candidate>,
+}
+
+impl PartState {
+    fn connected(&self) -> usize {
+        self.neighbors.values().filter(|neighbor| neighbor.is_connected()).count()
+    }
 }
 
 /// Why a stream part could not be joined.
@@ -161,17 +180,19 @@ impl Overlay {
         leaves
     }
 
-    /// Parts with fewer neighbors than the target.
+    /// Parts with fewer connected neighbors than the target.
     pub fn parts_below_target(&self) -> Vec<StreamPartKey> {
-        self.parts.iter().filter(|(_, state)| state.neighbors.len() < self.config.degree_target).map(|(part, _)| *part).collect()
+        self.parts.iter().filter(|(_, state)| state.connected() < self.config.degree_target).map(|(part, _)| *part).collect()
     }
 
     pub fn neighbors(&self, part: &StreamPartKey) -> Vec<NeighborInfo> {
         self.parts.get(part).map(|state| state.neighbors.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Connected neighbors of `part` (those waiting out [`OverlayConfig::disconnected_grace`]
+    /// are not counted).
     pub fn degree(&self, part: &StreamPartKey) -> usize {
-        self.parts.get(part).map_or(0, |state| state.neighbors.len())
+        self.parts.get(part).map_or(0, PartState::connected)
     }
 
     /// Every neighbor of every part, as (part, peer).
@@ -208,7 +229,7 @@ impl Overlay {
     /// queue is full) sends none.
     pub fn start_proposals(&mut self, part: &StreamPartKey, now: Instant, accepting: bool) -> Vec<(PeerId, Propose)> {
         let Some(state) = self.parts.get_mut(part) else { return Vec::new() };
-        let busy = state.neighbors.len() + state.proposals.len();
+        let busy = state.connected() + state.proposals.len();
         if !accepting || busy >= self.config.degree_target {
             return Vec::new();
         }
@@ -258,7 +279,9 @@ impl Overlay {
             return Response::Refuse(RefuseReason::Conflict);
         }
         let existing = state.neighbors.get(&peer);
-        if existing.is_some_and(|link| link.initiated_locally && now.duration_since(link.since) < self.config.crossing_window) {
+        if existing.is_some_and(|link| {
+            link.is_connected() && link.initiated_locally && now.duration_since(link.since) < self.config.crossing_window
+        }) {
             return Response::Refuse(RefuseReason::Conflict);
         }
         let replacing = existing.is_some();
@@ -296,6 +319,7 @@ impl Overlay {
             remote_shards: propose.endpoint.shards,
             initiated_locally: false,
             since: now,
+            disconnected_since: None,
         };
         events.push(up(part, &neighbor, key));
         state.neighbors.insert(peer, neighbor);
@@ -373,6 +397,7 @@ impl Overlay {
             remote_shards: accept.endpoint.shards,
             initiated_locally: true,
             since: now,
+            disconnected_since: None,
         };
         events.push(up(*part, &neighbor, key));
         state.neighbors.insert(peer, neighbor);
@@ -416,18 +441,41 @@ impl Overlay {
         Response::LeaveAck
     }
 
-    /// `peer` has no connection left: it is dropped from every part, and not proposed to
-    /// again before `retry_after_failure`.
-    pub fn peer_disconnected(&mut self, peer: &PeerId, now: Instant, events: &mut Vec<PeeringEvent>) {
-        for (part, state) in self.parts.iter_mut() {
-            if let Some(neighbor) = state.neighbors.remove(peer) {
-                self.link_ids.release(neighbor.local_link_id);
-                events.push(down(*part, *peer, neighbor.local_link_id));
+    /// `peer` has no connection left: where it is a neighbor it stops counting toward the
+    /// target (so a replacement is sought) but keeps its link for
+    /// [`OverlayConfig::disconnected_grace`] — its control process may be restarting while
+    /// its dataplane forwards. It is not proposed to again before `retry_after_failure`.
+    pub fn peer_disconnected(&mut self, peer: &PeerId, now: Instant) {
+        for state in self.parts.values_mut() {
+            if let Some(neighbor) = state.neighbors.get_mut(peer) {
+                neighbor.disconnected_since.get_or_insert(now);
             }
             if let Some(candidate) = state.candidates.get_mut(peer) {
                 candidate.retry_at = now + self.config.retry_after_failure;
             }
         }
+    }
+
+    /// Drops the neighbors that have been disconnected for the grace period; returns the
+    /// Leaves to tell them (should they be back without having made a new link).
+    pub fn expire_disconnected(&mut self, now: Instant, events: &mut Vec<PeeringEvent>) -> Vec<(PeerId, Leave)> {
+        let grace = self.config.disconnected_grace;
+        let mut leaves = Vec::new();
+        for (part, state) in self.parts.iter_mut() {
+            let expired: Vec<PeerId> = state
+                .neighbors
+                .values()
+                .filter(|neighbor| neighbor.disconnected_since.is_some_and(|since| now.duration_since(since) >= grace))
+                .map(|neighbor| neighbor.peer)
+                .collect();
+            for peer in expired {
+                let neighbor = state.neighbors.remove(&peer).expect("listed above");
+                self.link_ids.release(neighbor.local_link_id);
+                events.push(down(*part, peer, neighbor.local_link_id));
+                leaves.push((peer, Leave { part: part.0, link_id: neighbor.local_link_id }));
+            }
+        }
+        leaves
     }
 
     /// Drops the neighbor `peer` of `part` if its link is still `local_link_id` (an Accept
@@ -500,6 +548,7 @@ mod tests {
             retry_after_refusal: Duration::from_secs(5),
             retry_after_failure: Duration::from_secs(10),
             crossing_window: Duration::from_secs(10),
+            disconnected_grace: Duration::from_secs(15),
             link_ids: 0x8000_0000..=u32::MAX,
         }
     }
@@ -709,14 +758,13 @@ mod tests {
         assert_eq!(b.degree(&PART), 1);
     }
 
-    // Goal: a neighbor that leaves or disconnects goes down once; a Leave naming an older
-    // link id is ignored; link ids are released.
+    // Goal: a neighbor that leaves goes down once; a Leave naming an older link id is
+    // ignored; link ids are released.
     #[test]
-    fn leave_and_disconnect_drop_neighbors() {
+    fn leave_drops_neighbors() {
         let now = Instant::now();
-        let (mut a, mut b, mut c) = (node(4000, 4, 8), node(5000, 4, 8), node(6000, 4, 8));
+        let (mut a, mut b) = (node(4000, 4, 8), node(5000, 4, 8));
         let (ab, _, _) = handshake(&mut a, &mut b, now);
-        handshake(&mut a, &mut c, now);
         let ab = only_up(&ab);
         let mut events = Vec::new();
         let stale = Leave { part: PART.0, link_id: ab.remote_link_id.wrapping_add(1) };
@@ -725,12 +773,49 @@ mod tests {
         let leave = Leave { part: PART.0, link_id: ab.remote_link_id };
         a.handle_leave(b.local, &leave, now, &mut events);
         assert!(matches!(events.as_slice(), [PeeringEvent::NeighborDown(down)] if down.peer == b.local));
-        events.clear();
-        a.peer_disconnected(&c.local, now, &mut events);
-        a.peer_disconnected(&c.local, now, &mut events);
-        assert!(matches!(events.as_slice(), [PeeringEvent::NeighborDown(down)] if down.peer == c.local));
         assert_eq!((a.degree(&PART), a.link_ids_live()), (0, 0));
+    }
+
+    // Goal: a neighbor whose connection closed stops counting toward the target at once
+    // (a replacement is sought) but keeps its link through the grace period — its control
+    // process may be restarting while its dataplane forwards — and then goes down once, with
+    // a Leave for it; one that comes back with a new handshake replaces its old link.
+    #[test]
+    fn disconnected_neighbors_keep_their_link_for_the_grace_period() {
+        let now = Instant::now();
+        let (mut a, mut b, mut c) = (node(4000, 4, 8), node(5000, 4, 8), node(6000, 4, 8));
+        let (ab, _, _) = handshake(&mut a, &mut b, now);
+        let ab_link = only_up(&ab).local_link_id;
+        handshake(&mut a, &mut c, now);
+        a.peer_disconnected(&b.local, now);
+        a.peer_disconnected(&c.local, now);
+        assert_eq!((a.degree(&PART), a.neighbors(&PART).len(), a.link_ids_live()), (0, 2, 2));
         assert_eq!(a.parts_below_target(), vec![PART]);
+        assert!(a.neighbors(&PART).iter().all(|neighbor| !neighbor.is_connected()));
+
+        // c restarted (it lost its state) and proposes again: the new link replaces the old.
+        let endpoint = Endpoint { address: SocketAddr::from(([127, 0, 0, 1], 6000)), shards: 2 };
+        let mut c = Overlay::new(c.local, endpoint, config(4, 8), 7, StdRng::seed_from_u64(7));
+        c.join(PART).unwrap();
+        let later = now + Duration::from_secs(1);
+        let (c_events, a_events, _) = handshake(&mut c, &mut a, later);
+        only_up(&c_events);
+        assert!(
+            matches!(a_events.as_slice(), [PeeringEvent::NeighborDown(down), PeeringEvent::NeighborUp(up)] if down.peer == c.local && up.peer == c.local)
+        );
+        assert_eq!(a.degree(&PART), 1, "the new link to c is connected");
+
+        // Within the grace period nothing expires; after it, b goes down once.
+        let mut events = Vec::new();
+        let grace = config(4, 8).disconnected_grace;
+        assert!(a.expire_disconnected(now + grace - Duration::from_millis(1), &mut events).is_empty());
+        assert!(events.is_empty());
+        let leaves = a.expire_disconnected(now + grace, &mut events);
+        assert_eq!(leaves, vec![(b.local, Leave { part: PART.0, link_id: ab_link })]);
+        assert!(matches!(events.as_slice(), [PeeringEvent::NeighborDown(down)] if down.peer == b.local && down.local_link_id == ab_link));
+        events.clear();
+        assert!(a.expire_disconnected(now + grace * 2, &mut events).is_empty());
+        assert_eq!((a.degree(&PART), a.neighbors(&PART).len(), a.link_ids_live()), (1, 1, 1));
     }
 
     // Goal: an Accept that arrives after the part was left, or that would exceed the

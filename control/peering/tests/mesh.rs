@@ -56,6 +56,8 @@ impl Node {
         config.retry_after_failure = Duration::from_secs(2);
         config.request_timeout = Duration::from_secs(5);
         config.quic_idle_timeout = Duration::from_secs(3);
+        // No dataplane here reports a dead neighbor silent: the grace alone drops it.
+        config.disconnected_grace = Duration::from_secs(2);
         let (handle, events) = Peering::spawn(config).expect("peering starts");
         let peer = handle.local_peer_id();
         Self {
@@ -252,7 +254,8 @@ fn neighbors_replace_a_node_that_shuts_down() {
 }
 
 // Goal: the same when the node vanishes without a word (its connections just close, as
-// when the process is killed): ConnectionClosed drops it.
+// when the process is killed): replacements are sought at once, and its link goes when
+// `disconnected_grace` has passed (a dataplane would report it silent sooner).
 #[test]
 fn neighbors_replace_a_node_that_vanishes() {
     heals_after_losing_a_node(false);

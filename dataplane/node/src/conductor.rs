@@ -32,9 +32,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use runnel_core::link::LinkConfig;
 use runnel_ebpf::{XdpError, XdpFilter};
 use runnel_proto::stream::StreamPartKey;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A command sent to its shards and not yet answered.
 struct Pending {
@@ -54,6 +54,9 @@ pub(crate) struct Conductor {
     counters: Arc<CommandCounters>,
     /// Every link of the node, as the shards have it once the commands in flight are applied.
     links: HashMap<u32, LinkConfig>,
+    /// The ids of the links commands added (not the config file's), shared with
+    /// [`crate::node::NodeHandle::commanded_links`]: what a new control process inherits.
+    commanded: Arc<Mutex<BTreeSet<u32>>>,
     pending: HashMap<CommandId, Pending>,
     /// A command waiting for room in a shard's command queue.
     held: Option<(CommandId, Command)>,
@@ -66,9 +69,10 @@ impl Conductor {
         responses_out: Sender<Response>,
         counters: Arc<CommandCounters>,
         links: &[LinkConfig],
+        commanded: Arc<Mutex<BTreeSet<u32>>>,
     ) -> Self {
         let links = links.iter().map(|link| (link.id, link.clone())).collect();
-        Self { commands_in, acks_in, responses_out, counters, links, pending: HashMap::new(), held: None }
+        Self { commands_in, acks_in, responses_out, counters, links, commanded, pending: HashMap::new(), held: None }
     }
 
     /// May another command be taken? Not while one is held (order), not beyond
@@ -183,9 +187,11 @@ impl Conductor {
         match command {
             Command::AddLink(link) => {
                 self.links.insert(link.id, link.clone());
+                self.commanded.lock().unwrap_or_else(|e| e.into_inner()).insert(link.id);
             }
             Command::RemoveLink { link_id } => {
                 self.links.remove(link_id);
+                self.commanded.lock().unwrap_or_else(|e| e.into_inner()).remove(link_id);
             }
             Command::Join { .. } | Command::Leave { .. } | Command::Policy(_) => {}
         }
@@ -273,7 +279,7 @@ mod tests {
         let (_commands, commands_in) = bounded(1);
         let (_acks, acks_in) = bounded(1);
         let (responses_out, responses) = bounded(RESPONSE_QUEUE_LENGTH_MAX);
-        let conductor = Conductor::new(commands_in, acks_in, responses_out, Arc::default(), &[]);
+        let conductor = Conductor::new(commands_in, acks_in, responses_out, Arc::default(), &[], Arc::default());
         let (shards, shard_queues) = (0..shard_count).map(|_| bounded(queue_length)).unzip();
         Harness { conductor, shards, shard_queues, responses, next_id: 1 }
     }

@@ -8,7 +8,7 @@
 //! ```text
 //! control                               dataplane (`runnel node --ipc PATH`)
 //!   Hello { version }            ─────▶
-//!                                ◀─────   Hello { version, listen, shards }
+//!                                ◀─────   Hello { version, listen, shards, links }
 //!   Command { id, command }      ─────▶   NodeHandle::submit
 //!                                ◀─────   Response { id, error }      (exactly one per id)
 //!                                ◀─────   Event (signature failure, join, slow consumer)
@@ -66,9 +66,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The protocol version both sides must speak (2: `WireEvent::NeighborSilent`, which a
-/// version-1 reader could not decode).
-pub const IPC_VERSION: u32 = 2;
+/// The protocol version both sides must speak (2: `WireEvent::NeighborSilent`; 3: the
+/// commanded links in `Reply::Hello`).
+pub const IPC_VERSION: u32 = 3;
 /// Largest frame (archive bytes after the length prefix).
 pub const FRAME_LENGTH_MAX: usize = 64 * 1024;
 /// Replies (responses, events, status) waiting for the writer.
@@ -150,6 +150,9 @@ pub enum Reply {
         version: u32,
         listen: Vec<String>,
         shards: u16,
+        /// Ids of the links earlier commands added ([`NodeHandle::commanded_links`]): a
+        /// control process that does not know them inherits them from its predecessor.
+        links: Vec<u32>,
     },
     /// The one answer to `Command { id }`: `error` is none on success.
     Response {
@@ -477,7 +480,8 @@ fn serve_connection(
         }
     }
     let listen = node.local_addrs().iter().map(|address| address.to_string()).collect();
-    write_frame(&mut writer, &Reply::Hello { version: IPC_VERSION, listen, shards: node.local_addrs().len() as u16 })?;
+    let hello = Reply::Hello { version: IPC_VERSION, listen, shards: node.local_addrs().len() as u16, links: node.commanded_links() };
+    write_frame(&mut writer, &hello)?;
     // The reader blocks; the writer, which polls the stop flag, shuts the socket down to
     // wake it (a read timeout could fire mid-frame and lose the framing).
     reader.set_read_timeout(None)?;
@@ -536,7 +540,7 @@ fn read_requests(
                 let _ = replies.send(Reply::ProtocolError { message: error.to_string() });
                 return Err(error);
             }
-            Request::Status { id } => Reply::Status { id, counters: status_counters(node) },
+            Request::Status { id } => Reply::Status { id, counters: status_counters(node, counters) },
             Request::Command { id, command } => match command.to_command() {
                 Err(error) => Reply::Response { id, error: Some(WireError::new("invalid_command", error.to_string())) },
                 Ok(command) => {
@@ -606,9 +610,10 @@ fn write_replies(
 }
 
 /// Node-wide totals of every counter, by name: the relay's (`frames_delivered`), the shard
-/// runtime's (`runtime_…`), the command interface's (`commands_…`) and, with XDP on, the
-/// kernel filter's verdicts (`xdp_…`).
-fn status_counters(node: &NodeHandle) -> Vec<(String, u64)> {
+/// runtime's (`runtime_…`), the command interface's (`commands_…`), the policy thread's
+/// (`policy_…`), this socket's (`ipc_…`) and, with XDP on, the kernel filter's verdicts
+/// (`xdp_…`).
+fn status_counters(node: &NodeHandle, ipc: &IpcCounters) -> Vec<(String, u64)> {
     let mut totals = Counters::default();
     for shard in node.counters() {
         totals.merge(&shard);
@@ -620,6 +625,23 @@ fn status_counters(node: &NodeHandle) -> Vec<(String, u64)> {
     }
     for counter in CommandCounter::ALL {
         out.push((format!("commands_{}", counter.name()), node.command_counters().get(counter)));
+    }
+    let policy = node.policy_counters();
+    for (name, counter) in [
+        ("quarantines", &policy.quarantines),
+        ("shard_updates_dropped", &policy.shard_updates_dropped),
+        ("xdp_map_errors", &policy.xdp_map_errors),
+        ("events_dropped", &policy.events_dropped),
+    ] {
+        out.push((format!("policy_{name}"), counter.load(Ordering::Relaxed)));
+    }
+    for (name, counter) in [
+        ("connections", &ipc.connections),
+        ("protocol_errors", &ipc.protocol_errors),
+        ("commands", &ipc.commands),
+        ("responses_orphaned", &ipc.responses_orphaned),
+    ] {
+        out.push((format!("ipc_{name}"), counter.load(Ordering::Relaxed)));
     }
     if let Some(verdicts) = node.xdp_verdicts() {
         for verdict in Verdict::ALL {
@@ -636,9 +658,10 @@ pub struct IpcClient {
     /// Bytes read but not yet a whole frame (a read timeout never loses the framing).
     pending: Vec<u8>,
     next_id: u64,
-    /// The node's listen addresses and shard count, from its Hello.
+    /// The node's listen addresses, shard count and commanded links, from its Hello.
     pub listen: Vec<String>,
     pub shards: u16,
+    pub links: Vec<u32>,
 }
 
 impl IpcClient {
@@ -648,11 +671,12 @@ impl IpcClient {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         write_frame(&mut stream, &Request::Hello { version: IPC_VERSION })?;
-        let mut client = IpcClient { stream, pending: Vec::new(), next_id: 1, listen: Vec::new(), shards: 0 };
+        let mut client = IpcClient { stream, pending: Vec::new(), next_id: 1, listen: Vec::new(), shards: 0, links: Vec::new() };
         match client.read()? {
-            Reply::Hello { version, listen, shards } if version == IPC_VERSION => {
+            Reply::Hello { version, listen, shards, links } if version == IPC_VERSION => {
                 client.listen = listen;
                 client.shards = shards;
+                client.links = links;
                 Ok(client)
             }
             Reply::ProtocolError { message } => Err(IpcError::Handshake(message)),

@@ -56,7 +56,7 @@ use glommio::{ExecutorJoinHandle, GlommioError, LocalExecutorBuilder, Placement,
 use runnel_core::counters::Counters;
 use runnel_core::filter::FilterUpdate;
 use runnel_ebpf::{AttachMode, XdpFilter, VERDICT_COUNT};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -181,6 +181,7 @@ impl Node {
             responses_set_aside: Mutex::new(VecDeque::new()),
             next_command_id: AtomicU64::new(1),
             command_counters: Arc::new(CommandCounters::default()),
+            commanded_links: Arc::new(Mutex::new(BTreeSet::new())),
         };
         let shared = ShardShared {
             config: config.clone(),
@@ -194,7 +195,8 @@ impl Node {
         for (index, socket) in sockets.into_iter().enumerate() {
             shard_commands.push(node.start_shard(index as u16, socket, &shared)?);
         }
-        let conductor = Conductor::new(commands, acks, responses_sender, node.command_counters.clone(), &config.links);
+        let conductor =
+            Conductor::new(commands, acks, responses_sender, node.command_counters.clone(), &config.links, node.commanded_links.clone());
         let policy = Policy {
             xdp,
             shards: shard_commands,
@@ -384,6 +386,8 @@ pub struct NodeHandle {
     responses_set_aside: Mutex<VecDeque<Response>>,
     next_command_id: AtomicU64,
     command_counters: Arc<CommandCounters>,
+    /// Ids of the links added by commands (kept by the conductor).
+    commanded_links: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl fmt::Debug for NodeHandle {
@@ -502,6 +506,13 @@ impl NodeHandle {
     /// The command interface's counters.
     pub fn command_counters(&self) -> &CommandCounters {
         &self.command_counters
+    }
+
+    /// The ids of the links that commands added and did not remove (the config file's links
+    /// are not among them), as the shards hold them once the commands in flight are applied.
+    /// A control process that connects inherits these from its predecessor.
+    pub fn commanded_links(&self) -> Vec<u32> {
+        self.commanded_links.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
     }
 
     /// Changes the filter policy (a quarantine, a permission) in every shard and in the XDP

@@ -54,11 +54,21 @@ fn a_control_client_drives_the_node_over_the_socket_and_reconnects() {
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "only the node's user may drive it");
     let stop = AtomicBool::new(false);
     let counters = IpcCounters::default();
+    /// Stops the server when the test body ends, also by a failed assertion: the scope
+    /// would otherwise wait for the server thread forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
     std::thread::scope(|scope| {
         let server = scope.spawn(|| ipc::serve(&node, &listener, &stop, &counters));
+        let _stop_server = StopOnDrop(&stop);
 
         let mut control = IpcClient::connect(&path, TIMEOUT).unwrap();
         assert_eq!((control.shards, control.listen.len()), (SHARDS, SHARDS as usize));
+        assert_eq!(control.links, Vec::<u32>::new(), "no command has added a link yet");
         let part = StreamPart::parse("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/ipc#0").unwrap();
         let (publisher_link, subscriber_link) = (client_link(11), client_link(12));
         let mut events = Vec::new();
@@ -105,22 +115,31 @@ fn a_control_client_drives_the_node_over_the_socket_and_reconnects() {
         std::thread::sleep(Duration::from_millis(50));
         publish_and_receive(&mut publisher, &mut subscriber, &mut received, 100);
 
-        // Status: the node's counters by name.
-        let id = control.request_status().unwrap();
+        // Status: the node's counters by name. Shards publish their counters every few loop
+        // turns, so the deliveries show up within a moment, not necessarily in the first reply.
+        let deadline = Instant::now() + TIMEOUT;
         let counters_now = loop {
-            match control.read().unwrap() {
-                Reply::Status { id: answered, counters } if answered == id => break counters,
-                _ => {}
+            let id = control.request_status().unwrap();
+            let counters_now = loop {
+                match control.read().unwrap() {
+                    Reply::Status { id: answered, counters } if answered == id => break counters,
+                    _ => {}
+                }
+            };
+            let delivered = counters_now.iter().find(|(name, _)| name == Counter::FramesDelivered.name()).map(|(_, v)| *v);
+            if delivered.is_some_and(|d| d > 0) {
+                break counters_now;
             }
+            assert!(Instant::now() < deadline, "frames_delivered in {counters_now:?}");
+            std::thread::sleep(Duration::from_millis(20));
         };
-        let delivered = counters_now.iter().find(|(name, _)| name == Counter::FramesDelivered.name()).map(|(_, v)| *v);
-        assert!(delivered.is_some_and(|d| d > 0), "frames_delivered in {counters_now:?}");
         assert!(counters_now.iter().any(|(name, _)| name.starts_with("runtime_")));
 
         // The control side dies; the node keeps forwarding; a new control replays its state.
         drop(control);
         publish_and_receive(&mut publisher, &mut subscriber, &mut received, 100);
         let mut control = IpcClient::connect(&path, TIMEOUT).unwrap();
+        assert_eq!(control.links, vec![11, 12], "the new control learns the links the old one added");
         for command in &state {
             assert_eq!(control.execute(command, |_| {}).unwrap(), Ok(()), "replaying {command:?} changes nothing");
         }

@@ -923,7 +923,7 @@ fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
         commands.iter().enumerate().map(|(id, command)| Request::Command { id: id as u64, command: WireCommand::from_command(command) }),
     );
     let replies = [
-        Reply::Hello { version: 1, listen: vec!["127.0.0.1:7000".into()], shards: 1 },
+        Reply::Hello { version: 1, listen: vec!["127.0.0.1:7000".into()], shards: 1, links: vec![0x8000_0001] },
         Reply::Response { id: 1, error: None },
         Reply::Response { id: 2, error: Some(WireError { kind: "unknown_link".into(), message: "no link 7".into() }) },
         Reply::Event(WireEvent::SignatureFailure { shard: 0, link_id: 7, publisher: [3; 20], publisher_proven: true }),
