@@ -37,6 +37,7 @@ mod world;
 
 use crate::BenchError;
 use network::{shortest_paths, UNREACHABLE};
+use runnel_core::link::Propagation;
 use serde_json::{json, Value};
 use world::{Outcome, World, MESHED_DEGREE, NOT_DELIVERED, PUBLISHER_NODE};
 
@@ -62,12 +63,22 @@ pub struct SimOptions {
     pub rate_per_s: u64,
     /// Probability that one datagram is lost (each independently).
     pub loss: f64,
+    /// How every relay passes frames to its neighbors (`RelayConfig::propagation`).
+    pub propagation: Propagation,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
         let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |since| since.as_nanos() as u64);
-        Self { nodes: 1000, seed: clock, churn: vec![0.0, 0.1], messages: 300, rate_per_s: 50, loss: 0.001 }
+        Self {
+            nodes: 1000,
+            seed: clock,
+            churn: vec![0.0, 0.1],
+            messages: 300,
+            rate_per_s: 50,
+            loss: 0.001,
+            propagation: Propagation::Plumtree,
+        }
     }
 }
 
@@ -105,6 +116,7 @@ pub struct SimReport {
     pub seed: u64,
     pub messages: usize,
     pub loss: f64,
+    pub propagation: Propagation,
     /// Simulated seconds from the cold start until every node had ≥ 3 neighbors at once.
     pub seconds_to_mesh: Option<f64>,
     /// Delivered / expected (node, message) pairs; see [`expected`] for which pairs count.
@@ -196,6 +208,7 @@ fn report(options: &SimOptions, churn: f64, outcome: &Outcome) -> SimReport {
         seed: options.seed,
         messages: outcome.publish_us.len(),
         loss: options.loss,
+        propagation: options.propagation,
         seconds_to_mesh: outcome.mesh_us.map(|us| us as f64 / 1e6),
         delivery_ratio: delivered_pairs as f64 / expected_pairs.max(1) as f64,
         expected_deliveries: expected_pairs,
@@ -232,6 +245,23 @@ fn percentile(values: &mut [f64], fraction: f64) -> f64 {
     *values.select_nth_unstable_by(rank, f64::total_cmp).1
 }
 
+/// `--propagation plumtree|flood`.
+pub fn propagation(name: &str) -> Result<Propagation, BenchError> {
+    match name {
+        "plumtree" => Ok(Propagation::Plumtree),
+        "flood" => Ok(Propagation::Flood),
+        other => Err(BenchError::new(format!("{other:?}: use plumtree or flood"))),
+    }
+}
+
+/// The name `--propagation` takes and the report shows.
+pub fn propagation_name(propagation: Propagation) -> &'static str {
+    match propagation {
+        Propagation::Plumtree => "plumtree",
+        Propagation::Flood => "flood",
+    }
+}
+
 /// VmHWM from /proc/self/status, bytes (0 where there is no /proc).
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -248,7 +278,7 @@ impl SimReport {
             "nodes": self.nodes,
             "churn": self.churn,
             "seed": self.seed,
-            "propagation": "plumtree",
+            "propagation": propagation_name(self.propagation),
             "messages": self.messages,
             "loss": self.loss,
             "seconds_to_mesh": self.seconds_to_mesh,
@@ -288,8 +318,13 @@ impl SimReport {
 pub fn table(reports: &[SimReport]) -> String {
     let Some(first) = reports.first() else { return String::new() };
     let mut out = format!(
-        "runnel bench sim: {} nodes, seed {} (replay: --seed {}), {} messages, loss {}, propagation plumtree\n\n",
-        first.nodes, first.seed, first.seed, first.messages, first.loss
+        "runnel bench sim: {} nodes, seed {} (replay: --seed {}), {} messages, loss {}, propagation {}\n\n",
+        first.nodes,
+        first.seed,
+        first.seed,
+        first.messages,
+        first.loss,
+        propagation_name(first.propagation)
     );
     out += "churn  mesh_s  delivery  stretch_p50  stretch_p99  p50_ms  p99_ms  dup/deliv  repair_dup/deliv  degree min/mean/max  connected  wall_s  peak_rss_MiB\n";
     for report in reports {

@@ -57,9 +57,9 @@ pub const PUBLISHER_NODE: usize = 0;
 /// "Not delivered" in a node's latency record.
 pub const NOT_DELIVERED: u32 = u32::MAX;
 
-/// The relay configuration of every node: the one place the propagation mode is chosen
-/// (the relay's default, Plumtree).
-fn relay_config() -> RelayConfig {
+/// The relay configuration of every node: the relay's defaults but for what is said here,
+/// with the propagation `--propagation` chose.
+fn relay_config(options: &SimOptions) -> RelayConfig {
     // Signatures do not change which route a frame takes or when (the simulator gives
     // nodes infinite CPU): verifying 10^4 × messages ECDSA signatures would cost minutes
     // and measure nothing here. The frames themselves are real, signed, encoded frames.
@@ -68,6 +68,7 @@ fn relay_config() -> RelayConfig {
     // allocated up front) would only take room: 10^4 relays would hold 19 GiB of it.
     config.batch_roots_max = 1;
     config.repair_ring_bytes_max = REPAIR_RING_BYTES;
+    config.propagation = options.propagation;
     config
 }
 
@@ -290,7 +291,7 @@ impl World {
         self.nodes.push(Node {
             peer,
             overlay,
-            relay: Relay::new(relay_config()),
+            relay: Relay::new(relay_config(&self.options)),
             alive: false,
             started_us: 0,
             killed_us: None,
