@@ -136,6 +136,10 @@ pub struct SimReport {
     /// Deliveries that came by repair (a NAK answer or a tail probe filled the gap).
     pub delivered_by_repair: u64,
     pub naks_sent: u64,
+    /// Plumtree: NAKs that were grafts (sent to a lazy neighbor), and Prunes sent, summed
+    /// over the relays: how much the tree moved.
+    pub grafts_sent: u64,
+    pub prunes_sent: u64,
     pub frames_lost: u64,
     /// The final overlay among live nodes.
     pub degree_min: usize,
@@ -223,6 +227,8 @@ fn report(options: &SimOptions, churn: f64, outcome: &Outcome) -> SimReport {
         repair_duplicates_per_delivery: per_delivery(frames.repair_duplicates),
         delivered_by_repair: frames.delivered_by_repair,
         naks_sent: outcome.naks_sent,
+        grafts_sent: outcome.grafts_sent,
+        prunes_sent: outcome.prunes_sent,
         frames_lost: outcome.frames_lost,
         degree_min: degrees.iter().copied().min().unwrap_or(0),
         degree_mean: degrees.iter().sum::<usize>() as f64 / degrees.len().max(1) as f64,
@@ -295,6 +301,8 @@ impl SimReport {
             "repair_duplicates_per_delivery": self.repair_duplicates_per_delivery,
             "delivered_by_repair": self.delivered_by_repair,
             "naks_sent": self.naks_sent,
+            "grafts_sent": self.grafts_sent,
+            "prunes_sent": self.prunes_sent,
             "frames_lost": self.frames_lost,
             "degree_min": self.degree_min,
             "degree_mean": self.degree_mean,

@@ -185,6 +185,8 @@ pub struct Outcome {
     pub events: u64,
     pub end_us: u64,
     pub naks_sent: u64,
+    pub grafts_sent: u64,
+    pub prunes_sent: u64,
     pub frames_lost: u64,
     /// Per node: started, killed, first meshed, latencies.
     pub lifetimes: Vec<(u64, Option<u64>, Option<u64>)>,
@@ -798,6 +800,8 @@ impl World {
             events: self.events,
             end_us: self.now_us,
             naks_sent: sum(Counter::NaksSent),
+            grafts_sent: sum(Counter::GraftsSent),
+            prunes_sent: sum(Counter::PrunesSent),
             frames_lost: sum(Counter::FramesLost),
             lifetimes: self.nodes.iter().map(|node| (node.started_us, node.killed_us, node.meshed_us)).collect(),
             alive: self.nodes.iter().map(|node| node.alive).collect(),
