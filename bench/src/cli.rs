@@ -502,6 +502,12 @@ static SIM: Subcommand<SimOptions> = Subcommand {
             help: "chance that one datagram between nodes is lost",
             default: |o| o.loss.to_string(),
         },
+        Flag {
+            name: "--propagation",
+            takes: Takes::Value("plumtree|flood", |o, v| crate::sim::propagation(v).map(|mode| o.propagation = mode)),
+            help: "how relays pass frames to neighbors: a Plumtree tree with IHaves to the other links, or flooding",
+            default: |o| crate::sim::propagation_name(o.propagation).to_string(),
+        },
     ],
 };
 
@@ -509,6 +515,7 @@ static SIM: Subcommand<SimOptions> = Subcommand {
 mod tests {
     use super::*;
     use crate::SignatureMode;
+    use runnel_core::link::Propagation;
 
     fn args(text: &str) -> Vec<String> {
         text.split_whitespace().map(String::from).collect()
@@ -528,6 +535,9 @@ mod tests {
         assert!(!json && !options.runnel && options.against_nats);
         assert!(LATENCY.help().contains("--rate MSGS_PER_S") && LATENCY.help().contains("(default: 1000)"));
         assert!(FANOUT.help().contains("(default: none: Runnel only)"));
+        let (options, _) = SIM.parse(&args("--propagation flood --churn 0,0.1")).unwrap();
+        assert_eq!((options.propagation, options.churn), (Propagation::Flood, vec![0.0, 0.1]));
+        assert!(SIM.help().contains("--propagation plumtree|flood") && SIM.help().contains("(default: plumtree)"));
     }
 
     // Goal: mistakes name the flag and what to do; an unknown flag points to --help.
@@ -545,6 +555,8 @@ mod tests {
         let fanout = |a: &[String]| FANOUT.parse(a).map(|_| ());
         assert!(error(&fanout, "--against kafka").contains("--against \"kafka\": use nats, zenoh or nats,zenoh"));
         assert!(error(&fanout, "--against nats,").contains("use nats, zenoh or nats,zenoh"));
+        let sim = |a: &[String]| SIM.parse(a).map(|_| ());
+        assert!(error(&sim, "--propagation gossip").contains("--propagation \"gossip\": use plumtree or flood"));
     }
 
     // Goal: `--against` takes nats, zenoh or both; without the `zenoh` feature asking for

@@ -37,6 +37,7 @@ mod world;
 
 use crate::BenchError;
 use network::{shortest_paths, UNREACHABLE};
+use runnel_core::link::Propagation;
 use serde_json::{json, Value};
 use world::{Outcome, World, MESHED_DEGREE, NOT_DELIVERED, PUBLISHER_NODE};
 
@@ -62,12 +63,22 @@ pub struct SimOptions {
     pub rate_per_s: u64,
     /// Probability that one datagram is lost (each independently).
     pub loss: f64,
+    /// How every relay passes frames to its neighbors (`RelayConfig::propagation`).
+    pub propagation: Propagation,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
         let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |since| since.as_nanos() as u64);
-        Self { nodes: 1000, seed: clock, churn: vec![0.0, 0.1], messages: 300, rate_per_s: 50, loss: 0.001 }
+        Self {
+            nodes: 1000,
+            seed: clock,
+            churn: vec![0.0, 0.1],
+            messages: 300,
+            rate_per_s: 50,
+            loss: 0.001,
+            propagation: Propagation::Plumtree,
+        }
     }
 }
 
@@ -105,13 +116,15 @@ pub struct SimReport {
     pub seed: u64,
     pub messages: usize,
     pub loss: f64,
+    pub propagation: Propagation,
     /// Simulated seconds from the cold start until every node had ≥ 3 neighbors at once.
     pub seconds_to_mesh: Option<f64>,
     /// Delivered / expected (node, message) pairs; see [`expected`] for which pairs count.
     pub delivery_ratio: f64,
     pub expected_deliveries: u64,
     /// First arrival latency over the shortest-path latency from the publisher's node in the
-    /// final overlay (Dijkstra over its links' mean latencies), per (node, message).
+    /// overlay as it was when the message was published (Dijkstra over its links' mean
+    /// latencies), per delivered (node, message) pair that counts (docs/decisions-sim.md).
     pub latency_stretch_p50: f64,
     pub latency_stretch_p99: f64,
     pub latency_ms_p50: f64,
@@ -123,6 +136,10 @@ pub struct SimReport {
     /// Deliveries that came by repair (a NAK answer or a tail probe filled the gap).
     pub delivered_by_repair: u64,
     pub naks_sent: u64,
+    /// Plumtree: NAKs that were grafts (sent to a lazy neighbor), and Prunes sent, summed
+    /// over the relays: how much the tree moved.
+    pub grafts_sent: u64,
+    pub prunes_sent: u64,
     pub frames_lost: u64,
     /// The final overlay among live nodes.
     pub degree_min: usize,
@@ -166,6 +183,7 @@ fn expected(outcome: &Outcome, node: usize, published_us: u64) -> bool {
 }
 
 fn report(options: &SimOptions, churn: f64, outcome: &Outcome) -> SimReport {
+    // Connectivity of the final overlay; stretch is measured on each message's own overlay.
     let distance_us = shortest_paths(&outcome.links, PUBLISHER_NODE);
     let (mut expected_pairs, mut delivered_pairs) = (0u64, 0u64);
     let (mut stretches, mut latencies_ms) = (Vec::new(), Vec::new());
@@ -181,8 +199,9 @@ fn report(options: &SimOptions, churn: f64, outcome: &Outcome) -> SimReport {
             }
             delivered_pairs += 1;
             latencies_ms.push(f64::from(latency_us) / 1000.0);
-            if distance_us[node] != UNREACHABLE && outcome.alive[node] {
-                stretches.push(f64::from(latency_us) / distance_us[node] as f64);
+            let shortest_us = outcome.distances_us[message][node];
+            if shortest_us != UNREACHABLE {
+                stretches.push(f64::from(latency_us) / shortest_us as f64);
             }
         }
     }
@@ -196,6 +215,7 @@ fn report(options: &SimOptions, churn: f64, outcome: &Outcome) -> SimReport {
         seed: options.seed,
         messages: outcome.publish_us.len(),
         loss: options.loss,
+        propagation: options.propagation,
         seconds_to_mesh: outcome.mesh_us.map(|us| us as f64 / 1e6),
         delivery_ratio: delivered_pairs as f64 / expected_pairs.max(1) as f64,
         expected_deliveries: expected_pairs,
@@ -207,6 +227,8 @@ fn report(options: &SimOptions, churn: f64, outcome: &Outcome) -> SimReport {
         repair_duplicates_per_delivery: per_delivery(frames.repair_duplicates),
         delivered_by_repair: frames.delivered_by_repair,
         naks_sent: outcome.naks_sent,
+        grafts_sent: outcome.grafts_sent,
+        prunes_sent: outcome.prunes_sent,
         frames_lost: outcome.frames_lost,
         degree_min: degrees.iter().copied().min().unwrap_or(0),
         degree_mean: degrees.iter().sum::<usize>() as f64 / degrees.len().max(1) as f64,
@@ -232,6 +254,23 @@ fn percentile(values: &mut [f64], fraction: f64) -> f64 {
     *values.select_nth_unstable_by(rank, f64::total_cmp).1
 }
 
+/// `--propagation plumtree|flood`.
+pub fn propagation(name: &str) -> Result<Propagation, BenchError> {
+    match name {
+        "plumtree" => Ok(Propagation::Plumtree),
+        "flood" => Ok(Propagation::Flood),
+        other => Err(BenchError::new(format!("{other:?}: use plumtree or flood"))),
+    }
+}
+
+/// The name `--propagation` takes and the report shows.
+pub fn propagation_name(propagation: Propagation) -> &'static str {
+    match propagation {
+        Propagation::Plumtree => "plumtree",
+        Propagation::Flood => "flood",
+    }
+}
+
 /// VmHWM from /proc/self/status, bytes (0 where there is no /proc).
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -248,7 +287,7 @@ impl SimReport {
             "nodes": self.nodes,
             "churn": self.churn,
             "seed": self.seed,
-            "propagation": "plumtree",
+            "propagation": propagation_name(self.propagation),
             "messages": self.messages,
             "loss": self.loss,
             "seconds_to_mesh": self.seconds_to_mesh,
@@ -262,6 +301,8 @@ impl SimReport {
             "repair_duplicates_per_delivery": self.repair_duplicates_per_delivery,
             "delivered_by_repair": self.delivered_by_repair,
             "naks_sent": self.naks_sent,
+            "grafts_sent": self.grafts_sent,
+            "prunes_sent": self.prunes_sent,
             "frames_lost": self.frames_lost,
             "degree_min": self.degree_min,
             "degree_mean": self.degree_mean,
@@ -288,8 +329,13 @@ impl SimReport {
 pub fn table(reports: &[SimReport]) -> String {
     let Some(first) = reports.first() else { return String::new() };
     let mut out = format!(
-        "runnel bench sim: {} nodes, seed {} (replay: --seed {}), {} messages, loss {}, propagation plumtree\n\n",
-        first.nodes, first.seed, first.seed, first.messages, first.loss
+        "runnel bench sim: {} nodes, seed {} (replay: --seed {}), {} messages, loss {}, propagation {}\n\n",
+        first.nodes,
+        first.seed,
+        first.seed,
+        first.messages,
+        first.loss,
+        propagation_name(first.propagation)
     );
     out += "churn  mesh_s  delivery  stretch_p50  stretch_p99  p50_ms  p99_ms  dup/deliv  repair_dup/deliv  degree min/mean/max  connected  wall_s  peak_rss_MiB\n";
     for report in reports {

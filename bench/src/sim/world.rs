@@ -3,7 +3,7 @@
 //! [`EventQueue`] order; every random choice comes from one seeded [`Rng`], drawn in an order
 //! that depends only on the seed (see "Determinism" in the module doc of `sim`).
 
-use super::network::Geography;
+use super::network::{shortest_paths, Geography};
 use super::queue::EventQueue;
 use super::SimOptions;
 use libp2p::PeerId;
@@ -13,7 +13,7 @@ use runnel_core::link::{LinkConfig, LinkRole, VerifyPolicy};
 use runnel_core::relay::{Event as RelayEvent, Relay, RelayConfig};
 use runnel_peering::overlay::{Overlay, OverlayConfig};
 use runnel_peering::wire::{Endpoint, Leave, Request, Response};
-use runnel_peering::{Identity, PeeringConfig, PeeringEvent};
+use runnel_peering::{Identity, NeighborUp, PeeringConfig, PeeringEvent};
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::{StreamPart, StreamPartKey};
@@ -21,6 +21,7 @@ use runnel_proto::testing::Rng;
 use runnel_proto::wire::{self, DatagramBuilder, HeaderFields, Kind, FLAG_REPAIR};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The driver's tick (`control/peering/src/driver.rs`, `TICK`): how often a node below its
@@ -57,14 +58,18 @@ pub const PUBLISHER_NODE: usize = 0;
 /// "Not delivered" in a node's latency record.
 pub const NOT_DELIVERED: u32 = u32::MAX;
 
-/// The relay configuration of every node: the one place the propagation mode is chosen
-/// (the relay's default, Plumtree).
-fn relay_config() -> RelayConfig {
+/// The relay configuration of every node: the relay's defaults but for what is said here,
+/// with the propagation `--propagation` chose.
+fn relay_config(options: &SimOptions) -> RelayConfig {
     // Signatures do not change which route a frame takes or when (the simulator gives
     // nodes infinite CPU): verifying 10^4 × messages ECDSA signatures would cost minutes
     // and measure nothing here. The frames themselves are real, signed, encoded frames.
     let mut config = RelayConfig::new(0, 1, wire::DATAGRAM_LENGTH_DEFAULT, VerifyPolicy::None);
+    // Nothing is verified, so the verifier's batch-root cache (1.9 MiB a relay by default,
+    // allocated up front) would only take room: 10^4 relays would hold 19 GiB of it.
+    config.batch_roots_max = 1;
     config.repair_ring_bytes_max = REPAIR_RING_BYTES;
+    config.propagation = options.propagation;
     config
 }
 
@@ -137,6 +142,8 @@ struct Node {
     peer: PeerId,
     overlay: Overlay,
     relay: Relay,
+    /// The relay's neighbor links: (peer node, local link id), in the order they came up.
+    links: Vec<(usize, u32)>,
     alive: bool,
     started_us: u64,
     killed_us: Option<u64>,
@@ -171,11 +178,16 @@ pub struct Outcome {
     pub nodes_started: usize,
     pub mesh_us: Option<u64>,
     pub publish_us: Vec<u64>,
+    /// Per message: the shortest-path latency from the publisher's node to every node over
+    /// the overlay as it was when the message was published (shared while it did not change).
+    pub distances_us: Vec<Rc<Vec<u64>>>,
     pub frames: FrameTotals,
     pub datagrams: u64,
     pub events: u64,
     pub end_us: u64,
     pub naks_sent: u64,
+    pub grafts_sent: u64,
+    pub prunes_sent: u64,
     pub frames_lost: u64,
     /// Per node: started, killed, first meshed, latencies.
     pub lifetimes: Vec<(u64, Option<u64>, Option<u64>)>,
@@ -205,6 +217,10 @@ pub struct World {
     publisher_link_seq: u64,
     /// Publish time of each message, by frame sequence.
     publish_us: Vec<u64>,
+    /// Per message, the overlay's shortest paths at its publish time; and whether a link
+    /// came up or went down (or a node died) since the last were computed.
+    distances_us: Vec<Rc<Vec<u64>>>,
+    overlay_changed: bool,
     /// Live nodes with at least [`MESHED_DEGREE`] neighbors, and live nodes.
     meshed_now: usize,
     alive_now: usize,
@@ -243,6 +259,8 @@ impl World {
             publisher,
             publisher_link_seq: 0,
             publish_us: Vec::new(),
+            distances_us: Vec::new(),
+            overlay_changed: true,
             meshed_now: 0,
             alive_now: 0,
             mesh_us: None,
@@ -288,7 +306,8 @@ impl World {
         self.nodes.push(Node {
             peer,
             overlay,
-            relay: Relay::new(relay_config()),
+            relay: Relay::new(relay_config(&self.options)),
+            links: Vec::new(),
             alive: false,
             started_us: 0,
             killed_us: None,
@@ -548,26 +567,60 @@ impl World {
         if events.is_empty() {
             return;
         }
-        let state = &mut self.nodes[node];
         for event in events {
             match event {
-                PeeringEvent::NeighborUp(up) => state.relay.add_link(&LinkConfig {
-                    id: up.local_link_id,
-                    peer_link_id: Some(up.remote_link_id),
-                    key: LinkKey(*up.key.expose()),
-                    role: LinkRole::Neighbor,
-                    peer: Some(up.remote_endpoint),
-                    peer_shards: up.remote_shards,
-                    rate_datagrams_per_s: 0,
-                    burst_datagrams: 1,
-                }),
-                PeeringEvent::NeighborDown(down) => state.relay.remove_link(down.local_link_id),
+                PeeringEvent::NeighborUp(up) => self.link_up(node, up),
+                PeeringEvent::NeighborDown(down) => {
+                    let state = &mut self.nodes[node];
+                    state.relay.remove_link(down.local_link_id);
+                    state.links.retain(|(_, link_id)| *link_id != down.local_link_id);
+                    self.overlay_changed = true;
+                }
                 // The overlay makes no client links (the driver does).
                 PeeringEvent::ClientLinkUp(_) | PeeringEvent::ClientLinkDown(_) => {}
             }
         }
         self.update_meshed(node);
         self.drain(node);
+    }
+
+    fn link_up(&mut self, node: usize, up: NeighborUp) {
+        let peer = self.by_peer[&up.peer];
+        let state = &mut self.nodes[node];
+        state.relay.add_link(&LinkConfig {
+            id: up.local_link_id,
+            peer_link_id: Some(up.remote_link_id),
+            key: LinkKey(*up.key.expose()),
+            role: LinkRole::Neighbor,
+            peer: Some(up.remote_endpoint),
+            peer_shards: up.remote_shards,
+            rate_datagrams_per_s: 0,
+            burst_datagrams: 1,
+        });
+        // `add_link` replaces a link of the same id.
+        state.links.retain(|(_, link_id)| *link_id != up.local_link_id);
+        state.links.push((peer, up.local_link_id));
+        self.overlay_changed = true;
+    }
+
+    /// The overlay's links among live nodes now: per node, its neighbors by index (sorted) and
+    /// the mean latency to each.
+    fn overlay_links(&self) -> Vec<Vec<(usize, u64)>> {
+        let links_of = |(index, node): (usize, &Node)| {
+            if !node.alive {
+                return Vec::new();
+            }
+            let mut neighbors: Vec<(usize, u64)> = node
+                .links
+                .iter()
+                .map(|(peer, _)| *peer)
+                .filter(|peer| self.nodes[*peer].alive)
+                .map(|peer| (peer, self.geography.latency_us(index, peer)))
+                .collect();
+            neighbors.sort_unstable();
+            neighbors
+        };
+        self.nodes.iter().enumerate().map(links_of).collect()
     }
 
     fn update_meshed(&mut self, node: usize) {
@@ -724,6 +777,7 @@ impl World {
             assert!(builder.try_push(frame.bytes), "a small message fits a datagram");
         }
         self.publisher.clear_frames();
+        self.record_distances();
         let fields = HeaderFields::new(Kind::Data, PUBLISHER_LINK, self.publisher_link_seq, self.part.0);
         self.publisher_link_seq += 1;
         let datagram = builder.finish(fields, &PUBLISHER_LINK_KEY).to_vec();
@@ -735,6 +789,17 @@ impl World {
         }
     }
 
+    /// The shortest paths of the message just published: those of the last one while the
+    /// overlay did not change, else Dijkstra over it now.
+    fn record_distances(&mut self) {
+        let distances_us = match self.distances_us.last() {
+            Some(last) if !self.overlay_changed => Rc::clone(last),
+            _ => Rc::new(shortest_paths(&self.overlay_links(), PUBLISHER_NODE)),
+        };
+        self.overlay_changed = false;
+        self.distances_us.push(distances_us);
+    }
+
     /// A killed process: its peers see their connections close one trip later; it sends
     /// nothing more (what it sent is still on the wire and arrives).
     fn kill(&mut self, node: usize) {
@@ -743,6 +808,7 @@ impl World {
         let state = &mut self.nodes[node];
         state.alive = false;
         state.killed_us = Some(self.now_us);
+        self.overlay_changed = true;
         self.alive_now -= 1;
         if state.counted_meshed {
             state.counted_meshed = false;
@@ -757,27 +823,7 @@ impl World {
     }
 
     fn outcome(self) -> Outcome {
-        let part = self.part;
-        let links = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| {
-                if !node.alive {
-                    return Vec::new();
-                }
-                let mut neighbors: Vec<(usize, u64)> = node
-                    .overlay
-                    .neighbors(&part)
-                    .iter()
-                    .map(|neighbor| self.by_peer[&neighbor.peer])
-                    .filter(|peer| self.nodes[*peer].alive)
-                    .map(|peer| (peer, self.geography.latency_us(index, peer)))
-                    .collect();
-                neighbors.sort_unstable();
-                neighbors
-            })
-            .collect();
+        let links = self.overlay_links();
         let sum = |counter: Counter| self.nodes.iter().map(|node| node.relay.counters().get(counter)).sum();
         Outcome {
             nodes_started: self.nodes.len(),
@@ -787,12 +833,15 @@ impl World {
             events: self.events,
             end_us: self.now_us,
             naks_sent: sum(Counter::NaksSent),
+            grafts_sent: sum(Counter::GraftsSent),
+            prunes_sent: sum(Counter::PrunesSent),
             frames_lost: sum(Counter::FramesLost),
             lifetimes: self.nodes.iter().map(|node| (node.started_us, node.killed_us, node.meshed_us)).collect(),
             alive: self.nodes.iter().map(|node| node.alive).collect(),
             latencies_us: self.nodes.into_iter().map(|node| node.latencies_us).collect(),
             links,
             publish_us: self.publish_us,
+            distances_us: self.distances_us,
         }
     }
 }

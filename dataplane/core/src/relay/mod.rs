@@ -53,7 +53,7 @@ use crate::filter::{Filter, FilterUpdate, RateLimit, Verdict};
 use crate::link::{shard_of, LinkConfig, LinkRole, Propagation, SlowConsumerPolicy, VerifyPolicy};
 use chain::ChainState;
 use repair::RepairArena;
-use runnel_proto::crypto::{SignatureError, Verifier, VerifyCost};
+use runnel_proto::crypto::{self, SignatureError, Verifier, VerifyCost};
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::StreamPartKey;
 use runnel_proto::wire::{
@@ -79,6 +79,11 @@ pub struct RelayConfig {
     /// Largest datagram this relay builds (UDP payload bytes).
     pub datagram_length_max: usize,
     pub verify: VerifyPolicy,
+    /// Authenticated batch roots the verifier caches (one per batch in flight; rounded up to
+    /// a power of two). The cache is allocated whole when the relay is made, ~118 B a slot:
+    /// 1.9 MiB at the default [`crypto::ROOTS_MAX`]. A relay that never verifies
+    /// ([`VerifyPolicy::None`]) needs one.
+    pub batch_roots_max: usize,
     /// Datagrams waiting to be sent on one link; beyond this they are dropped and counted.
     pub link_queue_datagrams_max: usize,
     /// Repair ring of one stream part: bytes and age bounds.
@@ -143,6 +148,7 @@ impl RelayConfig {
             shards,
             datagram_length_max,
             verify,
+            batch_roots_max: crypto::ROOTS_MAX,
             link_queue_datagrams_max: 16_384,
             repair_ring_bytes_max: 8 << 20,
             repair_age_max_us: 5_000_000,
@@ -706,13 +712,14 @@ impl Relay {
             now_us: 0,
         };
         let repair_rate = RateLimit::new(config.repair_frames_per_s, config.repair_burst_frames);
+        let verifier = Verifier::new(crypto::PUBLIC_KEYS_MAX, config.batch_roots_max);
         Self {
             config,
             counters: Counters::default(),
             links: FastMap::default(),
             neighbor_links: Vec::new(),
             stream_parts: FastMap::default(),
-            verifier: Verifier::default(),
+            verifier,
             filter,
             events: VecDeque::new(),
             outbox,
