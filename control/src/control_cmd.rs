@@ -59,6 +59,10 @@ pub struct ControlArgs {
     /// The dataplane address neighbors send to (default: the dataplane's first listen address).
     #[arg(long, env = "RUNNEL_DATAPLANE_ADDRESS", value_name = "IP:PORT")]
     pub dataplane_address: Option<SocketAddr>,
+    /// Use the dataplane endpoint a neighbor names even when its IP is not the one its
+    /// libp2p connection comes from (hosts with a separate data network).
+    #[arg(long, env = "RUNNEL_TRUST_PEER_ENDPOINTS")]
+    pub trust_peer_endpoints: bool,
 }
 
 /// How often the dataplane's counters are fetched.
@@ -321,6 +325,7 @@ fn start_peering(args: &ControlArgs, identity: Identity, client: &IpcClient, des
             .ok_or_else(|| "the dataplane reported no listen address: pass --dataplane-address".to_string())?,
     };
     let mut config = PeeringConfig::new(identity, Endpoint { address, shards: client.shards });
+    config.trust_peer_endpoints = args.trust_peer_endpoints;
     config.listen =
         args.p2p_listen.iter().map(|text| text.parse().map_err(|e| format!("--p2p-listen {text:?}: {e}"))).collect::<Result<_, _>>()?;
     config.bootstrap =

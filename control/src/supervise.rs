@@ -11,6 +11,7 @@
 //! p2p_listen = ["/ip4/0.0.0.0/tcp/7600"]
 //! bootstrap = ["/ip4/10.0.0.1/tcp/7600/p2p/16Uiu2…"]
 //! dataplane_address = "10.0.0.7:7700"      # what neighbors send to (default: [node] listen)
+//! trust_peer_endpoints = false             # true: accept neighbor endpoints off their connection's IP
 //! ```
 //!
 //! Environment overrides the file: `RUNNEL_ADMIN`, `RUNNEL_KEY_FILE`, `RUNNEL_PASSWORD_FILE`,
@@ -53,6 +54,8 @@ struct ControlSection {
     #[serde(default)]
     bootstrap: Vec<String>,
     dataplane_address: Option<String>,
+    #[serde(default)]
+    trust_peer_endpoints: bool,
 }
 
 fn default_admin() -> String {
@@ -156,6 +159,9 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     flag("RUNNEL_P2P_LISTEN", "p2p-listen", section.p2p_listen);
     flag("RUNNEL_BOOTSTRAP", "bootstrap", section.bootstrap);
     flag("RUNNEL_DATAPLANE_ADDRESS", "dataplane-address", section.dataplane_address.into_iter().collect());
+    if section.trust_peer_endpoints && std::env::var_os("RUNNEL_TRUST_PEER_ENDPOINTS").is_none() {
+        control_args.push("--trust-peer-endpoints".into());
+    }
     for part in section.join {
         control_args.extend(["--join".into(), part]);
     }

@@ -58,6 +58,10 @@ pub struct PeeringConfig {
     /// control process restarting beside a dataplane that forwards); replacements are
     /// sought at once. A dead neighbor goes sooner, when the dataplane finds it silent.
     pub disconnected_grace: Duration,
+    /// Use the dataplane endpoint a neighbor names even when its IP is not the one its
+    /// connection comes from (multi-homed hosts with a separate data network). Off by
+    /// default: a peer could otherwise point our dataplane at a bystander's address.
+    pub trust_peer_endpoints: bool,
     /// How often a part below its target degree starts a provider lookup.
     pub lookup_interval: Duration,
     /// Kademlia query timeout (lookups, provider announcements).
@@ -101,6 +105,7 @@ impl PeeringConfig {
             retry_after_refusal: Duration::from_secs(5),
             retry_after_failure: Duration::from_secs(10),
             disconnected_grace: Duration::from_secs(15),
+            trust_peer_endpoints: false,
             lookup_interval: Duration::from_secs(2),
             query_timeout: Duration::from_secs(20),
             provider_record_ttl: Duration::from_secs(30 * 60),
@@ -353,6 +358,9 @@ counters! {
     NeighborsSilent = "neighbors_silent",
     /// Neighbors dropped because their connection stayed closed for the grace period.
     NeighborsExpired = "neighbors_expired",
+    /// Proposals and Accepts refused because the dataplane endpoint they named is not on
+    /// the IP their connection comes from (`trust_peer_endpoints` off).
+    EndpointMismatches = "endpoint_mismatches",
     /// Client links granted (`runnel pub/sub --node`).
     ClientLinksGranted = "client_links_granted",
     /// Client link requests refused (full, busy, invalid key).

@@ -18,17 +18,18 @@ use crate::codec::{NeighborCodec, NEIGHBOR_PROTOCOL};
 use crate::handshake::{derive_client_link_key, Ephemeral, LinkIds, Transcript};
 use crate::keep_alive;
 use crate::overlay::{Overlay, OverlayError};
-use crate::wire::{ClientGrant, ClientLink, RefuseReason, Request, Response};
+use crate::wire::{ClientGrant, ClientLink, Endpoint, Leave, RefuseReason, Request, Response};
 use crossbeam_channel::TrySendError;
 use futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{connection_limits, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
 use runnel_proto::stream::StreamPartKey;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Kademlia protocol name: Runnel's own DHT, apart from the public IPFS one.
@@ -163,6 +164,9 @@ struct Driver {
     /// Client links by (client, part): at most `clients_max`.
     clients: HashMap<(PeerId, StreamPartKey), u32>,
     client_ids: LinkIds,
+    /// The remote IP of each open connection (from its multiaddr), to check the dataplane
+    /// endpoint a neighbor names against where it connects from.
+    connection_ips: HashMap<ConnectionId, IpAddr>,
     /// Grants we sent whose stream has not finished (as `accepted`).
     granted: HashMap<InboundRequestId, (PeerId, StreamPartKey, u32)>,
     discovery: HashMap<StreamPartKey, Discovery>,
@@ -185,6 +189,20 @@ fn dialable(addresses: Vec<Multiaddr>) -> Vec<Multiaddr> {
     };
     let all_loopback = addresses.iter().all(is_loopback);
     addresses.into_iter().filter(|address| all_loopback || !is_loopback(address)).take(IDENTIFY_ADDRESSES_MAX).collect()
+}
+
+/// The IP of a multiaddr (`/ip4/…` or `/ip6/…`), if it has one.
+fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|protocol| match protocol {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Equal IPs, an IPv4-mapped IPv6 address equal to its IPv4 address.
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
 }
 
 /// The peering thread's body.
@@ -246,6 +264,7 @@ impl Driver {
             outstanding: HashMap::new(),
             accepted: HashMap::new(),
             clients: HashMap::new(),
+            connection_ips: HashMap::new(),
             client_ids: LinkIds::new(config.client_link_ids.clone(), config.clients_max, rand::random()),
             granted: HashMap::new(),
             discovery: HashMap::new(),
@@ -571,12 +590,16 @@ impl Driver {
                 self.counters.add(PeeringCounter::PingTimeouts, 1);
                 self.swarm.close_connection(connection);
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                let parts: Vec<StreamPartKey> = self.clients.keys().filter(|(peer, _)| *peer == peer_id).map(|(_, part)| *part).collect();
-                for part in parts {
-                    self.remove_client_link(peer_id, part);
+            SwarmEvent::ConnectionEstablished { connection_id, endpoint, .. } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.connection_ips.insert(connection_id, ip);
                 }
-                self.overlay.peer_disconnected(&peer_id, Instant::now());
+            }
+            SwarmEvent::ConnectionClosed { connection_id, peer_id, num_established, .. } => {
+                self.connection_ips.remove(&connection_id);
+                if num_established == 0 {
+                    self.peer_gone(peer_id);
+                }
             }
             SwarmEvent::NewListenAddr { address, .. } if self.config.external_addresses.is_empty() => {
                 self.swarm.add_external_address(address);
@@ -586,6 +609,30 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// `peer`'s last connection closed: its client links go, its neighbor links wait out
+    /// their grace period.
+    fn peer_gone(&mut self, peer: PeerId) {
+        let parts: Vec<StreamPartKey> = self.clients.keys().filter(|(client, _)| *client == peer).map(|(_, part)| *part).collect();
+        for part in parts {
+            self.remove_client_link(peer, part);
+        }
+        self.overlay.peer_disconnected(&peer, Instant::now());
+    }
+
+    /// Whether a dataplane endpoint a peer named on `connection` may be used: its IP is the
+    /// one the connection comes from, unless the check is off (`trust_peer_endpoints`).
+    /// Otherwise a peer could point our dataplane at someone else's address.
+    fn endpoint_allowed(&self, connection: ConnectionId, endpoint: &Endpoint) -> bool {
+        if self.config.trust_peer_endpoints {
+            return true;
+        }
+        let allowed = self.connection_ips.get(&connection).is_some_and(|ip| same_ip(*ip, endpoint.address.ip()));
+        if !allowed {
+            self.counters.add(PeeringCounter::EndpointMismatches, 1);
+        }
+        allowed
     }
 
     fn on_kad(&mut self, event: kad::Event) {
@@ -618,9 +665,13 @@ impl Driver {
     fn on_neighbor(&mut self, event: request_response::Event<Request, Response>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request_id, request, channel }, .. } => {
+            Event::Message { peer, connection_id, message: Message::Request { request_id, request, channel } } => {
                 let mut events = Vec::new();
                 let response = match request {
+                    Request::Propose(propose) if !self.endpoint_allowed(connection_id, &propose.endpoint) => {
+                        self.counters.add(PeeringCounter::ProposalsReceived, 1);
+                        Response::Refuse(RefuseReason::Invalid)
+                    }
                     Request::Propose(propose) => {
                         self.counters.add(PeeringCounter::ProposalsReceived, 1);
                         let accepting = self.accepting();
@@ -644,7 +695,7 @@ impl Driver {
                     self.accept_lost(request_id);
                 }
             }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
+            Event::Message { connection_id, message: Message::Response { request_id, response }, .. } => {
                 let Some(Outstanding::Propose { part, peer, local_link_id }) = self.outstanding.remove(&request_id) else { return };
                 let counter = match response {
                     Response::Accept(_) => PeeringCounter::ProposalsAccepted,
@@ -652,7 +703,15 @@ impl Driver {
                 };
                 self.counters.add(counter, 1);
                 let mut events = Vec::new();
-                let leave = self.overlay.handle_reply(&part, peer, local_link_id, &response, Instant::now(), &mut events);
+                // An Accept naming an endpoint elsewhere than the connection's IP counts as
+                // a refusal here; the peer, which made the link, is told to drop it.
+                let (response, mut leave) = match response {
+                    Response::Accept(accept) if !self.endpoint_allowed(connection_id, &accept.endpoint) => {
+                        (Response::Refuse(RefuseReason::Invalid), Some(Leave { part: part.0, link_id: local_link_id }))
+                    }
+                    other => (other, None),
+                };
+                leave = leave.or(self.overlay.handle_reply(&part, peer, local_link_id, &response, Instant::now(), &mut events));
                 self.emit(events);
                 if let Some(leave) = leave {
                     let request = self.swarm.behaviour_mut().neighbor.send_request(&peer, Request::Leave(leave));

@@ -43,8 +43,13 @@ struct Node {
 
 impl Node {
     fn start(index: u16, bootstrap: Vec<Multiaddr>, transport: Transport) -> Self {
+        Self::start_claiming(index, bootstrap, transport, "127.0.0.1")
+    }
+
+    /// A node that names `dataplane_ip` as its dataplane's address (listening on 127.0.0.1).
+    fn start_claiming(index: u16, bootstrap: Vec<Multiaddr>, transport: Transport, dataplane_ip: &str) -> Self {
         let port = 30_000 + index;
-        let dataplane = Endpoint { address: format!("127.0.0.1:{port}").parse().unwrap(), shards: 2 };
+        let dataplane = Endpoint { address: format!("{dataplane_ip}:{port}").parse().unwrap(), shards: 2 };
         let mut config = PeeringConfig::new(Identity::generate(), dataplane);
         config.listen = match transport {
             Transport::TcpAndQuic => vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap(), "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
@@ -374,4 +379,33 @@ fn client_links_are_granted_replaced_and_removed() {
     let error = ClientSession::open(Identity::generate(), &bare, PART, Duration::from_secs(1)).err().expect("refused");
     assert!(error.to_string().contains("/p2p/"), "{error}");
     assert_eq!(nodes[0].handle().counter(PeeringCounter::ClientLinksGranted), 6);
+}
+
+// Goal: a peer that names a dataplane endpoint off the IP its connection comes from (here
+// 127.0.0.2 while it connects from 127.0.0.1) gets no link, whether it proposes or accepts,
+// and the check is counted; an honest third node links to the same bootstrap as usual.
+#[test]
+fn a_peer_naming_someone_elses_dataplane_address_gets_no_link() {
+    let bootstrap = Node::start(40, Vec::new(), Transport::TcpAndQuic);
+    let address = bootstrap.address(true);
+    let mut nodes = vec![bootstrap];
+    nodes.push(Node::start_claiming(41, vec![address.clone()], Transport::TcpAndQuic, "127.0.0.2"));
+    nodes.push(Node::start(42, vec![address], Transport::TcpAndQuic));
+    for node in &nodes {
+        node.handle().join(PART).unwrap();
+    }
+    let (liar, honest) = (nodes[1].peer, nodes[2].peer);
+    wait_until(&mut nodes, Instant::now() + DEADLINE, "the honest nodes linked", |nodes| nodes[0].neighbors(PART).contains(&honest));
+    let deadline = Instant::now() + DEADLINE;
+    while nodes[0].handle().counter(PeeringCounter::EndpointMismatches) + nodes[2].handle().counter(PeeringCounter::EndpointMismatches) == 0
+    {
+        assert!(Instant::now() < deadline, "the liar's endpoint was never checked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its proposals and Accepts keep failing; give it a few rounds.
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &mut nodes {
+        node.drain();
+    }
+    assert!(!nodes[0].neighbors(PART).contains(&liar) && !nodes[2].neighbors(PART).contains(&liar), "an honest node linked to the liar");
 }
