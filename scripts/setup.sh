@@ -16,6 +16,9 @@
 #     and pkg-config (C parts of crates: libsecp256k1, libFuzzer); linux-perf if the
 #     archive has it (optional, for profiling).
 #   - Rust 1.95 with clippy and rustfmt (rustup); installed with rustup if cargo is missing.
+#   - the chain tools (control/chain/npm: anvil, the StreamRegistry and DATA artifacts, solc),
+#     pinned by its package-lock.json and installed with `npm ci --ignore-scripts`; Node.js
+#     and npm from apt when there is no npm on PATH. Re-run when the lock file changes.
 #   - cargo-fuzz, pinned (RUNNEL_CARGO_FUZZ_VERSION) to a release that builds on Rust 1.95.
 #   - RLIMIT_MEMLOCK: glommio and io_uring need ≥ 512 KiB locked memory; raised to the hard
 #     limit (unlimited as root) in a sourcing shell, reported otherwise.
@@ -110,6 +113,26 @@ runnel_setup() {
     if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
         _runnel_step "cargo install cargo-fuzz $cargo_fuzz_version (about a minute)" \
             cargo install cargo-fuzz --locked --version "$cargo_fuzz_version" || return 1
+    fi
+
+    # --- chain tools (npm) ------------------------------------------------------------------
+    local npm_dir
+    npm_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/control/chain/npm"
+    if ! command -v npm >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
+            echo "setup.sh: FAILED: npm is missing and this is not root (no sudo)" >&2
+            echo "setup.sh: run as root: apt-get install -y nodejs npm" >&2
+            return 1
+        fi
+        _runnel_step "apt-get update" $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
+        _runnel_step "apt-get install nodejs npm" $sudo env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends nodejs npm || return 1
+    fi
+    # npm ci writes node_modules/.package-lock.json; it matches the lock file when installed.
+    if [ ! -f "$npm_dir/node_modules/.package-lock.json" ] \
+        || [ "$npm_dir/package-lock.json" -nt "$npm_dir/node_modules/.package-lock.json" ]; then
+        _runnel_step "npm ci in $npm_dir (anvil, contract artifacts, solc)" \
+            npm ci --ignore-scripts --no-audit --no-fund --prefix "$npm_dir" || return 1
     fi
 
     # --- locked memory --------------------------------------------------------------------
