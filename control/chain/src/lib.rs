@@ -9,15 +9,22 @@
 //! - [`contracts`]: bindings of the registry and the token, and their local deployment.
 //! - [`permissions`]: the registry's permissions rebuilt from its events, reorgs included.
 //! - [`registry`]: the writes `runnel stream create|grant|revoke` make.
+//! - [`merkle`]: the earnings tree (Monoplasma) whose roots settlement commits.
+//! - [`settlement`]: the RunnelSettlement contract: funding, commits, withdrawals.
+//! - [`accounting`]: the operator's sans-I/O accounting: signed traffic reports in,
+//!   cumulative earnings out (docs/settlement.md).
 //!
 //! The chain is never on the dataplane's path: the control process turns the book into
 //! filter updates, which the dataplane and its XDP maps enforce as table lookups.
 
+pub mod accounting;
 pub mod anvil;
 pub mod contracts;
+pub mod merkle;
 pub mod permissions;
 pub mod registry;
 pub mod rpc;
+pub mod settlement;
 
 use alloy::primitives::TxHash;
 use std::fmt;
@@ -36,6 +43,9 @@ pub enum ChainError {
     Pending { what: String, hash: TxHash, reason: String },
     /// The transaction was mined and reverted.
     Reverted { what: String, hash: TxHash },
+    /// A dry run (`eth_call`) of the transaction reverted with one of the contract's own
+    /// errors; nothing was sent. `error` is the Solidity error's name (`NothingOwed`).
+    Contract { what: String, error: &'static str, reason: String },
     /// An input from the user or the chain that makes no sense.
     Invalid(String),
 }
@@ -48,6 +58,7 @@ impl fmt::Display for ChainError {
             ChainError::Rejected { what, reason } => write!(f, "{what}: the chain refused the transaction: {reason}"),
             ChainError::Pending { what, hash, reason } => write!(f, "{what}: transaction {hash:#x} has no receipt: {reason}"),
             ChainError::Reverted { what, hash } => write!(f, "{what}: transaction {hash:#x} reverted"),
+            ChainError::Contract { what, error, reason } => write!(f, "{what}: the contract refuses it ({error}): {reason}"),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`crypto`]: Ethereum-style publisher signatures and blake3 Merkle batch signatures.
 //! - [`linktag`]: the keyed header tag that authenticates datagrams on a link.
 //! - [`stream`]: stream and stream part names and keys.
+//! - [`receipt`]: signed per-epoch traffic reports, what settlement pays from.
 //! - [`verdict`], [`rate`], [`clock`]: what the XDP and userspace filters share.
 //! - [`testing`]: the seeded generator tests and simulations use.
 
@@ -20,6 +21,7 @@ pub mod crypto;
 pub mod frame;
 pub mod linktag;
 pub mod rate;
+pub mod receipt;
 pub mod stream;
 pub mod testing;
 pub mod verdict;
