@@ -14,8 +14,15 @@
 //! becomes an `AddLink` for a neighbor link — the key both sides derived, each side's own
 //! link id — and each neighbor lost a `RemoveLink`. Links are part of the state replayed on
 //! reconnect. No file names a node's neighbors.
+//!
+//! With `--chain-rpc` and `--registry` it follows the stream registry on the chain
+//! ([`crate::chain_watch`]): the joined stream parts' publish permissions become policy
+//! commands (diffed, and part of the replayed state), and client links are admitted only
+//! with the registry's Publish or Subscribe permission.
 
 use crate::admin::{self, Route};
+use crate::chain_watch::{self, ChainArgs, ChainWatch};
+use runnel_chain::permissions::PartPolicy;
 use runnel_core::counters::Counter;
 use runnel_core::link::{LinkConfig, LinkRole, LINK_BURST_DATAGRAMS_DEFAULT, LINK_RATE_DATAGRAMS_PER_S_DEFAULT};
 use runnel_keystore::{load_secret, Limits, PasswordSource};
@@ -63,6 +70,8 @@ pub struct ControlArgs {
     /// libp2p connection comes from (hosts with a separate data network).
     #[arg(long, env = "RUNNEL_TRUST_PEER_ENDPOINTS")]
     pub trust_peer_endpoints: bool,
+    #[command(flatten)]
+    pub chain: ChainArgs,
 }
 
 /// How often the dataplane's counters are fetched.
@@ -76,6 +85,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// long enough for peering to find new neighbors (their peers keep their ends as long,
 /// `PeeringConfig::disconnected_grace`).
 const INHERITED_GRACE: Duration = Duration::from_secs(15);
+/// How often the chain's permissions are re-derived even when the book did not change (a
+/// public grant that expires makes a part restricted without any event).
+const POLICY_REFRESH: Duration = Duration::from_secs(1);
 
 /// What control counts (`runnel_control_…_total` in /metrics).
 #[derive(Debug, Default)]
@@ -86,10 +98,11 @@ struct ControlCounters {
     commands_failed: AtomicU64,
     admin_requests: AtomicU64,
     links_inherited: AtomicU64,
+    policy_updates: AtomicU64,
 }
 
 impl ControlCounters {
-    fn list(&self) -> [(&'static str, &'static str, u64); 6] {
+    fn list(&self) -> [(&'static str, &'static str, u64); 7] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("control_ipc_connects", "Connections made to the dataplane's command socket.", get(&self.ipc_connects)),
@@ -105,6 +118,11 @@ impl ControlCounters {
                 "control_links_inherited",
                 "Links found in the dataplane that an earlier control process made (kept for a grace period, then removed).",
                 get(&self.links_inherited),
+            ),
+            (
+                "control_policy_updates",
+                "Permission updates (restrict, permit, revoke) sent to the dataplane from the stream registry.",
+                get(&self.policy_updates),
             ),
         ]
     }
@@ -138,13 +156,22 @@ struct Desired {
     /// Links the dataplane holds that an earlier control process made, and when to remove
     /// them: they forward until then, while peering makes this process's own.
     inherited: BTreeMap<u32, Instant>,
+    /// The registry's publish policy for each joined part, as the dataplane holds it.
+    policy: BTreeMap<StreamPartKey, PartPolicy>,
 }
 
 impl Desired {
     fn commands(&self) -> Vec<Command> {
         let mut commands = self.joins.clone();
+        // Permissions before links: a publisher's first datagram meets its part's policy.
+        let policy = chain_watch::policy_updates(&BTreeMap::new(), &self.policy, chain_watch::monotonic_deadline);
+        commands.extend(policy.into_iter().map(Command::Policy));
         commands.extend(self.neighbors.values().chain(self.clients.values()).map(|n| Command::AddLink(n.link.clone())));
         commands
+    }
+
+    fn joined_parts(&self) -> Vec<StreamPartKey> {
+        self.joins.iter().filter_map(|command| if let Command::Join { part } = command { Some(*part) } else { None }).collect()
     }
 
     /// Takes the dataplane's commanded links (its Hello): those this process did not make
@@ -276,8 +303,13 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let desired =
-        Mutex::new(Desired { joins: parts.iter().map(|part| Command::Join { part: part.key() }).collect(), ..Desired::default() });
+    let chain = ChainWatch::start(&args.chain)?;
+    let mut initial = Desired { joins: parts.iter().map(|part| Command::Join { part: part.key() }).collect(), ..Desired::default() };
+    if let Some(chain) = &chain {
+        // Closed until the first sync: the joined parts start restricted with no publisher.
+        initial.policy = chain_watch::policies_for(&initial.joined_parts(), &chain.view(), chain_watch::unix_now_s());
+    }
+    let desired = Mutex::new(initial);
     let listener = TcpListener::bind(&args.admin).map_err(|e| format!("--admin {}: {e}", args.admin))?;
     let admin_address = listener.local_addr().map_err(|e| e.to_string())?;
     logln!("runnel control: admin on http://{admin_address} (/status, /metrics)");
@@ -296,13 +328,15 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
                 let handle = peering.as_ref().map(|p| &p.handle);
                 match route {
                     Route::Status => {
-                        (status_json(&args, &parts, &view, &desired, handle, &counters, started).to_string(), "application/json")
+                        let mut status = status_json(&args, &parts, &view, &desired, handle, &counters, started);
+                        status["chain"] = chain.as_ref().map_or(Value::Null, |chain| chain_json(chain, &desired));
+                        (status.to_string(), "application/json")
                     }
                     Route::Metrics => (metrics(&view, handle, &counters), "text/plain; version=0.0.4; charset=utf-8"),
                 }
             })
         });
-        let followed = follow_dataplane(&args, identity, &desired, &peering, &view, &counters);
+        let followed = follow_dataplane(&args, identity, chain.as_ref(), &desired, &peering, &view, &counters);
         stop.store(true, Ordering::Release);
         let served = server.join().unwrap_or_else(|_| Err(std::io::Error::other("the admin server panicked")));
         followed.and(served.map_err(|e| format!("admin endpoint: {e}")))
@@ -315,7 +349,13 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
 }
 
 /// Starts peering for the dataplane `client` is connected to, and joins every part.
-fn start_peering(args: &ControlArgs, identity: Identity, client: &IpcClient, desired: &Desired) -> Result<PeeringState, String> {
+fn start_peering(
+    args: &ControlArgs,
+    identity: Identity,
+    client: &IpcClient,
+    desired: &Desired,
+    chain: Option<&ChainWatch>,
+) -> Result<PeeringState, String> {
     let address = match args.dataplane_address {
         Some(address) => address,
         None => client
@@ -326,6 +366,7 @@ fn start_peering(args: &ControlArgs, identity: Identity, client: &IpcClient, des
     };
     let mut config = PeeringConfig::new(identity, Endpoint { address, shards: client.shards });
     config.trust_peer_endpoints = args.trust_peer_endpoints;
+    config.admission = chain.map(ChainWatch::admission);
     config.listen =
         args.p2p_listen.iter().map(|text| text.parse().map_err(|e| format!("--p2p-listen {text:?}: {e}"))).collect::<Result<_, _>>()?;
     config.bootstrap =
@@ -363,6 +404,7 @@ fn absorb_peering(peering: &Mutex<Option<PeeringState>>, desired: &Mutex<Desired
 fn follow_dataplane(
     args: &ControlArgs,
     mut identity: Option<Identity>,
+    chain: Option<&ChainWatch>,
     desired: &Mutex<Desired>,
     peering: &Mutex<Option<PeeringState>>,
     view: &Mutex<DataplaneView>,
@@ -396,10 +438,10 @@ fn follow_dataplane(
             view.shards = client.shards;
         }
         if let Some(identity) = identity.take() {
-            let state = start_peering(args, identity, &client, &desired.lock().expect("no panics while holding it"))?;
+            let state = start_peering(args, identity, &client, &desired.lock().expect("no panics while holding it"), chain)?;
             *peering.lock().expect("no panics while holding it") = Some(state);
         }
-        let result = session(&mut client, desired, peering, view, counters);
+        let result = session(&mut client, chain, desired, peering, view, counters);
         view.lock().expect("no panics while holding it").connected = false;
         if let Err(error) = result {
             counters.ipc_disconnects.fetch_add(1, Ordering::Relaxed);
@@ -413,6 +455,7 @@ fn follow_dataplane(
 /// peering events into commands.
 fn session(
     client: &mut IpcClient,
+    chain: Option<&ChainWatch>,
     desired: &Mutex<Desired>,
     peering: &Mutex<Option<PeeringState>>,
     view: &Mutex<DataplaneView>,
@@ -438,9 +481,13 @@ fn session(
     }
     client.set_read_timeout(READ_TIMEOUT)?;
     let mut next_status = Instant::now();
+    let mut policy_seen = (u64::MAX, Vec::new(), Instant::now());
     while !crate::signals::stop_requested() {
         for command in absorb_peering(peering, desired) {
             client.send(&command)?;
+        }
+        if let Some(chain) = chain {
+            apply_chain_policy(client, chain, desired, &mut policy_seen, counters, peering)?;
         }
         for command in desired.lock().expect("no panics while holding it").expire_inherited(Instant::now()) {
             client.send(&command)?;
@@ -458,6 +505,40 @@ fn session(
             }
             Some(Reply::ProtocolError { message }) => return Err(IpcError::Handshake(message)),
             Some(_) | None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Re-derives the joined parts' permissions when the book, the joins or a second changed,
+/// and sends the dataplane what differs. `seen` is (book generation, joined parts, when).
+fn apply_chain_policy(
+    client: &mut IpcClient,
+    chain: &ChainWatch,
+    desired: &Mutex<Desired>,
+    seen: &mut (u64, Vec<StreamPartKey>, Instant),
+    counters: &ControlCounters,
+    peering: &Mutex<Option<PeeringState>>,
+) -> Result<(), IpcError> {
+    let joined = desired.lock().expect("no panics while holding it").joined_parts();
+    let generation = chain.view().generation;
+    if generation == seen.0 && joined == seen.1 && seen.2.elapsed() < POLICY_REFRESH {
+        return Ok(());
+    }
+    let policy = chain_watch::policies_for(&joined, &chain.view(), chain_watch::unix_now_s());
+    *seen = (generation, joined, Instant::now());
+    let updates = {
+        let mut desired = desired.lock().expect("no panics while holding it");
+        let updates = chain_watch::policy_updates(&desired.policy, &policy, chain_watch::monotonic_deadline);
+        desired.policy = policy;
+        updates
+    };
+    for update in updates {
+        counters.policy_updates.fetch_add(1, Ordering::Relaxed);
+        let command = Command::Policy(update);
+        if let Err(error) = client.execute(&command, |event| on_event(&event, counters, peering))? {
+            counters.commands_failed.fetch_add(1, Ordering::Relaxed);
+            logln!("runnel control: permission update refused: {}", error.message);
         }
     }
     Ok(())
@@ -547,6 +628,23 @@ fn status_json(
         "inherited_links": desired.inherited.keys().collect::<Vec<_>>(),
         "counters": dataplane_counters,
         "control": control,
+    })
+}
+
+/// `/status`'s `chain` object: how far the registry has been read and what it gave.
+fn chain_json(chain: &ChainWatch, desired: &Desired) -> Value {
+    let view = chain.view();
+    json!({
+        "rpc": chain.endpoint,
+        "registry": format!("{:#x}", chain.registry),
+        "synced_block": view.synced_to,
+        "polls": view.polls,
+        "poll_errors": view.poll_errors,
+        "last_error": view.last_error,
+        "reorgs": view.reorgs,
+        "events": view.events,
+        "streams": view.book.streams().count(),
+        "restricted_parts": desired.policy.values().filter(|policy| policy.is_some()).count(),
     })
 }
 

@@ -26,6 +26,7 @@ use self::loss_window::{Arrival, LossWindow};
 use crate::pubsub::{identity_of, LinkSource, Pacer, Signatures};
 use runnel_client::{ClientOptions, Outgoing, PublisherThread, UdpClient};
 use runnel_peering::client::ClientSession;
+use runnel_peering::wire::ClientAccess;
 use runnel_peering::Identity;
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::stream::StreamPart;
@@ -199,9 +200,14 @@ fn wait_for_mesh(nodes: &mut [DevNode], degree: usize, dir: &Path) -> Result<f64
 }
 
 /// A client link from node `node`'s control process, as `runnel pub/sub --node` get theirs.
-fn client_link(node: &DevNode, identity: Identity, part: &StreamPart) -> Result<(runnel_client::ClientLinkConfig, ClientSession), String> {
+fn client_link(
+    node: &DevNode,
+    identity: Identity,
+    part: &StreamPart,
+    access: ClientAccess,
+) -> Result<(runnel_client::ClientLinkConfig, ClientSession), String> {
     let source = LinkSource { link: None, node: Some(node.p2p.clone()) };
-    let (link, session) = source.open(part, || Ok(identity))?;
+    let (link, session) = source.open(part, access, || Ok(identity))?;
     Ok((link, session.expect("--node links come with a session")))
 }
 
@@ -316,7 +322,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let mut sessions = Vec::new();
     let mut subscriber_links = Vec::new();
     for &index in &subscriber_nodes {
-        let (link, session) = client_link(&nodes[index], Identity::generate(), &part)?;
+        let (link, session) = client_link(&nodes[index], Identity::generate(), &part, ClientAccess::Subscribe)?;
         subscriber_links.push(link);
         sessions.push(session);
     }
@@ -361,7 +367,7 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let origin: ([u8; 20], u64);
     let publisher_key = PublisherKey::generate();
     let publisher_identity = identity_of(&publisher_key)?;
-    let (publisher_link, publisher_session) = client_link(&nodes[0], publisher_identity, &part)?;
+    let (publisher_link, publisher_session) = client_link(&nodes[0], publisher_identity, &part, ClientAccess::Publish)?;
     sessions.push(publisher_session);
     let publisher = {
         let link = publisher_link;

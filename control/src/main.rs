@@ -3,7 +3,8 @@
 //! The command line of a Runnel node: `runnel node` runs a dataplane from a config file,
 //! `runnel control` the control process beside it (over the dataplane's `--ipc` socket),
 //! `runnel dev` starts a whole local network with traffic and live numbers, `runnel pub` /
-//! `runnel sub` publish and subscribe over a client link, `runnel keygen` makes keys, and
+//! `runnel sub` publish and subscribe over a client link, `runnel keygen` makes keys, `runnel stream` creates streams and sets their permissions on
+//! the chain, and
 //! `runnel bench` runs the benchmark programs of `bench/`.
 
 use clap::{Parser, Subcommand};
@@ -12,12 +13,14 @@ use clap::{Parser, Subcommand};
 #[macro_use]
 mod log;
 mod admin;
+mod chain_watch;
 mod control_cmd;
 mod dev;
 mod keygen;
 mod node_cmd;
 mod pubsub;
 mod signals;
+mod stream_cmd;
 mod supervise;
 
 #[global_allocator]
@@ -54,6 +57,8 @@ enum Command {
     /// Make a publisher key (Ethereum account) in a new 0600 file or keystore (--out FILE;
     /// prints only its address), or with --link a 32-byte link key.
     Keygen(keygen::KeygenArgs),
+    /// Streams on the chain's StreamRegistry: create, grant, revoke, info.
+    Stream(stream_cmd::StreamArgs),
 }
 
 fn main() {
@@ -67,6 +72,7 @@ fn main() {
         Command::Sub(args) => pubsub::run_sub(args),
         Command::Bench { args } => runnel_bench::cli::run(&args).map_err(|e| e.to_string()),
         Command::Keygen(args) => keygen::run(args),
+        Command::Stream(args) => stream_cmd::run(args),
     };
     if let Err(error) = result {
         logln!("runnel: {error}");

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use runnel_peering::client::ClientSession;
+use runnel_peering::wire::ClientAccess;
 use runnel_peering::Identity;
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT;
@@ -36,6 +37,7 @@ impl LinkSource {
     pub(crate) fn open(
         &self,
         part: &StreamPart,
+        access: ClientAccess,
         identity: impl FnOnce() -> Result<Identity, String>,
     ) -> Result<(ClientLinkConfig, Option<ClientSession>), String> {
         if let Some(path) = &self.link {
@@ -43,7 +45,8 @@ impl LinkSource {
         }
         let text = self.node.as_deref().expect("clap requires --link or --node");
         let address = text.parse().map_err(|e| format!("--node {text:?}: {e}"))?;
-        let session = ClientSession::open(identity()?, &address, part.key(), GRANT_TIMEOUT).map_err(|e| format!("--node {text}: {e}"))?;
+        let session =
+            ClientSession::open(identity()?, &address, part.key(), access, GRANT_TIMEOUT).map_err(|e| format!("--node {text}: {e}"))?;
         let grant = session.grant();
         let link = ClientLinkConfig {
             node: grant.endpoint.address,
@@ -127,6 +130,13 @@ pub struct SubArgs {
     /// Do not verify publisher signatures (the node already does unless it runs verify = "none").
     #[arg(long)]
     pub no_verify: bool,
+    /// The subscriber's account key (0600 key file or keystore): with `--node`, a node that
+    /// follows the chain admits it only with Subscribe permission. Default: a fresh key.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// File holding the keystore's password (mode 0600). Default: $RUNNEL_KEYSTORE_PASSWORD.
+    #[arg(long, requires = "key_file")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// The libp2p identity of a publisher key (the same secp256k1 key).
@@ -169,7 +179,7 @@ pub fn run_pub(args: PubArgs) -> Result<(), String> {
     let part = StreamPart::parse(&args.stream).map_err(|e| format!("--stream: {e}"))?;
     let key = load_publisher_key(args.key_file.as_deref(), args.password_file.as_deref())?;
     // The publisher's key is also its libp2p identity: the node sees which account asked.
-    let (link, session) = args.link.open(&part, || identity_of(&key))?;
+    let (link, session) = args.link.open(&part, ClientAccess::Publish, || identity_of(&key))?;
     let options = ClientOptions { publisher_key: Some(key.clone()), signing: args.signatures.mode(), verify: false, gso: true };
     let client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
     // Stays 200 ms after the last message to answer the node's NAKs and probe a lost tail:
@@ -266,7 +276,13 @@ impl Pacer {
 
 pub fn run_sub(args: SubArgs) -> Result<(), String> {
     let part = StreamPart::parse(&args.stream).map_err(|e| format!("--stream: {e}"))?;
-    let (link, session) = args.link.open(&part, || Ok(Identity::generate()))?;
+    let identity = || match &args.key_file {
+        Some(path) => {
+            identity_of(&crate::keygen::load_key_file(path, args.password_file.as_deref()).map_err(|e| format!("--key-file: {e}"))?)
+        }
+        None => Ok(Identity::generate()),
+    };
+    let (link, session) = args.link.open(&part, ClientAccess::Subscribe, identity)?;
     let options = ClientOptions { publisher_key: None, verify: !args.no_verify, ..ClientOptions::default() };
     let mut client = UdpClient::connect_with(&link, options).map_err(|e| format!("cannot open client link: {e}"))?;
     let stream_key = part.key();

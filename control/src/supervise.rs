@@ -12,10 +12,15 @@
 //! bootstrap = ["/ip4/10.0.0.1/tcp/7600/p2p/16Uiu2…"]
 //! dataplane_address = "10.0.0.7:7700"      # what neighbors send to (default: [node] listen)
 //! trust_peer_endpoints = false             # true: accept neighbor endpoints off their connection's IP
+//! chain_rpc = "http://10.0.0.2:8545"       # permissions from the stream registry on this chain
+//! registry = "0x…"                         # the StreamRegistry contract
+//! registry_block = 0                       # its deployment block
+//! chain_poll_ms = 250                      # how often the chain is read
 //! ```
 //!
 //! Environment overrides the file: `RUNNEL_ADMIN`, `RUNNEL_KEY_FILE`, `RUNNEL_PASSWORD_FILE`,
-//! `RUNNEL_P2P_LISTEN` and `RUNNEL_BOOTSTRAP` (comma-separated), `RUNNEL_DATAPLANE_ADDRESS`
+//! `RUNNEL_P2P_LISTEN` and `RUNNEL_BOOTSTRAP` (comma-separated), `RUNNEL_DATAPLANE_ADDRESS`,
+//! `RUNNEL_CHAIN_RPC`, `RUNNEL_REGISTRY`, `RUNNEL_REGISTRY_BLOCK`, `RUNNEL_CHAIN_POLL_MS`
 //! (a key set in the environment is not passed as a flag, so `runnel control` reads it).
 //!
 //! - The children are this same executable: `runnel node --ipc SOCK` (with `--ipc`, `runnel
@@ -56,6 +61,10 @@ struct ControlSection {
     dataplane_address: Option<String>,
     #[serde(default)]
     trust_peer_endpoints: bool,
+    chain_rpc: Option<String>,
+    registry: Option<String>,
+    registry_block: Option<u64>,
+    chain_poll_ms: Option<u64>,
 }
 
 fn default_admin() -> String {
@@ -159,6 +168,10 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     flag("RUNNEL_P2P_LISTEN", "p2p-listen", section.p2p_listen);
     flag("RUNNEL_BOOTSTRAP", "bootstrap", section.bootstrap);
     flag("RUNNEL_DATAPLANE_ADDRESS", "dataplane-address", section.dataplane_address.into_iter().collect());
+    flag("RUNNEL_CHAIN_RPC", "chain-rpc", section.chain_rpc.into_iter().collect());
+    flag("RUNNEL_REGISTRY", "registry", section.registry.into_iter().collect());
+    flag("RUNNEL_REGISTRY_BLOCK", "registry-block", section.registry_block.map(|b| b.to_string()).into_iter().collect());
+    flag("RUNNEL_CHAIN_POLL_MS", "chain-poll-ms", section.chain_poll_ms.map(|ms| ms.to_string()).into_iter().collect());
     if section.trust_peer_endpoints && std::env::var_os("RUNNEL_TRUST_PEER_ENDPOINTS").is_none() {
         control_args.push("--trust-peer-endpoints".into());
     }

@@ -37,15 +37,21 @@ pub fn anvil_path() -> Result<PathBuf, ChainError> {
 /// Options for [`Anvil::start`].
 #[derive(Clone, Debug, Default)]
 pub struct AnvilOptions {
-    /// Port on 127.0.0.1; `None` = any free port.
+    /// Port; `None` = any free port.
     pub port: Option<u16>,
     /// Seconds between blocks; `None` = a block per transaction (auto-mining).
     pub block_time: Option<u64>,
+    /// The address to listen on; `None` = 127.0.0.1.
+    pub host: Option<std::net::IpAddr>,
+    /// Run inside this network namespace (`ip netns exec`), for tests whose nodes live in
+    /// namespaces: the chain is then reachable from them at `host`, not from the caller.
+    pub netns: Option<String>,
 }
 
 /// A running anvil; dropping it kills the process.
 pub struct Anvil {
     child: Child,
+    host: std::net::IpAddr,
     port: u16,
     keys: Vec<[u8; 32]>,
 }
@@ -61,8 +67,17 @@ impl Anvil {
     /// each) are read from its own banner: [`Anvil::dev_key`].
     pub fn start(options: &AnvilOptions) -> Result<Anvil, ChainError> {
         let path = anvil_path()?;
-        let mut command = Command::new(&path);
-        command.args(["--host", "127.0.0.1", "--port", &options.port.unwrap_or(0).to_string(), "--accounts", "10"]);
+        let host = options.host.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let mut command = match &options.netns {
+            Some(netns) => {
+                // `ip netns exec` execs anvil in the same process: the death signal holds.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&path);
+                command
+            }
+            None => Command::new(&path),
+        };
+        command.args(["--host", &host.to_string(), "--port", &options.port.unwrap_or(0).to_string(), "--accounts", "10"]);
         if let Some(seconds) = options.block_time {
             command.args(["--block-time", &seconds.to_string()]);
         }
@@ -121,12 +136,12 @@ impl Anvil {
             let _ = child.wait();
             return Err(ChainError::Setup("anvil printed no dev account keys".into()));
         }
-        Ok(Anvil { child, port, keys })
+        Ok(Anvil { child, host, port, keys })
     }
 
     /// Its JSON-RPC endpoint.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", std::net::SocketAddr::new(self.host, self.port))
     }
 
     pub fn port(&self) -> u16 {

@@ -5,7 +5,7 @@ use crate::driver;
 use crate::identity::Identity;
 pub use crate::overlay::NeighborInfo;
 use crate::overlay::OverlayConfig;
-use crate::wire::Endpoint;
+use crate::wire::{ClientAccess, Endpoint, RefuseReason};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use runnel_keystore::Secret;
@@ -24,6 +24,15 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Commands waiting for the peering thread; a full queue is [`PeeringError::Busy`].
 pub const COMMAND_QUEUE_LENGTH: usize = 256;
+
+/// Who may have a client link. A node that follows the chain answers from the stream
+/// registry (its cached copy: this is called on the peering thread and must not block);
+/// without one every client is admitted.
+pub trait ClientAdmission: Send + Sync + fmt::Debug {
+    /// `Ok` to grant `client` (its Ethereum account, proved by its libp2p key) a link to
+    /// publish to or subscribe to `part`; otherwise the reason to refuse with.
+    fn admit(&self, client: [u8; 20], part: StreamPartKey, access: ClientAccess) -> Result<(), RefuseReason>;
+}
 
 /// Everything the peering thread needs. [`PeeringConfig::new`] fills in the defaults.
 #[derive(Clone, Debug)]
@@ -85,6 +94,8 @@ pub struct PeeringConfig {
     /// (it refuses with Busy and proposes to no one); NeighborDown events wait in the
     /// peering thread, at most one per neighbor.
     pub event_queue_length: usize,
+    /// Checks each client link request; `None` admits every client.
+    pub admission: Option<Arc<dyn ClientAdmission>>,
 }
 
 impl PeeringConfig {
@@ -117,6 +128,7 @@ impl PeeringConfig {
             clients_max: 256,
             client_link_ids: 0x0001_0000..=0x7fff_ffff,
             event_queue_length: 1024,
+            admission: None,
         }
     }
 
@@ -276,6 +288,11 @@ pub enum PeeringError {
     TooManyStreamParts {
         max: usize,
     },
+    /// The node refused a client link ([`crate::client::ClientSession::open`]).
+    Refused {
+        reason: RefuseReason,
+        access: ClientAccess,
+    },
 }
 
 impl fmt::Display for PeeringError {
@@ -287,6 +304,27 @@ impl fmt::Display for PeeringError {
             PeeringError::Stopped => write!(f, "the peering thread has stopped"),
             PeeringError::TooManyStreamParts { max } => {
                 write!(f, "already joined stream_parts_max = {max} stream parts: leave one or raise the limit")
+            }
+            PeeringError::Refused { reason, access } => {
+                let why = match reason {
+                    RefuseReason::Busy => "busy (it holds its maximum of client links, or is behind): retry later",
+                    RefuseReason::Invalid => "invalid request",
+                    RefuseReason::NotPermitted => match access {
+                        ClientAccess::Publish => {
+                            "not permitted: the stream registry gives this account no live Publish permission on the stream \
+                             (`runnel stream grant <stream> <account> publish`)"
+                        }
+                        ClientAccess::Subscribe => {
+                            "not permitted: the stream registry gives this account no live Subscribe permission on the stream \
+                             (`runnel stream grant <stream> <account> subscribe`)"
+                        }
+                    },
+                    RefuseReason::UnknownStream => {
+                        "unknown stream: the stream registry the node follows has no such stream part (`runnel stream create`)"
+                    }
+                    RefuseReason::Full | RefuseReason::NotJoined | RefuseReason::Conflict => "refused",
+                };
+                write!(f, "the node refused a client link to {}: {why}", access.name())
             }
         }
     }
@@ -365,6 +403,9 @@ counters! {
     ClientLinksGranted = "client_links_granted",
     /// Client link requests refused (full, busy, invalid key).
     ClientLinksRefused = "client_links_refused",
+    /// Client link requests refused because the stream registry does not permit the client
+    /// (or does not know the stream); also counted in `client_links_refused`.
+    ClientLinksNotPermitted = "client_links_not_permitted",
     /// Client links removed (the client disconnected or asked again).
     ClientLinksDown = "client_links_down",
 }

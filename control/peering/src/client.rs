@@ -12,7 +12,7 @@
 use crate::api::{Counters, PeeringError};
 use crate::codec::{NeighborCodec, NEIGHBOR_PROTOCOL};
 use crate::handshake::{derive_client_link_key, validate_endpoint, Ephemeral, Transcript};
-use crate::wire::{ClientLink, Endpoint, RefuseReason, Request, Response};
+use crate::wire::{ClientAccess, ClientLink, Endpoint, Request, Response};
 use crate::{keep_alive, Identity};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
@@ -67,8 +67,16 @@ pub struct ClientSession {
 
 impl ClientSession {
     /// Asks the node at `node` (a multiaddr ending in `/p2p/<PeerId>`) for a client link for
-    /// `part`, as `identity`; gives up after `timeout`.
-    pub fn open(identity: Identity, node: &Multiaddr, part: StreamPartKey, timeout: Duration) -> Result<Self, PeeringError> {
+    /// `part`, to publish or to subscribe (`access`: a node that follows the chain checks the
+    /// stream registry's permission of that kind for `identity`'s account), as `identity`;
+    /// gives up after `timeout`. A refusal is [`PeeringError::Refused`].
+    pub fn open(
+        identity: Identity,
+        node: &Multiaddr,
+        part: StreamPartKey,
+        access: ClientAccess,
+        timeout: Duration,
+    ) -> Result<Self, PeeringError> {
         let Some(Protocol::P2p(node_peer)) = node.iter().last() else {
             return Err(PeeringError::Config(format!("node address {node} does not end in /p2p/<PeerId>: add the node's id")));
         };
@@ -95,7 +103,7 @@ impl ClientSession {
                             return;
                         }
                     };
-                    let granted = tokio::time::timeout(timeout, negotiate(&mut swarm, &identity, node, node_peer, part)).await;
+                    let granted = tokio::time::timeout(timeout, negotiate(&mut swarm, &identity, node, node_peer, part, access)).await;
                     let granted =
                         granted.unwrap_or_else(|_| Err(PeeringError::Start(format!("no client link from the node within {timeout:?}"))));
                     let ok = granted.is_ok();
@@ -162,6 +170,7 @@ async fn negotiate(
     node: Multiaddr,
     node_peer: PeerId,
     part: StreamPartKey,
+    access: ClientAccess,
 ) -> Result<ClientGrant, PeeringError> {
     swarm.behaviour_mut().keep_alive.set_neighbor(node_peer, true);
     swarm.dial(node.clone()).map_err(|error| PeeringError::Start(format!("cannot dial {node}: {error}")))?;
@@ -171,7 +180,7 @@ async fn negotiate(
     loop {
         match swarm.select_next_some().await {
             SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node_peer => {
-                let request = Request::ClientLink(ClientLink { part: part.0, ephemeral_public: ours_public });
+                let request = Request::ClientLink(ClientLink { part: part.0, access, ephemeral_public: ours_public });
                 swarm.behaviour_mut().neighbor.send_request(&node_peer, request);
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {
@@ -184,9 +193,7 @@ async fn negotiate(
             })) if peer == node_peer => {
                 let grant = match response {
                     Response::ClientGrant(grant) => grant,
-                    Response::Refuse(reason) => {
-                        return Err(PeeringError::Start(format!("the node refused a client link: {}", refusal(reason))))
-                    }
+                    Response::Refuse(reason) => return Err(PeeringError::Refused { reason, access }),
                     _ => return Err(PeeringError::Start("the node answered a client link request with something else".into())),
                 };
                 validate_endpoint(&grant.endpoint)
@@ -211,14 +218,6 @@ async fn negotiate(
             }
             _ => {}
         }
-    }
-}
-
-fn refusal(reason: RefuseReason) -> &'static str {
-    match reason {
-        RefuseReason::Busy => "busy (it holds its maximum of client links, or is behind): retry later",
-        RefuseReason::Invalid => "invalid request",
-        RefuseReason::Full | RefuseReason::NotJoined | RefuseReason::Conflict => "refused",
     }
 }
 

@@ -422,6 +422,18 @@ impl Driver {
             self.counters.add(PeeringCounter::ClientLinksRefused, 1);
             return Response::Refuse(RefuseReason::Busy);
         }
+        if let Some(admission) = &self.config.admission {
+            // A PeerId that carries no secp256k1 key has no account the registry could name.
+            let verdict = match crate::identity::address_of_peer(&peer) {
+                Some(client) => admission.admit(client, part, request.access),
+                None => Err(RefuseReason::NotPermitted),
+            };
+            if let Err(reason) = verdict {
+                self.counters.add(PeeringCounter::ClientLinksRefused, 1);
+                self.counters.add(PeeringCounter::ClientLinksNotPermitted, 1);
+                return Response::Refuse(reason);
+            }
+        }
         let Some(link_id) = self.client_ids.allocate() else {
             self.counters.add(PeeringCounter::ClientLinksRefused, 1);
             return Response::Refuse(RefuseReason::Busy);

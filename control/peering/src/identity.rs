@@ -90,6 +90,18 @@ impl Identity {
     }
 }
 
+/// The Ethereum address behind a PeerId: a secp256k1 PeerId carries its public key inline
+/// (an identity multihash), and the address is that key's. `None` for other key types (an
+/// ed25519 peer has no Ethereum account).
+pub fn address_of_peer(peer: &PeerId) -> Option<[u8; 20]> {
+    let multihash = peer.as_ref();
+    if multihash.code() != 0 {
+        return None;
+    }
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    runnel_proto::crypto::address_of_sec1(&public.try_into_secp256k1().ok()?.to_bytes())
+}
+
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Identity(peer {}, address {})", self.peer_id, self.address_hex())
@@ -132,6 +144,8 @@ mod tests {
         let expected = ::secp256k1::PublicKey::from_secret_key(::secp256k1::SECP256K1, &secret);
         assert_eq!(public.to_bytes(), expected.serialize());
         assert_eq!(runnel_proto::crypto::address_of(&expected), identity.address());
+        assert_eq!(address_of_peer(&identity.peer_id()), Some(identity.address()));
+        assert_eq!(address_of_peer(&PeerId::random()), None, "random bytes are no secp256k1 key");
     }
 
     // Goal: no key material in Debug or Display.

@@ -80,5 +80,5 @@ mod api;
 #[cfg(feature = "swarm")]
 pub use api::*;
 #[cfg(feature = "swarm")]
-pub use identity::{Identity, IdentityError};
+pub use identity::{address_of_peer, Identity, IdentityError};
 pub use wire::Endpoint;

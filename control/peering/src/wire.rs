@@ -15,7 +15,7 @@
 //! request  = version (1) ‖ kind (1) ‖ body
 //!   kind 1 Propose: part (32) ‖ link id (u32) ‖ endpoint ‖ ephemeral X25519 public key (32)
 //!   kind 2 Leave:   part (32) ‖ link id (u32, the sender's own id of the link it leaves)
-//!   kind 3 ClientLink: part (32) ‖ ephemeral X25519 public key (32)
+//!   kind 3 ClientLink: part (32) ‖ access (1: 1 publish, 2 subscribe) ‖ ephemeral X25519 public key (32)
 //! response = version (1) ‖ kind (1) ‖ body
 //!   kind 1 Accept:  link id (u32) ‖ endpoint ‖ ephemeral X25519 public key (32)
 //!   kind 2 Refuse:  reason (1)
@@ -24,7 +24,11 @@
 //! endpoint = family (1: 4 or 6) ‖ address (4 or 16) ‖ port (u16) ‖ shards (u16)
 //! ```
 //!
-//! Decoding is strict: an unknown version, kind, family or reason, a short message and
+//! Version 2 added the access byte of `ClientLink` and the refuse reasons `NotPermitted` and
+//! `UnknownStream` (a node that follows the chain refuses a client the stream registry does
+//! not permit); version 1 peers are refused at decode.
+//!
+//! Decoding is strict: an unknown version, kind, family, access or reason, a short message and
 //! trailing bytes are errors ([`WireError`]), never panics. Whether a well-formed value makes
 //! sense (port 0, zero shards, a low-order X25519 key) is the handshake's question, not the
 //! decoder's (`handshake::validate_endpoint`).
@@ -33,7 +37,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The only version this code speaks. A peer with another one is refused at decode.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// No message is longer than this (an IPv6 Propose is 2 + 32 + 4 + 21 + 32 = 91 bytes); the
 /// codec reads at most this many bytes plus one from a stream before it gives up.
 pub const MESSAGE_BYTES_MAX: usize = 128;
@@ -72,10 +76,37 @@ pub struct Leave {
     pub link_id: u32,
 }
 
+/// What a client asks a link for: the stream registry's two permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientAccess {
+    Publish = 1,
+    Subscribe = 2,
+}
+
+impl ClientAccess {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Publish),
+            2 => Some(Self::Subscribe),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// "Give me a client link for this stream part": from a publisher or subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLink {
     pub part: [u8; 32],
+    /// Whether the client publishes or subscribes (a node that follows the chain checks the
+    /// client's account against the registry's permission of that kind).
+    pub access: ClientAccess,
     pub ephemeral_public: [u8; 32],
 }
 
@@ -111,6 +142,11 @@ pub enum RefuseReason {
     /// The responder cannot take a neighbor now (its event queue to the dataplane is full,
     /// or it has no link id free); try later.
     Busy = 5,
+    /// `ClientLink`: the stream registry gives the client's account no live permission of
+    /// the kind it asked for.
+    NotPermitted = 6,
+    /// `ClientLink`: the stream part is not a part of any stream in the registry.
+    UnknownStream = 7,
 }
 
 impl RefuseReason {
@@ -121,6 +157,8 @@ impl RefuseReason {
             3 => Self::Conflict,
             4 => Self::Invalid,
             5 => Self::Busy,
+            6 => Self::NotPermitted,
+            7 => Self::UnknownStream,
             _ => return None,
         })
     }
@@ -153,6 +191,7 @@ pub enum WireError {
     UnknownKind(u8),
     UnknownAddressFamily(u8),
     UnknownRefuseReason(u8),
+    UnknownAccess(u8),
     TrailingBytes { count: usize },
 }
 
@@ -165,6 +204,7 @@ impl fmt::Display for WireError {
             WireError::UnknownKind(kind) => write!(f, "unknown neighbor message kind {kind}"),
             WireError::UnknownAddressFamily(family) => write!(f, "unknown address family {family} (expected 4 or 6)"),
             WireError::UnknownRefuseReason(reason) => write!(f, "unknown refuse reason {reason}"),
+            WireError::UnknownAccess(access) => write!(f, "unknown client access {access} (expected 1 publish or 2 subscribe)"),
             WireError::TrailingBytes { count } => write!(f, "{count} bytes after the end of a neighbor message"),
         }
     }
@@ -251,6 +291,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
         REQUEST_LEAVE => Request::Leave(Leave { part: reader.array("stream part key")?, link_id: reader.u32("link id")? }),
         REQUEST_CLIENT_LINK => Request::ClientLink(ClientLink {
             part: reader.array("stream part key")?,
+            access: {
+                let byte = reader.u8("access")?;
+                ClientAccess::from_byte(byte).ok_or(WireError::UnknownAccess(byte))?
+            },
             ephemeral_public: reader.array("ephemeral public key")?,
         }),
         kind => return Err(WireError::UnknownKind(kind)),
@@ -319,6 +363,7 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
         Request::ClientLink(request) => {
             out.push(REQUEST_CLIENT_LINK);
             out.extend_from_slice(&request.part);
+            out.push(request.access as u8);
             out.extend_from_slice(&request.ephemeral_public);
         }
     }
@@ -370,12 +415,15 @@ mod tests {
             Request::Propose(Propose { part: [7; 32], link_id: 0x8000_0001, endpoint: endpoint_v4(), ephemeral_public: [9; 32] }),
             Request::Propose(Propose { part: [1; 32], link_id: u32::MAX, endpoint: endpoint_v6(), ephemeral_public: [2; 32] }),
             Request::Leave(Leave { part: [3; 32], link_id: 5 }),
-            Request::ClientLink(ClientLink { part: [4; 32], ephemeral_public: [6; 32] }),
+            Request::ClientLink(ClientLink { part: [4; 32], access: ClientAccess::Publish, ephemeral_public: [6; 32] }),
+            Request::ClientLink(ClientLink { part: [5; 32], access: ClientAccess::Subscribe, ephemeral_public: [6; 32] }),
         ];
         let responses = vec![
             Response::Accept(Accept { link_id: 4, endpoint: endpoint_v6(), ephemeral_public: [8; 32] }),
             Response::Refuse(RefuseReason::Full),
             Response::Refuse(RefuseReason::Busy),
+            Response::Refuse(RefuseReason::NotPermitted),
+            Response::Refuse(RefuseReason::UnknownStream),
             Response::LeaveAck,
             Response::ClientGrant(ClientGrant { link_id: 7, endpoint: endpoint_v4(), ephemeral_public: [5; 32] }),
         ];
@@ -417,9 +465,13 @@ mod tests {
                 assert!(decode_response(&bytes[..end]).is_err());
             }
         }
-        assert_eq!(decode_request(&[2, 1]), Err(WireError::UnknownVersion(2)));
-        assert_eq!(decode_request(&[1, 9]), Err(WireError::UnknownKind(9)));
-        assert_eq!(decode_response(&[1, 2, 0]), Err(WireError::UnknownRefuseReason(0)));
+        assert_eq!(decode_request(&[1, 1]), Err(WireError::UnknownVersion(1)), "version 1 had no access byte");
+        assert_eq!(decode_request(&[2, 9]), Err(WireError::UnknownKind(9)));
+        assert_eq!(decode_response(&[2, 2, 0]), Err(WireError::UnknownRefuseReason(0)));
+        assert_eq!(decode_response(&[2, 2, 8]), Err(WireError::UnknownRefuseReason(8)));
+        let mut client_link = encode_request(&samples().0[3]);
+        client_link[2 + 32] = 3;
+        assert_eq!(decode_request(&client_link), Err(WireError::UnknownAccess(3)));
         let mut propose = encode_request(&samples().0[0]);
         propose[2 + 32 + 4] = 5;
         assert_eq!(decode_request(&propose), Err(WireError::UnknownAddressFamily(5)));

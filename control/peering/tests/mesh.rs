@@ -4,9 +4,13 @@
 
 use crossbeam_channel::Receiver;
 use libp2p::{Multiaddr, PeerId};
-use runnel_peering::{Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringEvent, PeeringHandle};
+use runnel_peering::wire::{ClientAccess, RefuseReason};
+use runnel_peering::{
+    ClientAdmission, Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringError, PeeringEvent, PeeringHandle,
+};
 use runnel_proto::stream::StreamPartKey;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PART: StreamPartKey = StreamPartKey([0x50; 32]);
@@ -43,11 +47,18 @@ struct Node {
 
 impl Node {
     fn start(index: u16, bootstrap: Vec<Multiaddr>, transport: Transport) -> Self {
-        Self::start_claiming(index, bootstrap, transport, "127.0.0.1")
+        Self::start_claiming(index, bootstrap, transport, "127.0.0.1", None)
     }
 
-    /// A node that names `dataplane_ip` as its dataplane's address (listening on 127.0.0.1).
-    fn start_claiming(index: u16, bootstrap: Vec<Multiaddr>, transport: Transport, dataplane_ip: &str) -> Self {
+    /// A node that names `dataplane_ip` as its dataplane's address (listening on 127.0.0.1)
+    /// and checks client links with `admission`.
+    fn start_claiming(
+        index: u16,
+        bootstrap: Vec<Multiaddr>,
+        transport: Transport,
+        dataplane_ip: &str,
+        admission: Option<Arc<dyn ClientAdmission>>,
+    ) -> Self {
         let port = 30_000 + index;
         let dataplane = Endpoint { address: format!("{dataplane_ip}:{port}").parse().unwrap(), shards: 2 };
         let mut config = PeeringConfig::new(Identity::generate(), dataplane);
@@ -63,6 +74,7 @@ impl Node {
         config.quic_idle_timeout = Duration::from_secs(3);
         // No dataplane here reports a dead neighbor silent: the grace alone drops it.
         config.disconnected_grace = Duration::from_secs(2);
+        config.admission = admission;
         let (handle, events) = Peering::spawn(config).expect("peering starts");
         let peer = handle.local_peer_id();
         Self {
@@ -343,7 +355,8 @@ fn client_links_are_granted_replaced_and_removed() {
         let node_address = nodes[0].address(tcp);
         let identity = Identity::generate();
         let client_peer = identity.peer_id();
-        let session = ClientSession::open(identity.clone(), &node_address, PART, Duration::from_secs(10)).expect("a client link");
+        let session = ClientSession::open(identity.clone(), &node_address, PART, ClientAccess::Publish, Duration::from_secs(10))
+            .expect("a client link");
         assert!(session.connected());
         let grant = session.grant();
         assert_eq!((grant.endpoint.address.port(), grant.endpoint.shards, grant.node), (nodes[0].port, 2, nodes[0].peer));
@@ -354,14 +367,15 @@ fn client_links_are_granted_replaced_and_removed() {
         assert_eq!((up.part, up.link_id, up.key.expose()), (PART, grant.link_id, grant.key.expose()));
         let first_link = up.link_id;
         // The same client asking again for the same part: the new link replaces the old.
-        let again = ClientSession::open(identity, &node_address, PART, Duration::from_secs(10)).unwrap();
+        let again = ClientSession::open(identity, &node_address, PART, ClientAccess::Subscribe, Duration::from_secs(10)).unwrap();
         assert_ne!(again.grant().link_id, first_link);
         wait_until(&mut nodes, Instant::now() + Duration::from_secs(10), "the old link's ClientLinkDown", |nodes| {
             nodes[0].client_downs.iter().any(|down| down.link_id == first_link)
         });
         let second_link = again.grant().link_id;
         // A second request from another client for another part gets its own link.
-        let other = ClientSession::open(Identity::generate(), &node_address, PART_A, Duration::from_secs(10)).unwrap();
+        let other =
+            ClientSession::open(Identity::generate(), &node_address, PART_A, ClientAccess::Subscribe, Duration::from_secs(10)).unwrap();
         assert_ne!(other.grant().link_id, first_link);
         assert_ne!(other.grant().key.expose(), grant.key.expose());
         drop(other);
@@ -376,9 +390,56 @@ fn client_links_are_granted_replaced_and_removed() {
     }
     // A node address without /p2p is refused with a clear message.
     let bare: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
-    let error = ClientSession::open(Identity::generate(), &bare, PART, Duration::from_secs(1)).err().expect("refused");
+    let error =
+        ClientSession::open(Identity::generate(), &bare, PART, ClientAccess::Publish, Duration::from_secs(1)).err().expect("refused");
     assert!(error.to_string().contains("/p2p/"), "{error}");
     assert_eq!(nodes[0].handle().counter(PeeringCounter::ClientLinksGranted), 6);
+}
+
+/// Admits only `allowed` to subscribe and anyone to publish, for `PART` alone.
+#[derive(Debug)]
+struct OnlySubscriber {
+    allowed: [u8; 20],
+}
+
+impl ClientAdmission for OnlySubscriber {
+    fn admit(&self, client: [u8; 20], part: StreamPartKey, access: ClientAccess) -> Result<(), RefuseReason> {
+        if part != PART {
+            return Err(RefuseReason::UnknownStream);
+        }
+        match access {
+            ClientAccess::Publish => Ok(()),
+            ClientAccess::Subscribe if client == self.allowed => Ok(()),
+            ClientAccess::Subscribe => Err(RefuseReason::NotPermitted),
+        }
+    }
+}
+
+// Goal: a node with an admission check asks it with the account behind the client's PeerId
+// and the access the client asked for, refuses with the check's reason (a clear error at the
+// client, counted at the node), and grants what it admits.
+#[test]
+fn client_links_are_checked_against_the_admission() {
+    use runnel_peering::client::ClientSession;
+    let allowed = Identity::generate();
+    let admission: Arc<dyn ClientAdmission> = Arc::new(OnlySubscriber { allowed: allowed.address() });
+    let node = Node::start_claiming(45, Vec::new(), Transport::TcpAndQuic, "127.0.0.1", Some(admission));
+    node.handle().join(PART).unwrap();
+    let address = node.address(true);
+    let timeout = Duration::from_secs(10);
+    let stranger = Identity::generate();
+    let refused = ClientSession::open(stranger.clone(), &address, PART, ClientAccess::Subscribe, timeout).err().expect("refused");
+    assert!(matches!(refused, PeeringError::Refused { reason: RefuseReason::NotPermitted, access: ClientAccess::Subscribe }), "{refused}");
+    assert!(refused.to_string().contains("Subscribe permission"), "{refused}");
+    let unknown = ClientSession::open(stranger.clone(), &address, PART_A, ClientAccess::Publish, timeout).err().expect("refused");
+    assert!(matches!(unknown, PeeringError::Refused { reason: RefuseReason::UnknownStream, .. }), "{unknown}");
+    let publisher = ClientSession::open(stranger, &address, PART, ClientAccess::Publish, timeout).expect("publishing is open");
+    let subscriber = ClientSession::open(allowed, &address, PART, ClientAccess::Subscribe, timeout).expect("the allowed subscriber");
+    assert!(publisher.connected() && subscriber.connected());
+    assert_eq!(node.handle().counter(PeeringCounter::ClientLinksNotPermitted), 2);
+    assert_eq!(node.handle().counter(PeeringCounter::ClientLinksRefused), 2);
+    assert_eq!(node.handle().counter(PeeringCounter::ClientLinksGranted), 2);
+    drop(node);
 }
 
 // Goal: a peer that names a dataplane endpoint off the IP its connection comes from (here
@@ -389,7 +450,7 @@ fn a_peer_naming_someone_elses_dataplane_address_gets_no_link() {
     let bootstrap = Node::start(40, Vec::new(), Transport::TcpAndQuic);
     let address = bootstrap.address(true);
     let mut nodes = vec![bootstrap];
-    nodes.push(Node::start_claiming(41, vec![address.clone()], Transport::TcpAndQuic, "127.0.0.2"));
+    nodes.push(Node::start_claiming(41, vec![address.clone()], Transport::TcpAndQuic, "127.0.0.2", None));
     nodes.push(Node::start(42, vec![address], Transport::TcpAndQuic));
     for node in &nodes {
         node.handle().join(PART).unwrap();

@@ -54,6 +54,13 @@ pub fn address_of(public_key: &PublicKey) -> [u8; 20] {
     hash[12..].try_into().expect("20 bytes")
 }
 
+/// The Ethereum address of a public key in SEC1 form (33 bytes compressed or 65
+/// uncompressed), as libp2p carries a secp256k1 PeerId's key; `None` if it is not a point on
+/// the curve.
+pub fn address_of_sec1(public_key: &[u8]) -> Option<[u8; 20]> {
+    PublicKey::from_slice(public_key).ok().map(|key| address_of(&key))
+}
+
 /// Renders an address as `0x` + lower-case hex.
 pub fn address_hex(address: &[u8; 20]) -> String {
     format!("0x{}", hex::encode(address))
