@@ -19,9 +19,11 @@
 //! chains, are counted only there and in `untracked_delivered`).
 
 mod latency_histogram;
+mod local_chain;
 mod loss_window;
 
 use self::latency_histogram::LatencyHistogram;
+use self::local_chain::LocalChain;
 use self::loss_window::{Arrival, LossWindow};
 use crate::pubsub::{identity_of, LinkSource, Pacer, Signatures};
 use runnel_client::{ClientOptions, Outgoing, PublisherThread, UdpClient};
@@ -64,6 +66,10 @@ pub struct DevArgs {
     /// /tmp, mode 0700).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run without the local chain: no anvil, no contracts, the dev stream public and its
+    /// permissions unchecked.
+    #[arg(long)]
+    pub no_chain: bool,
 }
 
 /// Most nodes `runnel dev` starts (each is three processes and three loopback ports).
@@ -71,7 +77,8 @@ const NODES_MAX: usize = 32;
 /// How long the nodes get to find each other before `runnel dev` gives up.
 const MESH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A stream part of anvil's account 0 (the owner is only a name until the chain issue).
+/// The dev stream's part 0. Its owner is anvil's account 0, which creates it on the local
+/// chain.
 pub const DEV_STREAM: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/runnel-dev#0";
 
 /// Free loopback ports, found by binding port 0 (the OS picks); all held at once, so none
@@ -128,19 +135,20 @@ struct NodePorts {
 }
 
 /// Writes node `index`'s identity key and config and starts it, its log in `dir`.
-fn start_node(dir: &Path, index: usize, ports: &NodePorts, bootstrap: Option<&str>) -> Result<DevNode, String> {
+fn start_node(dir: &Path, index: usize, ports: &NodePorts, bootstrap: Option<&str>, chain: Option<&LocalChain>) -> Result<DevNode, String> {
     let identity = Identity::generate();
     let key_path = dir.join(format!("node{index}.key"));
     write_key_file(&key_path, &format!("{}\n", identity.publisher_key().secret_hex()))?;
     let bootstrap = bootstrap.map(|b| format!("\"{b}\"")).unwrap_or_default();
     let config = format!(
         "[node]\nlisten = \"127.0.0.1:{}\"\nshards = 1\nverify = \"all\"\n\n[control]\nadmin = \"127.0.0.1:{}\"\njoin = [\"{DEV_STREAM}\"]\n\
-         ipc = \"{}\"\nkey_file = \"{}\"\np2p_listen = [\"/ip4/127.0.0.1/tcp/{}\"]\nbootstrap = [{bootstrap}]\n",
+         ipc = \"{}\"\nkey_file = \"{}\"\np2p_listen = [\"/ip4/127.0.0.1/tcp/{}\"]\nbootstrap = [{bootstrap}]\n{}",
         ports.udp,
         ports.admin,
         dir.join(format!("node{index}.sock")).display(),
         key_path.display(),
-        ports.p2p
+        ports.p2p,
+        chain.map(LocalChain::control_config).unwrap_or_default(),
     );
     let config_path = dir.join(format!("node{index}.toml"));
     write_key_file(&config_path, &config)?;
@@ -197,6 +205,23 @@ fn wait_for_mesh(nodes: &mut [DevNode], degree: usize, dir: &Path) -> Result<f64
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until every node has read the chain up to `block` (so it holds every permission
+/// the setup wrote); returns the seconds it took.
+fn wait_for_chain_sync(nodes: &[DevNode], block: u64, dir: &Path) -> Result<f64, String> {
+    let started = Instant::now();
+    let synced = |node: &DevNode| status(node.admin).is_ok_and(|s| s["chain"]["synced_block"].as_u64().is_some_and(|b| b >= block));
+    while !nodes.iter().all(synced) {
+        if crate::signals::stop_requested() || started.elapsed() > MESH_TIMEOUT {
+            return Err(format!(
+                "the nodes did not read the local chain up to block {block} within {MESH_TIMEOUT:?}; logs in {}",
+                dir.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// A client link from node `node`'s control process, as `runnel pub/sub --node` get theirs.
@@ -297,14 +322,37 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         return Err("--size must be at least 8 bytes (the payload carries its send time)".into());
     }
     let dir = private_dir(args.dir.as_deref())?;
+    let part = StreamPart::parse(DEV_STREAM).expect("valid constant");
+    // The publisher's key comes first: the local chain grants it Publish.
+    let publisher_key = PublisherKey::generate();
+    let chain = if args.no_chain {
+        None
+    } else {
+        let chain = LocalChain::start(publisher_key.address().into())?;
+        if chain.stream != part.stream_id() {
+            return Err(format!("local chain: created stream {} where {} was expected", chain.stream, part.stream_id()));
+        }
+        logln!(
+            "runnel dev: local chain (anvil) at {} in {:.2} s: StreamRegistryV5 {:#x}, DATAv2 {:#x}, RunnelSettlement {:#x} \
+             holding {} DATA for the stream; {}: Subscribe public, Publish only for the dev publisher {}",
+            chain.endpoint(),
+            chain.setup_s,
+            chain.deployment.registry,
+            chain.deployment.token,
+            chain.settlement,
+            chain.json()["sponsorship_data"],
+            chain.stream,
+            runnel_proto::crypto::address_hex(&publisher_key.address()),
+        );
+        Some(chain)
+    };
     let (udp, admin, p2p) = (free_ports(args.nodes, true)?, free_ports(args.nodes, false)?, free_ports(args.nodes, false)?);
     let mut nodes: Vec<DevNode> = Vec::new();
     for index in 0..args.nodes {
         let ports = NodePorts { udp: udp[index], admin: admin[index], p2p: p2p[index] };
         let bootstrap = nodes.first().map(|first| first.p2p.clone());
-        nodes.push(start_node(&dir, index, &ports, bootstrap.as_deref())?);
+        nodes.push(start_node(&dir, index, &ports, bootstrap.as_deref(), chain.as_ref())?);
     }
-    let part = StreamPart::parse(DEV_STREAM).expect("valid constant");
     let stream_key = part.key();
     // The overlay's target is 4; a smaller network can give each node only n − 1.
     let degree = (args.nodes - 1).min(3);
@@ -316,6 +364,14 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let mesh_s = wait_for_mesh(&mut nodes, degree, &dir)?;
     let degrees: Vec<usize> = nodes.iter().map(|node| status(node.admin).map_or(0, |s| neighbor_count(&s))).collect();
     logln!("runnel dev: the nodes found each other over libp2p in {mesh_s:.2} s; neighbors per node {degrees:?}");
+    let chain_sync_s = match &chain {
+        Some(chain) => {
+            let seconds = wait_for_chain_sync(&nodes, chain.ready_block, &dir)?;
+            logln!("runnel dev: every node follows the registry (block {} read {seconds:.2} s after the mesh)", chain.ready_block);
+            Some(seconds)
+        }
+        None => None,
+    };
     logln!("runnel dev: attach: runnel sub --node {} --stream '{DEV_STREAM}'", nodes[nodes.len() - 1].p2p);
     logln!("runnel dev: status: curl http://{}/status (and /metrics)", nodes[0].admin);
     let subscriber_nodes: Vec<usize> = if args.nodes == 1 { vec![0] } else { (1..args.nodes).collect() };
@@ -365,7 +421,6 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     let published = Arc::new(AtomicU64::new(0));
     // Our publisher's address and chain: the one whose losses count.
     let origin: ([u8; 20], u64);
-    let publisher_key = PublisherKey::generate();
     let publisher_identity = identity_of(&publisher_key)?;
     let (publisher_link, publisher_session) = client_link(&nodes[0], publisher_identity, &part, ClientAccess::Publish)?;
     sessions.push(publisher_session);
@@ -449,9 +504,11 @@ pub fn run(args: DevArgs) -> Result<(), String> {
     // Every node's dataplane counters, summed, from its control process's /status.
     let mut node_counters: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut neighbors = Vec::new();
+    let mut synced_blocks = Vec::new();
     for node in &nodes {
         let status = status(node.admin).map_err(|e| format!("node status at the end: {e}"))?;
         neighbors.push(neighbor_count(&status));
+        synced_blocks.push(status["chain"]["synced_block"].clone());
         for (name, value) in status["counters"].as_object().into_iter().flatten() {
             *node_counters.entry(name.clone()).or_default() += value.as_u64().unwrap_or(0);
         }
@@ -474,8 +531,16 @@ pub fn run(args: DevArgs) -> Result<(), String> {
         "delivered_per_s": tally.delivered as f64 / elapsed_s,
         "latency_us_p50": p50_us,
         "latency_us_p99": p99_us,
+        "chain": chain.as_ref().map(|chain| {
+            let mut json = chain.json();
+            json["seconds_to_sync"] = json!(chain_sync_s);
+            json["node_synced_blocks"] = json!(synced_blocks);
+            json
+        }),
         "node_counters": node_counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
     });
+    // The chain outlives the nodes: they follow it until they stop.
+    drop(chain);
     if args.json {
         println!("{summary}");
     } else {

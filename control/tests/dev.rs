@@ -56,4 +56,24 @@ fn summary_accounts_for_every_message() {
     assert_eq!(delivered + lost, published * subscribers + duplicates + late, "{summary}");
     assert!(lost * 100 <= published * subscribers, "NAK repair keeps loopback loss under 1 %: {summary}");
     assert!(0 < p50_us && p50_us <= p99_us, "{summary}");
+    // The local chain: deployed, the dev stream created on it, and every node followed the
+    // registry past the setup (so the publisher's link and frames were checked against it).
+    let chain = &summary["chain"];
+    for key in ["endpoint", "registry", "token", "settlement", "settlement_operator"] {
+        assert!(chain[key].as_str().is_some_and(|v| v.starts_with("http://127.0.0.1:") || v.len() == 42), "chain.{key}: {summary}");
+    }
+    assert_eq!(chain["stream"], "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/runnel-dev", "{summary}");
+    let ready = chain["ready_block"].as_u64().unwrap_or_else(|| panic!("no ready_block: {summary}"));
+    let synced = chain["node_synced_blocks"].as_array().unwrap_or_else(|| panic!("no node_synced_blocks: {summary}"));
+    assert!(synced.len() == 3 && synced.iter().all(|b| b.as_u64().is_some_and(|b| b >= ready)), "{summary}");
+}
+
+// Goal: `--no-chain` runs the same network without anvil: the stream is public, nothing
+// is read from a chain, and the messages still flow.
+#[test]
+fn runs_without_a_chain() {
+    let summary = run_dev("nochain", &["--nodes", "2", "--rate", "1000", "--duration", "2", "--no-chain"]);
+    assert!(summary["chain"].is_null(), "{summary}");
+    assert!(number(&summary, "published") > 500 && number(&summary, "delivered") > 0, "{summary}");
+    assert_eq!(number(&summary, "lost"), 0, "{summary}");
 }
