@@ -6,7 +6,9 @@
 //! drift from what is accepted. Defaults shown are rendered from the subcommand's own default
 //! options, not written down a second time. `--json` and `-h`/`--help` are common to all.
 
-use crate::{BenchError, FanoutOptions, FloodRate, LatencyOptions, RelayChainOptions, SimOptions, UdpCeilingOptions, XdpOptions};
+use crate::{
+    BenchError, ChainOptions, FanoutOptions, FloodRate, LatencyOptions, RelayChainOptions, SimOptions, UdpCeilingOptions, XdpOptions,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -130,7 +132,7 @@ impl<O> Subcommand<O> {
 }
 
 /// Every `runnel bench` subcommand, in the order `runnel bench --help` lists them.
-pub static COMMANDS: [&dyn Command; 6] = [&FANOUT, &RELAY_CHAIN, &LATENCY, &UDP_CEILING, &XDP, &SIM];
+pub static COMMANDS: [&dyn Command; 7] = [&FANOUT, &RELAY_CHAIN, &LATENCY, &UDP_CEILING, &XDP, &SIM, &CHAIN];
 
 /// Runs `runnel bench <args>`.
 pub fn run(args: &[String]) -> Result<(), BenchError> {
@@ -456,6 +458,53 @@ static XDP: Subcommand<XdpOptions> = Subcommand {
             takes: Takes::Value("N", |o, v| number(v).map(|n| o.repeat = n)),
             help: "runs per BPF_PROG_TEST_RUN call for the stateless verdicts",
             default: |o| o.repeat.to_string(),
+        },
+    ],
+};
+
+static CHAIN: Subcommand<ChainOptions> = Subcommand {
+    name: "chain",
+    summary: "permissions from the chain: their cost on the fast path, revoke-to-rejection time on anvil, settlement gas",
+    defaults: ChainOptions::default,
+    run: |options| crate::chain(options).map(|report| (report.to_json(), report.table())),
+    flags: &[
+        Flag {
+            name: "--messages",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.messages = n)),
+            help: "messages per fast-path round",
+            default: |o| o.messages.to_string(),
+        },
+        Flag {
+            name: "--rounds",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.rounds = n)),
+            help: "fast-path rounds of each variant (public, restricted), alternating",
+            default: |o| o.rounds.to_string(),
+        },
+        Flag {
+            name: "--revokes",
+            takes: Takes::Value("N", |o, v| number(v).map(|n| o.revokes = n)),
+            help: "grant/revoke cycles timed on anvil",
+            default: |o| o.revokes.to_string(),
+        },
+        Flag {
+            name: "--chain-poll-ms",
+            takes: Takes::Value("MS", |o, v| number(v).map(|n| o.chain_poll_ms = n)),
+            help: "the node's registry poll interval ([control] chain_poll_ms)",
+            default: |o| o.chain_poll_ms.to_string(),
+        },
+        Flag {
+            name: "--tree-sizes",
+            takes: Takes::Value("N,N,..", |o, v| {
+                v.split(',').map(number).collect::<Result<Vec<usize>, _>>().map(|sizes| o.tree_sizes = sizes)
+            }),
+            help: "accounts in the settlement trees whose commit and withdrawal gas is measured",
+            default: |o| o.tree_sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+        },
+        Flag {
+            name: "--runnel-binary",
+            takes: Takes::Value("PATH", |o, v| path(v).map(|p| o.runnel_binary = p)),
+            help: RUNNEL_BINARY_HELP,
+            default: |_| THIS_EXECUTABLE.to_string(),
         },
     ],
 };

@@ -36,6 +36,7 @@
 //! Prerequisites: `nats-server` (`apt-get install -y nats-server`) for the baseline; a kernel
 //! with UDP GSO/GRO (Linux ≥ 5.0) for the ceiling.
 
+pub mod chain;
 pub mod cli;
 pub mod fanout;
 pub mod latency;
@@ -51,6 +52,7 @@ pub mod xdp;
 #[cfg(feature = "zenoh")]
 pub mod zenoh;
 
+pub use chain::{chain, ChainOptions, ChainReport};
 pub use fanout::{fanout, FanoutOptions, FanoutReport, SignatureMode};
 pub use latency::{latency, LatencyOptions, LatencyReport};
 pub use relay_chain::{relay_chain, RelayChainOptions, RelayChainReport};

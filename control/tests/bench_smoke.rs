@@ -169,3 +169,44 @@ fn every_bench_subcommand_has_help() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("runnel bench fanout --help"), "{output:?}");
 }
+
+// Goal: `runnel bench chain` runs end to end on anvil (registry, node, publisher and
+// subscriber, settlement) and reports numbers with the shape physics gives them: the
+// revoke is enforced after it was sent, a commit costs the same whatever the tree's size,
+// and a withdrawal's proof grows with the tree.
+#[test]
+fn bench_chain_reports_revocation_and_gas() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (pid, output) = run_runnel(&[
+        "bench",
+        "chain",
+        "--messages",
+        "20000",
+        "--rounds",
+        "1",
+        "--revokes",
+        "2",
+        "--chain-poll-ms",
+        "100",
+        "--tree-sizes",
+        "1,16",
+        "--json",
+    ]);
+    assert!(output.status.success(), "runnel bench chain: {}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let fast = &json["fast_path"];
+    assert!(fast["public_ns_per_message"].as_f64().is_some_and(|ns| ns > 0.0), "{json}");
+    assert!(fast["restricted_over_public"].as_f64().is_some_and(|r| r > 0.0), "{json}");
+    let revocation = &json["revocation"];
+    assert_eq!(revocation["cycles"], 2, "{json}");
+    let from_send = revocation["from_send_ms"]["min"].as_f64().expect("from_send_ms");
+    assert!(from_send > 0.0 && from_send < 10_000.0, "the first rejected message was sent after the revoke: {json}");
+    let trees = json["gas"]["trees"].as_array().expect("trees");
+    let (one, sixteen) = (&trees[0], &trees[1]);
+    assert_eq!((one["proof_length"].as_u64(), sixteen["proof_length"].as_u64()), (Some(0), Some(4)), "{json}");
+    let commit = |tree: &serde_json::Value| tree["commit"].as_u64().expect("commit gas");
+    assert!(commit(sixteen).abs_diff(commit(one)) < 1_000, "a commit stores one root: {json}");
+    assert!(sixteen["withdraw"].as_u64() > one["withdraw"].as_u64(), "a longer proof costs more: {json}");
+    assert!(json["gas"]["transfer"].as_u64().is_some_and(|gas| gas > 21_000), "{json}");
+    assert_eq!(leftover_children_of(pid), Vec::<String>::new());
+}
