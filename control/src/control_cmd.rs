@@ -24,15 +24,17 @@ use crate::admin::{self, Route};
 use crate::chain_watch::{self, ChainArgs, ChainWatch};
 use runnel_chain::permissions::PartPolicy;
 use runnel_core::counters::Counter;
+use runnel_core::filter::FilterUpdate;
 use runnel_core::link::{LinkConfig, LinkRole, LINK_BURST_DATAGRAMS_DEFAULT, LINK_RATE_DATAGRAMS_PER_S_DEFAULT};
 use runnel_keystore::{load_secret, Limits, PasswordSource};
 use runnel_node::command::Command;
 use runnel_node::ipc::{IpcClient, IpcError, Reply, WireEvent};
-use runnel_peering::{Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringEvent, PeeringHandle};
+use runnel_peering::wire::{ClientAccess, RefuseReason};
+use runnel_peering::{ClientAdmission, Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringEvent, PeeringHandle};
 use runnel_proto::linktag::LinkKey;
 use runnel_proto::stream::{StreamPart, StreamPartKey};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,10 +101,11 @@ struct ControlCounters {
     admin_requests: AtomicU64,
     links_inherited: AtomicU64,
     policy_updates: AtomicU64,
+    clients_revoked: AtomicU64,
 }
 
 impl ControlCounters {
-    fn list(&self) -> [(&'static str, &'static str, u64); 7] {
+    fn list(&self) -> [(&'static str, &'static str, u64); 8] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("control_ipc_connects", "Connections made to the dataplane's command socket.", get(&self.ipc_connects)),
@@ -124,6 +127,11 @@ impl ControlCounters {
                 "Permission updates (restrict, permit, revoke) sent to the dataplane from the stream registry.",
                 get(&self.policy_updates),
             ),
+            (
+                "control_clients_revoked",
+                "Subscriber client links removed because the stream registry no longer grants them Subscribe.",
+                get(&self.clients_revoked),
+            ),
         ]
     }
 }
@@ -143,6 +151,21 @@ struct Agreed {
     part: StreamPartKey,
     peer: String,
     link: LinkConfig,
+    /// A client link's account (from its PeerId) and what it was admitted to.
+    client: Option<(Option<[u8; 20]>, ClientAccess)>,
+}
+
+impl Agreed {
+    /// A client link's scope: its part, and only the access it was admitted to.
+    fn scope(&self) -> Option<Command> {
+        let (_, access) = self.client?;
+        Some(Command::Policy(FilterUpdate::ScopeClient {
+            link_id: self.link.id,
+            part: self.part,
+            publish: access == ClientAccess::Publish,
+            subscribe: access == ClientAccess::Subscribe,
+        }))
+    }
 }
 
 /// What control wants the dataplane to hold: replayed on every (re)connect.
@@ -153,6 +176,9 @@ struct Desired {
     neighbors: BTreeMap<u32, Agreed>,
     /// Client links (`runnel pub/sub --node`) by link id.
     clients: BTreeMap<u32, Agreed>,
+    /// Client links removed because the chain took their Subscribe permission; their
+    /// ClientLinkDown needs no RemoveLink.
+    revoked_clients: BTreeSet<u32>,
     /// Links the dataplane holds that an earlier control process made, and when to remove
     /// them: they forward until then, while peering makes this process's own.
     inherited: BTreeMap<u32, Instant>,
@@ -166,8 +192,39 @@ impl Desired {
         // Permissions before links: a publisher's first datagram meets its part's policy.
         let policy = chain_watch::policy_updates(&BTreeMap::new(), &self.policy, chain_watch::monotonic_deadline);
         commands.extend(policy.into_iter().map(Command::Policy));
+        // A client link's scope before the link: it never exists unbound.
+        commands.extend(self.clients.values().filter_map(Agreed::scope));
         commands.extend(self.neighbors.values().chain(self.clients.values()).map(|n| Command::AddLink(n.link.clone())));
         commands
+    }
+
+    /// RemoveLink for each subscriber the book no longer admits (revoked, expired, stream
+    /// deleted); a publisher's frames are dropped by the filter's permissions instead.
+    fn revoke_subscribers(&mut self, admission: &dyn ClientAdmission) -> Vec<Command> {
+        let revoked: Vec<u32> = self
+            .clients
+            .values()
+            .filter(|client| match client.client {
+                Some((Some(account), ClientAccess::Subscribe)) => {
+                    matches!(
+                        admission.admit(account, client.part, ClientAccess::Subscribe),
+                        Err(RefuseReason::NotPermitted | RefuseReason::UnknownStream)
+                    )
+                }
+                _ => false,
+            })
+            .map(|client| client.link.id)
+            .collect();
+        revoked
+            .into_iter()
+            .map(|link_id| {
+                if let Some(client) = self.clients.remove(&link_id) {
+                    logln!("runnel control: client {} lost its Subscribe permission; removing link {link_id}", client.peer);
+                }
+                self.revoked_clients.insert(link_id);
+                Command::RemoveLink { link_id }
+            })
+            .collect()
     }
 
     fn joined_parts(&self) -> Vec<StreamPartKey> {
@@ -229,11 +286,11 @@ impl Desired {
         if let Some(id) = new_id.filter(|id| self.inherited.remove(id).is_some()) {
             commands.push(Command::RemoveLink { link_id: id });
         }
-        commands.push(self.absorb_link(event));
+        commands.extend(self.absorb_link(event));
         commands
     }
 
-    fn absorb_link(&mut self, event: PeeringEvent) -> Command {
+    fn absorb_link(&mut self, event: PeeringEvent) -> Vec<Command> {
         match event {
             PeeringEvent::NeighborUp(up) => {
                 let link = LinkConfig {
@@ -254,13 +311,14 @@ impl Desired {
                     up.remote_link_id,
                     up.remote_endpoint
                 );
-                self.neighbors.insert(up.local_link_id, Agreed { part: up.part, peer: up.peer.to_string(), link: link.clone() });
-                Command::AddLink(link)
+                self.neighbors
+                    .insert(up.local_link_id, Agreed { part: up.part, peer: up.peer.to_string(), link: link.clone(), client: None });
+                vec![Command::AddLink(link)]
             }
             PeeringEvent::NeighborDown(down) => {
                 logln!("runnel control: neighbor {} gone (link {})", down.peer, down.local_link_id);
                 self.neighbors.remove(&down.local_link_id);
-                Command::RemoveLink { link_id: down.local_link_id }
+                vec![Command::RemoveLink { link_id: down.local_link_id }]
             }
             PeeringEvent::ClientLinkUp(up) => {
                 let link = LinkConfig {
@@ -274,13 +332,25 @@ impl Desired {
                     burst_datagrams: LINK_BURST_DATAGRAMS_DEFAULT,
                 };
                 logln!("runnel control: client {} for {} (link {})", up.peer, hex::encode(&up.part.0[..8]), up.link_id);
-                self.clients.insert(up.link_id, Agreed { part: up.part, peer: up.peer.to_string(), link: link.clone() });
-                Command::AddLink(link)
+                let agreed = Agreed {
+                    part: up.part,
+                    peer: up.peer.to_string(),
+                    link: link.clone(),
+                    client: Some((runnel_peering::address_of_peer(&up.peer), up.access)),
+                };
+                // A reused id is a new client: the old one's revocation is over.
+                self.revoked_clients.remove(&up.link_id);
+                let scope = agreed.scope().expect("a client link has a scope");
+                self.clients.insert(up.link_id, agreed);
+                vec![scope, Command::AddLink(link)]
             }
             PeeringEvent::ClientLinkDown(down) => {
                 logln!("runnel control: client {} gone (link {})", down.peer, down.link_id);
                 self.clients.remove(&down.link_id);
-                Command::RemoveLink { link_id: down.link_id }
+                if self.revoked_clients.remove(&down.link_id) {
+                    return Vec::new();
+                }
+                vec![Command::RemoveLink { link_id: down.link_id }]
             }
         }
     }
@@ -527,11 +597,11 @@ fn apply_chain_policy(
     }
     let policy = chain_watch::policies_for(&joined, &chain.view(), chain_watch::unix_now_s());
     *seen = (generation, joined, Instant::now());
-    let updates = {
+    let (updates, removals) = {
         let mut desired = desired.lock().expect("no panics while holding it");
         let updates = chain_watch::policy_updates(&desired.policy, &policy, chain_watch::monotonic_deadline);
         desired.policy = policy;
-        updates
+        (updates, desired.revoke_subscribers(chain.admission().as_ref()))
     };
     for update in updates {
         counters.policy_updates.fetch_add(1, Ordering::Relaxed);
@@ -539,6 +609,13 @@ fn apply_chain_policy(
         if let Err(error) = client.execute(&command, |event| on_event(&event, counters, peering))? {
             counters.commands_failed.fetch_add(1, Ordering::Relaxed);
             logln!("runnel control: permission update refused: {}", error.message);
+        }
+    }
+    for command in removals {
+        counters.clients_revoked.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = client.execute(&command, |event| on_event(&event, counters, peering))? {
+            counters.commands_failed.fetch_add(1, Ordering::Relaxed);
+            logln!("runnel control: removing a revoked subscriber's link refused: {}", error.message);
         }
     }
     Ok(())

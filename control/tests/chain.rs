@@ -15,7 +15,11 @@
 //!    it;
 //! 5. a Subscribe permission set by a raw JSON-RPC transaction (not Runnel's code) admits a
 //!    second subscriber, who gets the next messages.
-//! 6. the chain goes away (anvil is stopped): the nodes keep their permissions and keep
+//! 6. a client link is bound to what it was admitted to: a Publish link that sends
+//!    Subscribe gets nothing (the node counts the drop), a Subscribe link beside it does;
+//! 7. `runnel stream revoke … subscribe` removes the second subscriber's link: it gets no
+//!    more messages while S still does;
+//! 8. the chain goes away (anvil is stopped): the nodes keep their permissions and keep
 //!    forwarding; the outage shows in their status.
 
 use alloy::signers::local::PrivateKeySigner;
@@ -24,7 +28,11 @@ use runnel_bench::xdp::{remove_live_namespaces, Netns, NETNS_PREFIX};
 use runnel_chain::anvil::{Anvil, AnvilOptions};
 use runnel_chain::contracts::{deploy_local, Deployment, IStreamRegistry, PermissionType};
 use runnel_chain::rpc::{Chain, ChainConfig};
+use runnel_client::{ClientLinkConfig, ClientOptions, UdpClient};
+use runnel_peering::client::ClientSession;
+use runnel_peering::wire::ClientAccess;
 use runnel_peering::Identity;
+use runnel_proto::stream::StreamPart;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -287,6 +295,29 @@ fn publisher(hub: &str, node: &Node, stream: &str, account: &Account) -> (Child,
     (child, stdin)
 }
 
+/// A client link from `node`'s control process, made in its namespace (so the session's and
+/// the UDP client's sockets live there), for the test to drive in-process.
+fn in_process_client(node: &Node, identity: Identity, stream: &str, access: ClientAccess) -> (ClientSession, UdpClient) {
+    let part = StreamPart::new(stream, 0).unwrap().key();
+    let address = node.p2p().parse().unwrap();
+    node.netns
+        .run(move || {
+            let session = ClientSession::open(identity, &address, part, access, TIMEOUT).expect("a client link");
+            let grant = session.grant();
+            let link = ClientLinkConfig {
+                node: grant.endpoint.address,
+                node_shards: grant.endpoint.shards,
+                link_id: grant.link_id,
+                key: runnel_proto::linktag::LinkKey(*grant.key.expose()),
+                datagram_length_max: runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT,
+            };
+            let mut client = UdpClient::connect_with(&link, ClientOptions { verify: false, ..ClientOptions::default() }).unwrap();
+            client.subscribe(&part).unwrap();
+            (session, client)
+        })
+        .unwrap()
+}
+
 /// A client refused at link time: it exits non-zero, and its error names why.
 fn refused(mut child: Child, needle: &str, what: &str) {
     let mut stderr = String::new();
@@ -454,12 +485,48 @@ fn permissions_come_from_the_stream_registry() {
     let (_second_sub, second_received) = subscriber(&nodes[1], &stream, &second);
     publish_until_seen(&mut anyone_stdin, "raw", &second_received, &nodes);
 
-    // Phase 6: the chain goes away; permissions and forwarding stay.
+    // Phase 6: a Publish link may not subscribe. Both clients are at node 1 and send
+    // Subscribe; only the one admitted to subscribe gets the messages.
+    let part_key = StreamPart::new(&stream, 0).unwrap().key();
+    // (A node keeps one link per client and part, so these identities hold no other link
+    // at node 1: a fresh key may publish, the stream being public; S may subscribe.)
+    let (_publish_session, mut publish_link) = in_process_client(&nodes[1], Identity::generate(), &stream, ClientAccess::Publish);
+    let (_subscribe_session, mut subscribe_link) =
+        in_process_client(&nodes[1], subscriber_s.identity.clone(), &stream, ClientAccess::Subscribe);
+    let dropped_before = nodes[1].not_permitted();
+    let (mut through_publish_link, mut through_subscribe_link) = (0, 0);
+    let started = Instant::now();
+    while through_subscribe_link < 20 && started.elapsed() < TIMEOUT {
+        writeln!(anyone_stdin, "scope-{}", through_subscribe_link).unwrap();
+        anyone_stdin.flush().unwrap();
+        // The clients refresh their Subscribe every second; keep both sending.
+        publish_link.subscribe(&part_key).unwrap();
+        through_publish_link += publish_link.recv(Duration::from_millis(10), |_| {}).unwrap();
+        through_subscribe_link += subscribe_link.recv(Duration::from_millis(10), |_| {}).unwrap();
+    }
+    assert!(through_subscribe_link >= 20, "phase 6: the Subscribe link got {through_subscribe_link} messages\n{}", diagnostics(&nodes));
+    assert_eq!(through_publish_link, 0, "phase 6: a Publish link received messages");
+    wait_for("phase 6: node 1 counts the Publish link's Subscribe as not permitted", &nodes, || nodes[1].not_permitted() > dropped_before);
+    drop((publish_link, subscribe_link));
+
+    // Phase 7: revoking a subscriber's permission removes its link.
+    let revoked_sub = cli.write(&["revoke", &stream, &second.address(), "subscribe"]);
+    wait_for("phase 7: node 1 reads the revoke", &nodes, || nodes[1].synced_block() >= revoked_sub);
+    wait_for("phase 7: node 1 removes the subscriber's link", &nodes, || {
+        nodes[1].status().is_ok_and(|status| status["control"]["clients_revoked"].as_u64().unwrap_or(0) >= 1)
+    });
+    second_received.try_iter().for_each(drop);
+    publish_until_seen(&mut anyone_stdin, "after-revoke", &received, &nodes);
+    std::thread::sleep(Duration::from_millis(500));
+    let leaked: Vec<String> = second_received.try_iter().filter(|line| line.starts_with("after-revoke")).collect();
+    assert!(leaked.is_empty(), "phase 7: a revoked subscriber still got {leaked:?}");
+
+    // Phase 8: the chain goes away; permissions and forwarding stay.
     drop(anvil);
-    wait_for("phase 6: node 0 notices the outage", &nodes, || {
+    wait_for("phase 8: node 0 notices the outage", &nodes, || {
         nodes[0].status().is_ok_and(|status| status["chain"]["last_error"].is_string())
     });
     publish_until_seen(&mut anyone_stdin, "outage", &received, &nodes);
     let status = nodes[0].status().unwrap();
-    assert!(status["chain"]["poll_errors"].as_u64().unwrap_or(0) >= 1, "phase 6: {status}");
+    assert!(status["chain"]["poll_errors"].as_u64().unwrap_or(0) >= 1, "phase 8: {status}");
 }

@@ -244,6 +244,8 @@ pub struct ClientLinkUp {
     /// The client's PeerId (a publisher's is its Ethereum key's).
     pub peer: PeerId,
     pub link_id: u32,
+    /// What the client asked for and was admitted to: the dataplane binds the link to it.
+    pub access: ClientAccess,
     /// `Debug` shows `<redacted>`.
     pub key: Secret,
 }
@@ -254,6 +256,7 @@ impl fmt::Debug for ClientLinkUp {
             .field("part", &self.part)
             .field("peer", &self.peer)
             .field("link_id", &self.link_id)
+            .field("access", &self.access)
             .field("key", &self.key)
             .finish()
     }

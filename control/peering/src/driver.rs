@@ -457,7 +457,7 @@ impl Driver {
         };
         self.clients.insert((peer, part), link_id);
         self.granted.insert(request_id, (peer, part, link_id));
-        self.emit(vec![PeeringEvent::ClientLinkUp(ClientLinkUp { part, peer, link_id, key })]);
+        self.emit(vec![PeeringEvent::ClientLinkUp(ClientLinkUp { part, peer, link_id, access: request.access, key })]);
         Response::ClientGrant(ClientGrant { link_id, endpoint: self.config.dataplane, ephemeral_public: public })
     }
 

@@ -70,7 +70,7 @@ counters! {
     TailProbesSent = "tail_probes_sent": "Newest frames resent to neighbors because their chain went idle.",
     DatagramsQuarantinedLink = "datagrams_quarantined_link": "Filter: the datagram's link is quarantined.",
     DatagramsQuarantinedPublisher = "datagrams_quarantined_publisher": "Filter: the datagram's single publisher is quarantined.",
-    DatagramsNotPermitted = "datagrams_not_permitted": "Filter: the single publisher lacks Publish permission for the restricted stream part.",
+    DatagramsNotPermitted = "datagrams_not_permitted": "Filter: the single publisher lacks Publish permission for the restricted stream part, or a client link sent what its admission did not allow (another part, or Data/Subscribe without that access).",
     DatagramsRateLimited = "datagrams_rate_limited": "Filter: the link is over its rate limit.",
     FramesNotPermitted = "frames_not_permitted": "Frames (in multi-publisher datagrams) whose publisher lacks Publish permission.",
     FilterUpdatesRefused = "filter_updates_refused": "Policy updates (quarantine, permission) refused because a filter table was full.",

@@ -1,5 +1,7 @@
 //! The early-rejection filter in userspace: the same rules, in the same order, as the XDP
-//! program (`ebpf/src/runnel_filter.c`), so a node behaves the same with XDP on or off.
+//! program (`ebpf/src/runnel_filter.c`), so a node behaves the same with XDP on or off —
+//! plus one rule of its own, the client scope ([`FilterUpdate::ScopeClient`]: a client link
+//! may only do what its admission allowed, on its own part), which XDP leaves to it.
 //!
 //! docs/xdp-filter.md is the specification both follow: the datagram header alone decides
 //! whether a datagram is malformed, from an unknown link, badly tagged, from a quarantined link,
@@ -12,8 +14,8 @@
 //! looking at its body. Its state changes in two ways: the relay's own links and joins
 //! ([`Filter::set_link`], [`Filter::join`]), and [`FilterUpdate`]s that the node's policy
 //! thread broadcasts to every shard — and writes into the XDP maps — for quarantines and
-//! publish permissions. Where permissions come from (the config today, the chain later) only
-//! changes who produces the updates.
+//! publish permissions and client scopes. Where permissions come from (the config, or the
+//! chain through the control process) only changes who produces the updates.
 //!
 //! Time is `CLOCK_MONOTONIC` in nanoseconds ([`runnel_proto::clock::monotonic_ns`]), the clock of
 //! `bpf_ktime_get_ns`, so an expiry means the same instant in the kernel and here.
@@ -114,6 +116,21 @@ pub enum FilterUpdate {
         publisher: [u8; 20],
         until_ns: u64,
     },
+    /// Binds client link `link_id` to one stream part and what its admission allowed: its
+    /// Data must be for `part` and needs `publish`; its Subscribe, Unsubscribe and Nak must be
+    /// for `part` and need `subscribe`. A link with no scope (static configs) is unbound. The
+    /// scope outlives a re-add of the link and ends with [`Filter::remove_link`] or
+    /// [`FilterUpdate::UnscopeClient`]. Userspace only: XDP passes such datagrams, the shard
+    /// drops them (`datagrams_not_permitted`).
+    ScopeClient {
+        link_id: u32,
+        part: StreamPartKey,
+        publish: bool,
+        subscribe: bool,
+    },
+    UnscopeClient {
+        link_id: u32,
+    },
     Revoke {
         part: StreamPartKey,
         publisher: [u8; 20],
@@ -137,7 +154,26 @@ pub struct Filter {
     joined: FastSet<StreamPartKey>,
     restricted: FastSet<StreamPartKey>,
     permissions: FastMap<(StreamPartKey, [u8; 20]), u64>,
+    client_scopes: FastMap<u32, ClientScope>,
     rate_limit: bool,
+}
+
+/// What one client link was admitted for ([`FilterUpdate::ScopeClient`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ClientScope {
+    part: StreamPartKey,
+    publish: bool,
+    subscribe: bool,
+}
+
+impl ClientScope {
+    fn allows(&self, kind: Kind, part: &StreamPartKey) -> bool {
+        match kind {
+            Kind::Data => self.publish && *part == self.part,
+            Kind::Subscribe | Kind::Unsubscribe | Kind::Nak => self.subscribe && *part == self.part,
+            Kind::Credit | Kind::IHave | Kind::Prune => true,
+        }
+    }
 }
 
 impl Filter {
@@ -151,6 +187,7 @@ impl Filter {
             joined: FastSet::default(),
             restricted: FastSet::default(),
             permissions: FastMap::default(),
+            client_scopes: FastMap::default(),
             rate_limit,
         }
     }
@@ -166,9 +203,10 @@ impl Filter {
         self.links.insert(link_id, FilterLink { key, role, rate, tat_ns: 0 });
     }
 
-    /// Removes a link and forgets its replay windows.
+    /// Removes a link and forgets its replay windows and its client scope.
     pub fn remove_link(&mut self, link_id: u32) {
         self.links.remove(&link_id);
+        self.client_scopes.remove(&link_id);
         self.replay.retain(|(id, _), _| *id != link_id);
     }
 
@@ -222,6 +260,13 @@ impl Filter {
                 self.permissions.remove(&(part, publisher));
                 true
             }
+            FilterUpdate::ScopeClient { link_id, part, publish, subscribe } => {
+                bounded_insert(&mut self.client_scopes, link_id, ClientScope { part, publish, subscribe }, POLICY_ENTRIES_MAX)
+            }
+            FilterUpdate::UnscopeClient { link_id } => {
+                self.client_scopes.remove(&link_id);
+                true
+            }
         }
     }
 
@@ -257,6 +302,11 @@ impl Filter {
         }
         if !self.replay.entry(key).or_default().accept(header.link_seq) {
             return Verdict::Replayed;
+        }
+        if link.role == LinkRole::Client
+            && self.client_scopes.get(&header.link_id).is_some_and(|scope| !scope.allows(header.kind, &header.part))
+        {
+            return Verdict::NotPermitted;
         }
         let carries_data = header.kind == Kind::Data;
         let tree_or_repair = matches!(header.kind, Kind::Nak | Kind::IHave | Kind::Prune);
@@ -421,5 +471,43 @@ mod tests {
         filter.remove_link(LINK);
         filter.set_link(LINK, KEY, LinkRole::Neighbor, RateLimit::UNLIMITED);
         assert_eq!(filter.check(0, from(), &datagram(Kind::Subscribe, 2, part, 0)), Verdict::Pass);
+    }
+
+    // Goal: a scoped client link may do only what its admission allowed, on its own part:
+    // a publisher's link cannot subscribe, a subscriber's cannot publish, neither can touch
+    // another part; credit passes; removing the link ends the scope.
+    #[test]
+    fn client_scopes_bind_a_link_to_its_part_and_access() {
+        let (part, other) = (StreamPartKey([3; 32]), StreamPartKey([4; 32]));
+        let mut filter = Filter::new(false);
+        filter.join(part); // a Nak needs the part joined
+                           // The scope may arrive before the link (control sends it first).
+        assert!(filter.apply(&FilterUpdate::ScopeClient { link_id: LINK, part, publish: true, subscribe: false }));
+        filter.set_link(LINK, KEY, LinkRole::Client, RateLimit::UNLIMITED);
+        let mut seq = 0;
+        let mut check = |filter: &mut Filter, kind, part, flags| {
+            seq += 1;
+            filter.check(0, from(), &datagram(kind, seq, part, flags))
+        };
+        assert_eq!(check(&mut filter, Kind::Data, part, FLAG_SINGLE_PUBLISHER), Verdict::Pass);
+        assert_eq!(check(&mut filter, Kind::Data, other, FLAG_SINGLE_PUBLISHER), Verdict::NotPermitted);
+        assert_eq!(check(&mut filter, Kind::Subscribe, part, 0), Verdict::NotPermitted);
+        assert_eq!(check(&mut filter, Kind::Nak, part, 0), Verdict::NotPermitted);
+        assert_eq!(check(&mut filter, Kind::Credit, part, 0), Verdict::Pass);
+        assert!(filter.apply(&FilterUpdate::ScopeClient { link_id: LINK, part, publish: false, subscribe: true }));
+        assert_eq!(check(&mut filter, Kind::Data, part, FLAG_SINGLE_PUBLISHER), Verdict::NotPermitted);
+        assert_eq!(check(&mut filter, Kind::Subscribe, part, 0), Verdict::Pass);
+        assert_eq!(check(&mut filter, Kind::Unsubscribe, other, 0), Verdict::NotPermitted);
+        assert_eq!(check(&mut filter, Kind::Nak, part, 0), Verdict::Pass);
+        // A neighbor link with the same id is not a client: scopes do not apply.
+        filter.set_link(LINK, KEY, LinkRole::Neighbor, RateLimit::UNLIMITED);
+        filter.join(other);
+        assert_eq!(check(&mut filter, Kind::Subscribe, other, 0), Verdict::Pass);
+        filter.remove_link(LINK);
+        filter.set_link(LINK, KEY, LinkRole::Client, RateLimit::UNLIMITED);
+        assert_eq!(check(&mut filter, Kind::Data, other, FLAG_SINGLE_PUBLISHER), Verdict::Pass);
+        assert!(filter.apply(&FilterUpdate::ScopeClient { link_id: LINK, part, publish: true, subscribe: true }));
+        assert!(filter.apply(&FilterUpdate::UnscopeClient { link_id: LINK }));
+        assert_eq!(check(&mut filter, Kind::Subscribe, other, 0), Verdict::Pass);
     }
 }

@@ -67,8 +67,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The protocol version both sides must speak (2: `WireEvent::NeighborSilent`; 3: the
-/// commanded links in `Reply::Hello`).
-pub const IPC_VERSION: u32 = 3;
+/// commanded links in `Reply::Hello`; 4: client scopes).
+pub const IPC_VERSION: u32 = 4;
 /// Largest frame (archive bytes after the length prefix).
 pub const FRAME_LENGTH_MAX: usize = 64 * 1024;
 /// Replies (responses, events, status) waiting for the writer.
@@ -140,6 +140,15 @@ pub enum WireCommand {
     Revoke {
         part: [u8; 32],
         publisher: [u8; 20],
+    },
+    ScopeClient {
+        link_id: u32,
+        part: [u8; 32],
+        publish: bool,
+        subscribe: bool,
+    },
+    UnscopeClient {
+        link_id: u32,
     },
 }
 
@@ -323,6 +332,13 @@ impl WireCommand {
             WireCommand::Revoke { part, publisher } => {
                 Command::Policy(FilterUpdate::Revoke { part: StreamPartKey(*part), publisher: *publisher })
             }
+            WireCommand::ScopeClient { link_id, part, publish, subscribe } => Command::Policy(FilterUpdate::ScopeClient {
+                link_id: *link_id,
+                part: StreamPartKey(*part),
+                publish: *publish,
+                subscribe: *subscribe,
+            }),
+            WireCommand::UnscopeClient { link_id } => Command::Policy(FilterUpdate::UnscopeClient { link_id: *link_id }),
         })
     }
 
@@ -350,6 +366,10 @@ impl WireCommand {
                 FilterUpdate::SetRestricted { part, restricted } => WireCommand::SetRestricted { part: part.0, restricted },
                 FilterUpdate::Permit { part, publisher, until_ns } => WireCommand::Permit { part: part.0, publisher, until_ns },
                 FilterUpdate::Revoke { part, publisher } => WireCommand::Revoke { part: part.0, publisher },
+                FilterUpdate::ScopeClient { link_id, part, publish, subscribe } => {
+                    WireCommand::ScopeClient { link_id, part: part.0, publish, subscribe }
+                }
+                FilterUpdate::UnscopeClient { link_id } => WireCommand::UnscopeClient { link_id },
             },
         }
     }

@@ -244,6 +244,8 @@ pub(crate) fn apply_to_xdp(xdp: &mut XdpFilter, update: &FilterUpdate) -> Result
         FilterUpdate::SetRestricted { part, restricted } => xdp.set_restricted(part.0, restricted),
         FilterUpdate::Permit { part, publisher, until_ns } => xdp.permit(part.0, publisher, until_ns),
         FilterUpdate::Revoke { part, publisher } => xdp.revoke(part.0, publisher),
+        // Client scopes are the shards' alone: XDP passes what they drop.
+        FilterUpdate::ScopeClient { .. } | FilterUpdate::UnscopeClient { .. } => Ok(()),
     }
 }
 
