@@ -19,7 +19,10 @@
 //!    Subscribe gets nothing (the node counts the drop), a Subscribe link beside it does;
 //! 7. `runnel stream revoke … subscribe` removes the second subscriber's link: it gets no
 //!    more messages while S still does;
-//! 8. the chain goes away (anvil is stopped): the nodes keep their permissions and keep
+//! 8. a reorg on anvil (`evm_snapshot` … grant … `evm_revert`, `anvil_mine`) takes a grant
+//!    back: node 2 rolls its book back and refuses the key it had admitted, and messages keep
+//!    flowing;
+//! 9. the chain goes away (anvil is stopped): the nodes keep their permissions and keep
 //!    forwarding; the outage shows in their status.
 
 use alloy::signers::local::PrivateKeySigner;
@@ -521,12 +524,31 @@ fn permissions_come_from_the_stream_registry() {
     let leaked: Vec<String> = second_received.try_iter().filter(|line| line.starts_with("after-revoke")).collect();
     assert!(leaked.is_empty(), "phase 7: a revoked subscriber still got {leaked:?}");
 
-    // Phase 8: the chain goes away; permissions and forwarding stay.
+    // Phase 8: a reorg takes a Subscribe grant back.
+    let snapshot = raw_rpc(&hub, &endpoint, "evm_snapshot", serde_json::json!([]));
+    let reorged = Account::new(&dir.0, "r");
+    let granted_r = cli.write(&["grant", &stream, &reorged.address(), "subscribe"]);
+    wait_for("phase 8: node 2 reads the grant", &nodes, || nodes[2].synced_block() >= granted_r);
+    let (mut admitted, _) = subscriber(&nodes[2], &stream, &reorged);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(admitted.try_wait().unwrap().is_none(), "phase 8: R was refused before the reorg\n{}", diagnostics(&nodes));
+    admitted.kill().unwrap();
+    admitted.wait().unwrap();
+    assert_eq!(raw_rpc(&hub, &endpoint, "evm_revert", serde_json::json!([snapshot])), true);
+    raw_rpc(&hub, &endpoint, "anvil_mine", serde_json::json!(["0x3"]));
+    wait_for("phase 8: node 2 sees the reorg", &nodes, || {
+        nodes[2].status().is_ok_and(|status| status["chain"]["reorgs"].as_u64().unwrap_or(0) >= 1)
+    });
+    let (child, _) = subscriber(&nodes[2], &stream, &reorged);
+    refused(child, "Subscribe permission", "phase 8: the reorged-out grant");
+    publish_until_seen(&mut anyone_stdin, "after-reorg", &received, &nodes);
+
+    // Phase 9: the chain goes away; permissions and forwarding stay.
     drop(anvil);
-    wait_for("phase 8: node 0 notices the outage", &nodes, || {
+    wait_for("phase 9: node 0 notices the outage", &nodes, || {
         nodes[0].status().is_ok_and(|status| status["chain"]["last_error"].is_string())
     });
     publish_until_seen(&mut anyone_stdin, "outage", &received, &nodes);
     let status = nodes[0].status().unwrap();
-    assert!(status["chain"]["poll_errors"].as_u64().unwrap_or(0) >= 1, "phase 8: {status}");
+    assert!(status["chain"]["poll_errors"].as_u64().unwrap_or(0) >= 1, "phase 9: {status}");
 }
