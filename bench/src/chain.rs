@@ -368,15 +368,7 @@ fn client_link(
     let address = node.p2p.parse().map_err(|e| BenchError::new(format!("{}: {e}", node.p2p)))?;
     let session = ClientSession::open(identity, &address, part.key(), access, READY_TIMEOUT)
         .map_err(|e| BenchError::new(format!("client link ({access:?}): {e}")))?;
-    let grant = session.grant();
-    let link = ClientLinkConfig {
-        node: grant.endpoint.address,
-        node_shards: grant.endpoint.shards,
-        link_id: grant.link_id,
-        key: LinkKey(*grant.key.expose()),
-        datagram_length_max: wire::DATAGRAM_LENGTH_DEFAULT,
-    };
-    Ok((link, session))
+    Ok((session.link_config(), session))
 }
 
 /// Most messages the publisher sends (one per millisecond: over an hour).

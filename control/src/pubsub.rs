@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 use runnel_peering::client::ClientSession;
 use runnel_peering::wire::ClientAccess;
 use runnel_peering::Identity;
-use runnel_proto::linktag::LinkKey;
-use runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT;
 
 /// How long `--node` waits for the node to grant a client link.
 const GRANT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,15 +45,7 @@ impl LinkSource {
         let address = text.parse().map_err(|e| format!("--node {text:?}: {e}"))?;
         let session =
             ClientSession::open(identity()?, &address, part.key(), access, GRANT_TIMEOUT).map_err(|e| format!("--node {text}: {e}"))?;
-        let grant = session.grant();
-        let link = ClientLinkConfig {
-            node: grant.endpoint.address,
-            node_shards: grant.endpoint.shards,
-            link_id: grant.link_id,
-            key: LinkKey(*grant.key.expose()),
-            datagram_length_max: DATAGRAM_LENGTH_DEFAULT,
-        };
-        Ok((link, Some(session)))
+        Ok((session.link_config(), Some(session)))
     }
 }
 

@@ -19,12 +19,11 @@
 //! 6. `/metrics` of a survivor: every dataplane, XDP, control and peering counter present,
 //!    and the ones this scenario must move did move.
 
-use runnel_bench::xdp::{remove_live_namespaces, Netns, NETNS_PREFIX};
+use runnel_bench::xdp::Netns;
 use runnel_peering::Identity;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +35,10 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod common;
 
+#[path = "common/bridge.rs"]
+mod bridge;
+
+use bridge::{bridged, spawn, Bridged};
 use common::{lines_of, temp_dir};
 
 const STREAM_A: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266/netns-a#0";
@@ -59,25 +62,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// a hang (the watchdog deletes the namespaces and exits, which ends every child).
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("iproute2's ip");
-    assert!(output.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-}
-
 fn address(index: usize) -> String {
     format!("10.99.0.{}", index + 1)
-}
-
-/// A child of the test that gets SIGKILL if the test's thread ends first.
-fn spawn(command: &mut Command) -> Child {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) in the child between fork and exec touches no memory.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    command.spawn().expect("spawn")
 }
 
 fn in_netns(netns: &Netns, program: &str) -> Command {
@@ -259,29 +245,8 @@ fn metric(metrics: &str, name: &str) -> Option<u64> {
 // control restarts that never stop the dataplane, parts that do not leak, and /metrics.
 #[test]
 fn a_bridged_network_of_nodes_peers_heals_and_keeps_parts_apart() {
-    assert!(unsafe { libc::geteuid() } == 0, "this test creates network namespaces: run it as root");
-    std::thread::spawn(|| {
-        std::thread::sleep(TEST_TIMEOUT);
-        eprintln!("netns: still running after {TEST_TIMEOUT:?}; deleting the namespaces and exiting");
-        remove_live_namespaces();
-        std::process::exit(1);
-    });
+    let Bridged { hub: _hub, nodes: namespaces } = bridged("netns", NODES, address, None, TEST_TIMEOUT);
     let dir = temp_dir("netns");
-    let pid = std::process::id();
-    let hub = Netns::create(&format!("{NETNS_PREFIX}{pid}-hub")).unwrap();
-    ip(&["-n", hub.name(), "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", hub.name(), "link", "set", "br0", "up"]);
-    let mut namespaces = Vec::new();
-    for index in 0..NODES {
-        let netns = Netns::create(&format!("{NETNS_PREFIX}{pid}-n{index}")).unwrap();
-        let port = format!("p{index}");
-        ip(&["-n", hub.name(), "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name()]);
-        ip(&["-n", hub.name(), "link", "set", &port, "master", "br0", "up"]);
-        ip(&["-n", netns.name(), "addr", "add", &format!("{}/24", address(index)), "dev", "eth0"]);
-        ip(&["-n", netns.name(), "link", "set", "eth0", "up"]);
-        ip(&["-n", netns.name(), "link", "set", "lo", "up"]);
-        namespaces.push(netns);
-    }
 
     // Phase 1: the nodes, node 0 the bootstrap of all.
     let mut namespaces = namespaces.into_iter();

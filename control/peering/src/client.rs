@@ -133,6 +133,17 @@ impl ClientSession {
         &self.grant
     }
 
+    /// The granted link as the dataplane client takes it (`UdpClient::connect_with`).
+    pub fn link_config(&self) -> runnel_client::ClientLinkConfig {
+        runnel_client::ClientLinkConfig {
+            node: self.grant.endpoint.address,
+            node_shards: self.grant.endpoint.shards,
+            link_id: self.grant.link_id,
+            key: runnel_proto::linktag::LinkKey(*self.grant.key.expose()),
+            datagram_length_max: runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT,
+        }
+    }
+
     /// Whether the connection to the node (and so the link) is still up.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
