@@ -28,7 +28,7 @@ use runnel_core::filter::FilterUpdate;
 use runnel_core::link::{LinkConfig, LinkRole, LINK_BURST_DATAGRAMS_DEFAULT, LINK_RATE_DATAGRAMS_PER_S_DEFAULT};
 use runnel_keystore::{load_secret, Limits, PasswordSource};
 use runnel_node::command::Command;
-use runnel_node::ipc::{IpcClient, IpcError, Reply, WireEvent};
+use runnel_node::ipc::{IpcClient, IpcError, Reply, WireEvent, WireLinkTraffic};
 use runnel_peering::wire::{ClientAccess, RefuseReason};
 use runnel_peering::{ClientAdmission, Endpoint, Identity, Peering, PeeringConfig, PeeringCounter, PeeringEvent, PeeringHandle};
 use runnel_proto::linktag::LinkKey;
@@ -143,6 +143,21 @@ struct DataplaneView {
     listen: Vec<String>,
     shards: u16,
     counters: Vec<(String, u64)>,
+    /// Each link's traffic since it was added, by link id (from the last status reply).
+    links: BTreeMap<u32, WireLinkTraffic>,
+}
+
+/// A link's traffic in `/status`.
+fn traffic_json(view: &DataplaneView, link_id: u32) -> Value {
+    match view.links.get(&link_id) {
+        Some(t) => json!({
+            "frames_sent": t.frames_sent,
+            "bytes_sent": t.bytes_sent,
+            "frames_received": t.frames_received,
+            "bytes_received": t.bytes_received,
+        }),
+        None => Value::Null,
+    }
 }
 
 /// A link peering agreed on (a neighbor or a client), as the dataplane got it.
@@ -567,7 +582,11 @@ fn session(
             next_status += STATUS_INTERVAL;
         }
         match client.poll()? {
-            Some(Reply::Status { counters: totals, .. }) => view.lock().expect("no panics while holding it").counters = totals,
+            Some(Reply::Status { counters: totals, links, .. }) => {
+                let mut view = view.lock().expect("no panics while holding it");
+                view.counters = totals;
+                view.links = links.into_iter().map(|link| (link.link_id, link)).collect();
+            }
             Some(Reply::Event(event)) => on_event(&event, counters, peering),
             Some(Reply::Response { error: Some(error), .. }) => {
                 counters.commands_failed.fetch_add(1, Ordering::Relaxed);
@@ -679,6 +698,7 @@ fn status_json(
                 "link_id": n.link.id,
                 "peer_link_id": n.link.peer_link_id,
                 "dataplane": n.link.peer.map(|a| a.to_string()),
+                "traffic": traffic_json(view, n.link.id),
             })
         })
         .collect();
@@ -701,6 +721,7 @@ fn status_json(
             "stream_part_key": hex::encode(c.part.0),
             "peer": c.peer,
             "link_id": c.link.id,
+            "traffic": traffic_json(view, c.link.id),
         })).collect::<Vec<_>>(),
         "inherited_links": desired.inherited.keys().collect::<Vec<_>>(),
         "counters": dataplane_counters,

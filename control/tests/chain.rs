@@ -27,11 +27,11 @@
 
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
-use runnel_bench::xdp::{remove_live_namespaces, Netns, NETNS_PREFIX};
+use runnel_bench::xdp::Netns;
 use runnel_chain::anvil::{Anvil, AnvilOptions};
 use runnel_chain::contracts::{deploy_local, Deployment, IStreamRegistry, PermissionType};
 use runnel_chain::rpc::{Chain, ChainConfig};
-use runnel_client::{ClientLinkConfig, ClientOptions, UdpClient};
+use runnel_client::{ClientOptions, UdpClient};
 use runnel_peering::client::ClientSession;
 use runnel_peering::wire::ClientAccess;
 use runnel_peering::Identity;
@@ -39,7 +39,6 @@ use runnel_proto::stream::StreamPart;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
@@ -48,6 +47,10 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod common;
 
+#[path = "common/bridge.rs"]
+mod bridge;
+
+use bridge::{bridged, spawn, Bridged};
 use common::{lines_of, temp_dir};
 
 const NODES: usize = 3;
@@ -58,11 +61,6 @@ const CHAIN_IP: &str = "10.97.0.254";
 const TIMEOUT: Duration = Duration::from_secs(30);
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("iproute2's ip");
-    assert!(output.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-}
-
 fn address(index: usize) -> String {
     format!("10.97.0.{}", index + 1)
 }
@@ -70,18 +68,6 @@ fn address(index: usize) -> String {
 fn private_file(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// A child that gets SIGKILL if the test's thread ends first.
-fn spawn(command: &mut Command) -> Child {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) in the child between fork and exec touches no memory.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    command.spawn().expect("spawn")
 }
 
 fn runnel_in(netns: &str) -> Command {
@@ -306,15 +292,8 @@ fn in_process_client(node: &Node, identity: Identity, stream: &str, access: Clie
     node.netns
         .run(move || {
             let session = ClientSession::open(identity, &address, part, access, TIMEOUT).expect("a client link");
-            let grant = session.grant();
-            let link = ClientLinkConfig {
-                node: grant.endpoint.address,
-                node_shards: grant.endpoint.shards,
-                link_id: grant.link_id,
-                key: runnel_proto::linktag::LinkKey(*grant.key.expose()),
-                datagram_length_max: runnel_proto::wire::DATAGRAM_LENGTH_DEFAULT,
-            };
-            let mut client = UdpClient::connect_with(&link, ClientOptions { verify: false, ..ClientOptions::default() }).unwrap();
+            let mut client =
+                UdpClient::connect_with(&session.link_config(), ClientOptions { verify: false, ..ClientOptions::default() }).unwrap();
             client.subscribe(&part).unwrap();
             (session, client)
         })
@@ -348,31 +327,8 @@ fn publish_until_seen(stdin: &mut ChildStdin, prefix: &str, seen: &Receiver<Stri
 
 #[test]
 fn permissions_come_from_the_stream_registry() {
-    assert!(unsafe { libc::geteuid() } == 0, "this test creates network namespaces: run it as root");
-    std::thread::spawn(|| {
-        std::thread::sleep(TEST_TIMEOUT);
-        eprintln!("chain: still running after {TEST_TIMEOUT:?}; deleting the namespaces and exiting");
-        remove_live_namespaces();
-        std::process::exit(1);
-    });
+    let Bridged { hub, nodes: namespaces } = bridged("chain", NODES, address, Some(CHAIN_IP), TEST_TIMEOUT);
     let dir = temp_dir("chain");
-    let pid = std::process::id();
-    let hub = Netns::create(&format!("{NETNS_PREFIX}{pid}-chub")).unwrap();
-    ip(&["-n", hub.name(), "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", hub.name(), "addr", "add", &format!("{CHAIN_IP}/24"), "dev", "br0"]);
-    ip(&["-n", hub.name(), "link", "set", "br0", "up"]);
-    ip(&["-n", hub.name(), "link", "set", "lo", "up"]);
-    let mut namespaces = Vec::new();
-    for index in 0..NODES {
-        let netns = Netns::create(&format!("{NETNS_PREFIX}{pid}-c{index}")).unwrap();
-        let port = format!("p{index}");
-        ip(&["-n", hub.name(), "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name()]);
-        ip(&["-n", hub.name(), "link", "set", &port, "master", "br0", "up"]);
-        ip(&["-n", netns.name(), "addr", "add", &format!("{}/24", address(index)), "dev", "eth0"]);
-        ip(&["-n", netns.name(), "link", "set", "eth0", "up"]);
-        ip(&["-n", netns.name(), "link", "set", "lo", "up"]);
-        namespaces.push(netns);
-    }
 
     // The chain, in the hub: anvil and the network's contracts.
     let options = AnvilOptions { host: Some(CHAIN_IP.parse().unwrap()), netns: Some(hub.name().to_string()), ..AnvilOptions::default() };
@@ -424,6 +380,37 @@ fn permissions_come_from_the_stream_registry() {
     let (_sub, received) = subscriber(&nodes[2], &stream, &subscriber_s);
     let (_pub, mut stdin) = publisher(hub.name(), &nodes[0], &stream, &publisher_k);
     publish_until_seen(&mut stdin, "granted", &received, &nodes);
+    // Per-link traffic, what settlement reports are made of: once the traffic stops and the
+    // counts are fresh, no node has received on a link more than its neighbor sent on it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let statuses: Vec<serde_json::Value> = nodes.iter().map(|node| node.status().unwrap()).collect();
+    let mut pairs = 0;
+    for (a, status_a) in statuses.iter().enumerate() {
+        for sent in status_a["neighbors"].as_array().unwrap() {
+            for (b, status_b) in statuses.iter().enumerate() {
+                let Some(received) = status_b["neighbors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|n| n["link_id"] == sent["peer_link_id"] && n["peer"] == nodes[a].identity.peer_id().to_string())
+                else {
+                    continue;
+                };
+                let (s, r) = (&sent["traffic"], &received["traffic"]);
+                assert!(
+                    s["frames_sent"].as_u64() >= r["frames_received"].as_u64() && s["bytes_sent"].as_u64() >= r["bytes_received"].as_u64(),
+                    "phase 2: node {b} received more from node {a} than it sent: {s} vs {r}"
+                );
+                pairs += 1;
+            }
+        }
+    }
+    assert!(pairs >= 2, "phase 2: no neighbor links to compare: {statuses:?}");
+    let carried: u64 = statuses
+        .iter()
+        .flat_map(|s| s["neighbors"].as_array().unwrap().iter().map(|n| n["traffic"]["frames_received"].as_u64().unwrap_or(0)))
+        .sum();
+    assert!(carried > 0, "phase 2: the nodes count no traffic between them");
 
     // Phase 3: the revoke. Once node 0 has read its block, K's messages stop at node 0.
     let dropped_before = nodes[0].not_permitted();

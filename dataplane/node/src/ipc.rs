@@ -67,7 +67,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The protocol version both sides must speak (2: `WireEvent::NeighborSilent`; 3: the
-/// commanded links in `Reply::Hello`; 4: client scopes).
+/// commanded links in `Reply::Hello`; 4: client scopes and per-link traffic in `Status`).
 pub const IPC_VERSION: u32 = 4;
 /// Largest frame (archive bytes after the length prefix).
 pub const FRAME_LENGTH_MAX: usize = 64 * 1024;
@@ -152,6 +152,16 @@ pub enum WireCommand {
     },
 }
 
+/// One link's [`runnel_core::relay::LinkTraffic`] as it crosses the socket.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireLinkTraffic {
+    pub link_id: u32,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+}
+
 /// Dataplane → control.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -172,6 +182,9 @@ pub enum Reply {
     Status {
         id: u64,
         counters: Vec<(String, u64)>,
+        /// Each link's traffic since it was added, summed over the shards (settlement's
+        /// traffic reports are deltas of these).
+        links: Vec<WireLinkTraffic>,
     },
     /// The request could not be decoded or was out of place; the connection closes.
     ProtocolError {
@@ -560,7 +573,21 @@ fn read_requests(
                 let _ = replies.send(Reply::ProtocolError { message: error.to_string() });
                 return Err(error);
             }
-            Request::Status { id } => Reply::Status { id, counters: status_counters(node, counters) },
+            Request::Status { id } => Reply::Status {
+                id,
+                counters: status_counters(node, counters),
+                links: node
+                    .link_traffic()
+                    .into_iter()
+                    .map(|(link_id, t)| WireLinkTraffic {
+                        link_id,
+                        frames_sent: t.frames_sent,
+                        bytes_sent: t.bytes_sent,
+                        frames_received: t.frames_received,
+                        bytes_received: t.bytes_received,
+                    })
+                    .collect(),
+            },
             Request::Command { id, command } => match command.to_command() {
                 Err(error) => Reply::Response { id, error: Some(WireError::new("invalid_command", error.to_string())) },
                 Ok(command) => {

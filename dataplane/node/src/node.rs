@@ -55,6 +55,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use glommio::{ExecutorJoinHandle, GlommioError, LocalExecutorBuilder, Placement, ReactorErrorKind};
 use runnel_core::counters::Counters;
 use runnel_core::filter::FilterUpdate;
+use runnel_core::relay::LinkTraffic;
 use runnel_ebpf::{AttachMode, XdpFilter, VERDICT_COUNT};
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -401,6 +402,18 @@ impl NodeHandle {
     /// by the shard (at most one loop turn old).
     pub fn counters(&self) -> Vec<Counters> {
         self.shards.iter().map(|shard| shard.counters.relay()).collect()
+    }
+
+    /// Each link's traffic summed over the shards, by link id, as last published (at most
+    /// [`crate::shard::LINK_TRAFFIC_INTERVAL_US`] old).
+    pub fn link_traffic(&self) -> std::collections::BTreeMap<u32, LinkTraffic> {
+        let mut total = std::collections::BTreeMap::new();
+        for shard in &self.shards {
+            for (link_id, traffic) in shard.counters.links() {
+                total.entry(link_id).or_insert_with(LinkTraffic::default).add(&traffic);
+            }
+        }
+        total
     }
 
     /// Each shard's runtime counters ([`crate::shard::RuntimeCounter`]).

@@ -122,7 +122,7 @@ fn a_control_client_drives_the_node_over_the_socket_and_reconnects() {
             let id = control.request_status().unwrap();
             let counters_now = loop {
                 match control.read().unwrap() {
-                    Reply::Status { id: answered, counters } if answered == id => break counters,
+                    Reply::Status { id: answered, counters, .. } if answered == id => break counters,
                     _ => {}
                 }
             };

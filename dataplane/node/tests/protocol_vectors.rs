@@ -900,7 +900,9 @@ fn fuzz_seeds(encodings: &Encodings) -> Vec<(&'static str, Vec<u8>)> {
 fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
     use runnel_node::command::Command;
     use runnel_node::config::{LinkConfig, LinkRole};
-    use runnel_node::ipc::{decode_reply, decode_request, read_frame, write_frame, Reply, Request, WireCommand, WireError, WireEvent};
+    use runnel_node::ipc::{
+        decode_reply, decode_request, read_frame, write_frame, Reply, Request, WireCommand, WireError, WireEvent, WireLinkTraffic,
+    };
     let neighbor = LinkConfig {
         id: 7,
         peer_link_id: None,
@@ -917,6 +919,7 @@ fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
         Command::Join { part },
         Command::Leave { part },
         Command::Policy(runnel_core::filter::FilterUpdate::Permit { part, publisher: [3; 20], until_ns: u64::MAX }),
+        Command::Policy(runnel_core::filter::FilterUpdate::ScopeClient { link_id: 9, part, publish: false, subscribe: true }),
     ];
     let mut requests = vec![Request::Hello { version: runnel_node::ipc::IPC_VERSION }, Request::Status { id: 9 }];
     requests.extend(
@@ -928,7 +931,11 @@ fn ipc_seeds(part: StreamPartKey) -> Vec<Vec<u8>> {
         Reply::Response { id: 2, error: Some(WireError { kind: "unknown_link".into(), message: "no link 7".into() }) },
         Reply::Event(WireEvent::SignatureFailure { shard: 0, link_id: 7, publisher: [3; 20], publisher_proven: true }),
         Reply::Event(WireEvent::NeighborSilent { shard: 1, link_id: 7, part: part.0 }),
-        Reply::Status { id: 9, counters: vec![("frames_delivered".into(), 5)] },
+        Reply::Status {
+            id: 9,
+            counters: vec![("frames_delivered".into(), 5)],
+            links: vec![WireLinkTraffic { link_id: 7, frames_sent: 3, bytes_sent: 4416, frames_received: 1, bytes_received: 1472 }],
+        },
         Reply::ProtocolError { message: "bad frame".into() },
     ];
     let archive = |frame: Vec<u8>| {

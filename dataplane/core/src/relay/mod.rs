@@ -273,8 +273,32 @@ impl Gather {
     }
 }
 
+/// Data one link carried, counted since it was added: what settlement's traffic reports
+/// are made of. Sent: Data datagrams queued to the link (forwarded, delivered, repairs),
+/// counted when sealed; received: Data datagrams from it that passed the filter, duplicates
+/// included. Bytes are whole datagrams (header and GSO padding too: the bandwidth used);
+/// frames are the signed units they carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkTraffic {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+}
+
+impl LinkTraffic {
+    /// Adds `other` (another shard's count of the same link).
+    pub fn add(&mut self, other: &LinkTraffic) {
+        self.frames_sent += other.frames_sent;
+        self.bytes_sent += other.bytes_sent;
+        self.frames_received += other.frames_received;
+        self.bytes_received += other.bytes_received;
+    }
+}
+
 struct Link {
     config: LinkConfig,
+    traffic: LinkTraffic,
     /// Where a client was last heard from (neighbors use their configured address).
     client_address: Option<SocketAddr>,
     /// Client links: publishers whose signatures verified on this link (bounded).
@@ -556,9 +580,12 @@ impl Outbox {
         let single = builder.single_publisher();
         let flags = flags | if single.is_some() { FLAG_SINGLE_PUBLISHER } else { 0 };
         builder.finish_unstamped(template(Kind::Data, part, flags, single.unwrap_or([0; 20])));
+        let frames = u64::from(builder.count());
         let datagram = Rc::new(builder.into_buffer());
         for link_id in audience {
             let Some(link) = links.get_mut(link_id) else { continue };
+            link.traffic.frames_sent += frames;
+            link.traffic.bytes_sent += datagram.len() as u64;
             match link.destination(&part) {
                 Some(destination) => self.enqueue(counters, link, destination, Rc::clone(&datagram), false),
                 None => counters.increment(Counter::DatagramsNoAddress),
@@ -757,6 +784,7 @@ impl Relay {
             link.id,
             Link {
                 config: link.clone(),
+                traffic: LinkTraffic::default(),
                 client_address: None,
                 proven_publishers: Vec::new(),
                 send_sequence: 0,
@@ -965,6 +993,10 @@ impl Relay {
                 if !self.accepts_data(&part, role) {
                     self.counters.increment(Counter::DatagramsNotJoined);
                     return;
+                }
+                if let Some(link) = self.links.get_mut(&link_id) {
+                    link.traffic.frames_received += u64::from(datagram.message_count());
+                    link.traffic.bytes_received += datagram.bytes.len() as u64;
                 }
                 let repair = datagram.flags() & FLAG_REPAIR != 0;
                 for frame in datagram.frames() {
@@ -1671,6 +1703,11 @@ impl Relay {
     /// The link's key, for runtimes that check tags before calling the relay (XDP mirror).
     pub fn link_key(&self, link_id: u32) -> Option<&LinkKey> {
         self.links.get(&link_id).map(|l| &l.config.key)
+    }
+
+    /// Each link's [`LinkTraffic`] since it was added.
+    pub fn link_traffic(&self) -> impl Iterator<Item = (u32, LinkTraffic)> + '_ {
+        self.links.iter().map(|(id, link)| (*id, link.traffic))
     }
 }
 

@@ -48,7 +48,7 @@ pub(crate) mod runtime;
 use crate::command::{Command, CommandError, CommandId};
 use runnel_core::counters::{Counter, Counters};
 use runnel_core::filter::FilterUpdate;
-use runnel_core::relay::Event;
+use runnel_core::relay::{Event, LinkTraffic};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Receive buffers per shard (a power of two); each holds one GRO-coalesced receive.
@@ -193,11 +193,32 @@ pub(crate) struct ShardAck {
 pub(crate) struct SharedCounters {
     relay: [AtomicU64; Counter::ALL.len()],
     runtime: [AtomicU64; RuntimeCounter::ALL.len()],
+    /// Per-link traffic, published every [`LINK_TRAFFIC_INTERVAL_US`] (not every loop turn:
+    /// it is a copy of the link table).
+    links: std::sync::Mutex<Vec<(u32, LinkTraffic)>>,
 }
+
+/// How often a shard publishes its per-link traffic.
+pub(crate) const LINK_TRAFFIC_INTERVAL_US: u64 = 100_000;
 
 impl SharedCounters {
     pub(crate) fn new() -> Self {
-        Self { relay: std::array::from_fn(|_| AtomicU64::new(0)), runtime: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self {
+            relay: std::array::from_fn(|_| AtomicU64::new(0)),
+            runtime: std::array::from_fn(|_| AtomicU64::new(0)),
+            links: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Publishes the relay's per-link traffic (the buffer is reused).
+    pub(crate) fn publish_links(&self, traffic: impl Iterator<Item = (u32, LinkTraffic)>) {
+        let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        links.clear();
+        links.extend(traffic);
+    }
+
+    pub(crate) fn links(&self) -> Vec<(u32, LinkTraffic)> {
+        self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Publishes the relay's counters plus those the runtime adds to the relay's set.

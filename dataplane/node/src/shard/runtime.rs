@@ -83,6 +83,8 @@ struct Shard {
     /// Counters of the relay's set that the runtime moves (send failures).
     runtime_relay: Counters,
     runtime: RuntimeCounters,
+    /// When the per-link traffic was last published (µs, monotonic).
+    links_published_us: Micros,
     context: ShardContext,
 }
 
@@ -123,6 +125,7 @@ impl Shard {
             relay,
             runtime_relay: Counters::default(),
             runtime: RuntimeCounters::default(),
+            links_published_us: 0,
             context,
         })
     }
@@ -156,6 +159,11 @@ impl Shard {
         }
         self.runtime.increment(RuntimeCounter::LoopTurns);
         self.context.counters.publish(self.relay.counters(), &self.runtime_relay, &self.runtime);
+        let now_us = self.now_us();
+        if now_us.saturating_sub(self.links_published_us) >= super::LINK_TRAFFIC_INTERVAL_US {
+            self.links_published_us = now_us;
+            self.context.counters.publish_links(self.relay.link_traffic());
+        }
         let wait_us = match self.relay.poll_timeout() {
             Some(deadline_us) => deadline_us.saturating_sub(self.now_us()).min(WAIT_TIMEOUT_US_MAX),
             None => WAIT_TIMEOUT_US_MAX,
@@ -388,6 +396,7 @@ impl Shard {
             self.process_completions();
         }
         self.context.counters.publish(self.relay.counters(), &self.runtime_relay, &self.runtime);
+        self.context.counters.publish_links(self.relay.link_traffic());
         let drained = !self.receive_armed && self.send_free.len() == SEND_SLOTS;
         let Shard { ring, buffer_ring, send_slots, receive_header, .. } = self;
         drop(ring);
