@@ -22,6 +22,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Route {
     Status,
     Metrics,
+    /// The node's signed traffic reports (control/src/traffic_reports.rs).
+    SettlementReports,
 }
 
 /// Why a request head is refused, with the HTTP status to answer.
@@ -60,6 +62,7 @@ pub fn parse_request(head: &[u8]) -> Result<Route, Refusal> {
     match path {
         "/status" => Ok(Route::Status),
         "/metrics" => Ok(Route::Metrics),
+        "/settlement/reports" => Ok(Route::SettlementReports),
         _ => Err(Refusal::NotFound),
     }
 }

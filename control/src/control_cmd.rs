@@ -22,6 +22,7 @@
 
 use crate::admin::{self, Route};
 use crate::chain_watch::{self, ChainArgs, ChainWatch};
+use crate::traffic_reports::Reporter;
 use runnel_chain::permissions::PartPolicy;
 use runnel_core::counters::Counter;
 use runnel_core::filter::FilterUpdate;
@@ -74,6 +75,11 @@ pub struct ControlArgs {
     pub trust_peer_endpoints: bool,
     #[command(flatten)]
     pub chain: ChainArgs,
+    /// Seconds per settlement epoch: at each end the node signs a report of what each
+    /// neighbor link carried (`/settlement/reports`, docs/settlement.md).
+    #[arg(long, env = "RUNNEL_SETTLEMENT_EPOCH_S", value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub settlement_epoch_s: u64,
 }
 
 /// How often the dataplane's counters are fetched.
@@ -145,6 +151,8 @@ struct DataplaneView {
     counters: Vec<(String, u64)>,
     /// Each link's traffic since it was added, by link id (from the last status reply).
     links: BTreeMap<u32, WireLinkTraffic>,
+    /// Signs the per-epoch traffic reports (with a key file; none without).
+    reporter: Option<Reporter>,
 }
 
 /// A link's traffic in `/status`.
@@ -168,6 +176,8 @@ struct Agreed {
     link: LinkConfig,
     /// A client link's account (from its PeerId) and what it was admitted to.
     client: Option<(Option<[u8; 20]>, ClientAccess)>,
+    /// A neighbor's account (from its PeerId), whom traffic reports name.
+    account: Option<[u8; 20]>,
 }
 
 impl Agreed {
@@ -326,8 +336,14 @@ impl Desired {
                     up.remote_link_id,
                     up.remote_endpoint
                 );
-                self.neighbors
-                    .insert(up.local_link_id, Agreed { part: up.part, peer: up.peer.to_string(), link: link.clone(), client: None });
+                let agreed = Agreed {
+                    part: up.part,
+                    peer: up.peer.to_string(),
+                    link: link.clone(),
+                    client: None,
+                    account: runnel_peering::address_of_peer(&up.peer),
+                };
+                self.neighbors.insert(up.local_link_id, agreed);
                 vec![Command::AddLink(link)]
             }
             PeeringEvent::NeighborDown(down) => {
@@ -352,6 +368,7 @@ impl Desired {
                     peer: up.peer.to_string(),
                     link: link.clone(),
                     client: Some((runnel_peering::address_of_peer(&up.peer), up.access)),
+                    account: None,
                 };
                 // A reused id is a new client: the old one's revocation is over.
                 self.revoked_clients.remove(&up.link_id);
@@ -398,7 +415,8 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
     let listener = TcpListener::bind(&args.admin).map_err(|e| format!("--admin {}: {e}", args.admin))?;
     let admin_address = listener.local_addr().map_err(|e| e.to_string())?;
     logln!("runnel control: admin on http://{admin_address} (/status, /metrics)");
-    let view = Mutex::new(DataplaneView::default());
+    let reporter = identity.as_ref().map(|identity| Reporter::new(args.settlement_epoch_s, identity.publisher_key().clone()));
+    let view = Mutex::new(DataplaneView { reporter, ..DataplaneView::default() });
     let peering: Mutex<Option<PeeringState>> = Mutex::new(None);
     let counters = ControlCounters::default();
     let stop = AtomicBool::new(false);
@@ -418,6 +436,9 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
                         (status.to_string(), "application/json")
                     }
                     Route::Metrics => (metrics(&view, handle, &counters), "text/plain; version=0.0.4; charset=utf-8"),
+                    Route::SettlementReports => {
+                        (view.reporter.as_ref().map_or(Value::Null, Reporter::json).to_string(), "application/json")
+                    }
                 }
             })
         });
@@ -567,6 +588,7 @@ fn session(
     client.set_read_timeout(READ_TIMEOUT)?;
     let mut next_status = Instant::now();
     let mut policy_seen = (u64::MAX, Vec::new(), Instant::now());
+    let mut boundary_requested = None;
     while !crate::signals::stop_requested() {
         for command in absorb_peering(peering, desired) {
             client.send(&command)?;
@@ -577,6 +599,13 @@ fn session(
         for command in desired.lock().expect("no panics while holding it").expire_inherited(Instant::now()) {
             client.send(&command)?;
         }
+        // At an epoch's end the traffic report wants fresh counts, not up to a second old.
+        let boundary =
+            view.lock().expect("no panics while holding it").reporter.as_ref().and_then(|r| r.boundary_due(chain_watch::unix_now_s()));
+        if boundary.is_some() && boundary != boundary_requested {
+            boundary_requested = boundary;
+            client.request_status()?;
+        }
         if Instant::now() >= next_status {
             client.request_status()?;
             next_status += STATUS_INTERVAL;
@@ -586,6 +615,17 @@ fn session(
                 let mut view = view.lock().expect("no panics while holding it");
                 view.counters = totals;
                 view.links = links.into_iter().map(|link| (link.link_id, link)).collect();
+                let DataplaneView { links, reporter, .. } = &mut *view;
+                if let Some(reporter) = reporter {
+                    let neighbors: BTreeMap<u32, [u8; 20]> = desired
+                        .lock()
+                        .expect("no panics while holding it")
+                        .neighbors
+                        .iter()
+                        .filter_map(|(id, n)| Some((*id, n.account?)))
+                        .collect();
+                    reporter.observe(chain_watch::unix_now_s(), links, &neighbors);
+                }
             }
             Some(Reply::Event(event)) => on_event(&event, counters, peering),
             Some(Reply::Response { error: Some(error), .. }) => {

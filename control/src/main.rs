@@ -22,6 +22,7 @@ mod pubsub;
 mod signals;
 mod stream_cmd;
 mod supervise;
+mod traffic_reports;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -16,6 +16,7 @@
 //! registry = "0x…"                         # the StreamRegistry contract
 //! registry_block = 0                       # its deployment block
 //! chain_poll_ms = 250                      # how often the chain is read
+//! settlement_epoch_s = 60                  # seconds per signed traffic report
 //! ```
 //!
 //! Environment overrides the file: `RUNNEL_ADMIN`, `RUNNEL_KEY_FILE`, `RUNNEL_PASSWORD_FILE`,
@@ -65,6 +66,7 @@ struct ControlSection {
     registry: Option<String>,
     registry_block: Option<u64>,
     chain_poll_ms: Option<u64>,
+    settlement_epoch_s: Option<u64>,
 }
 
 fn default_admin() -> String {
@@ -172,6 +174,7 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     flag("RUNNEL_REGISTRY", "registry", section.registry.into_iter().collect());
     flag("RUNNEL_REGISTRY_BLOCK", "registry-block", section.registry_block.map(|b| b.to_string()).into_iter().collect());
     flag("RUNNEL_CHAIN_POLL_MS", "chain-poll-ms", section.chain_poll_ms.map(|ms| ms.to_string()).into_iter().collect());
+    flag("RUNNEL_SETTLEMENT_EPOCH_S", "settlement-epoch-s", section.settlement_epoch_s.map(|s| s.to_string()).into_iter().collect());
     if section.trust_peer_endpoints && std::env::var_os("RUNNEL_TRUST_PEER_ENDPOINTS").is_none() {
         control_args.push("--trust-peer-endpoints".into());
     }

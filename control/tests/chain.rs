@@ -60,6 +60,8 @@ const ADMIN_PORT: u16 = 9464;
 const CHAIN_IP: &str = "10.97.0.254";
 const TIMEOUT: Duration = Duration::from_secs(30);
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// Settlement epoch of the nodes: short, so the test sees several reports.
+const EPOCH_S: u64 = 2;
 
 fn address(index: usize) -> String {
     format!("10.97.0.{}", index + 1)
@@ -157,6 +159,20 @@ impl Node {
     }
 }
 
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A GET over a bare HTTP/1.1 connection; the body.
+fn http_get(address: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).expect("an HTTP body")
+}
+
 fn diagnostics(nodes: &[Node]) -> String {
     nodes.iter().map(Node::log_tail).collect::<Vec<_>>().join("\n")
 }
@@ -237,7 +253,7 @@ fn start_node(dir: &Path, index: usize, netns: Netns, bootstrap: Option<&str>, s
         &format!(
             "[node]\nlisten = \"{here}:{DATAPLANE_PORT}\"\nshards = 1\nverify = \"all\"\n\n[control]\nadmin = \"{here}:{ADMIN_PORT}\"\n\
              join = [\"{stream}#0\"]\nipc = \"{}\"\nkey_file = \"{}\"\np2p_listen = [\"/ip4/{here}/tcp/{P2P_PORT}\"]\nbootstrap = [{bootstrap}]\n\
-             chain_rpc = \"{}\"\nregistry = \"{}\"\nregistry_block = {from_block}\nchain_poll_ms = 100\n",
+             chain_rpc = \"{}\"\nregistry = \"{}\"\nregistry_block = {from_block}\nchain_poll_ms = 100\nsettlement_epoch_s = {EPOCH_S}\n",
             dir.join(format!("node{index}.sock")).display(),
             key_file.display(),
             chain.rpc,
@@ -411,6 +427,51 @@ fn permissions_come_from_the_stream_registry() {
         .flat_map(|s| s["neighbors"].as_array().unwrap().iter().map(|n| n["traffic"]["frames_received"].as_u64().unwrap_or(0)))
         .sum();
     assert!(carried > 0, "phase 2: the nodes count no traffic between them");
+    // The same counts, as each node signs them per epoch for the settlement operator: every
+    // report verifies as its node's, names only the other nodes, and summed over the epochs
+    // no node claims to have received from a neighbor more than that neighbor reports sending.
+    let traffic_end = unix_now_s();
+    let reports_of = |node: &Node| -> Vec<runnel_proto::receipt::SignedReport> {
+        let admin: SocketAddr = format!("{}:{ADMIN_PORT}", address(node.index)).parse().unwrap();
+        let body = node.netns.run(move || http_get(admin, "/settlement/reports")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| runnel_proto::receipt::SignedReport::decode(&hex::decode(r["report"].as_str().unwrap()).unwrap()).unwrap())
+            .collect()
+    };
+    wait_for("phase 2: every node reports the epoch after the traffic", &nodes, || {
+        nodes.iter().all(|node| reports_of(node).last().is_some_and(|r| r.report().epoch > traffic_end / EPOCH_S))
+    });
+    let accounts: Vec<[u8; 20]> = nodes.iter().map(|node| node.identity.address()).collect();
+    // (sender, receiver) → (bytes sent, frames sent, bytes received, frames received).
+    type Sums = std::collections::BTreeMap<([u8; 20], [u8; 20]), (u64, u64, u64, u64)>;
+    let mut sums = Sums::new();
+    for node in &nodes {
+        for signed in reports_of(node) {
+            signed.verify(&mut runnel_proto::crypto::Verifier::default()).expect("phase 2: a report signed by its node");
+            let report = signed.report();
+            assert_eq!(report.node, node.identity.address(), "phase 2: node {}'s report names another node", node.index);
+            for link in &report.links {
+                assert!(accounts.contains(&link.neighbor) && link.neighbor != report.node, "phase 2: a report names a stranger");
+                let sent = sums.entry((report.node, link.neighbor)).or_default();
+                (sent.0, sent.1) = (sent.0 + link.bytes_sent, sent.1 + link.messages_sent);
+                let received = sums.entry((link.neighbor, report.node)).or_default();
+                (received.2, received.3) = (received.2 + link.bytes_received, received.3 + link.messages_received);
+            }
+        }
+    }
+    assert!(sums.values().any(|(_, _, bytes_received, _)| *bytes_received > 0), "phase 2: the reports carry no traffic: {sums:?}");
+    for ((from, to), (bytes_sent, messages_sent, bytes_received, messages_received)) in &sums {
+        assert!(
+            bytes_sent >= bytes_received && messages_sent >= messages_received,
+            "phase 2: 0x{} claims more from 0x{} than it sent: {sums:?}",
+            hex::encode(to),
+            hex::encode(from)
+        );
+    }
 
     // Phase 3: the revoke. Once node 0 has read its block, K's messages stop at node 0.
     let dropped_before = nodes[0].not_permitted();
