@@ -110,20 +110,14 @@ impl Node {
         format!("/ip4/{}/tcp/{P2P_PORT}/p2p/{}", address(self.index), self.identity.peer_id())
     }
 
-    fn status(&self) -> Result<serde_json::Value, String> {
+    /// A GET of the node's admin endpoint, from inside its namespace; the body.
+    fn admin_get(&self, path: &'static str) -> Result<String, String> {
         let admin: SocketAddr = format!("{}:{ADMIN_PORT}", address(self.index)).parse().unwrap();
-        let body = self
-            .netns
-            .run(move || -> Result<String, String> {
-                let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-                stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-                stream.write_all(b"GET /status HTTP/1.1\r\nHost: test\r\n\r\n").map_err(|e| e.to_string())?;
-                let mut response = String::new();
-                stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-                response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).ok_or_else(|| "no HTTP body".to_string())
-            })
-            .map_err(|e| e.to_string())??;
-        serde_json::from_str(&body).map_err(|e| e.to_string())
+        self.netns.run(move || http_get(admin, path)).map_err(|e| e.to_string())?
+    }
+
+    fn status(&self) -> Result<serde_json::Value, String> {
+        serde_json::from_str(&self.admin_get("/status")?).map_err(|e| e.to_string())
     }
 
     fn synced_block(&self) -> u64 {
@@ -164,13 +158,13 @@ fn unix_now_s() -> u64 {
 }
 
 /// A GET over a bare HTTP/1.1 connection; the body.
-fn http_get(address: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+fn http_get(address: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).expect("an HTTP body")
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).ok_or_else(|| "no HTTP body".to_string())
 }
 
 fn diagnostics(nodes: &[Node]) -> String {
@@ -432,8 +426,7 @@ fn permissions_come_from_the_stream_registry() {
     // no node claims to have received from a neighbor more than that neighbor reports sending.
     let traffic_end = unix_now_s();
     let reports_of = |node: &Node| -> Vec<runnel_proto::receipt::SignedReport> {
-        let admin: SocketAddr = format!("{}:{ADMIN_PORT}", address(node.index)).parse().unwrap();
-        let body = node.netns.run(move || http_get(admin, "/settlement/reports")).unwrap();
+        let body = node.admin_get("/settlement/reports").unwrap();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         json["reports"]
             .as_array()

@@ -942,6 +942,12 @@ impl Relay {
         if role == LinkRole::Client {
             link.client_address = Some(from);
         }
+        if datagram.kind == Kind::Data {
+            // Counted with the link in hand (no second lookup): Data that passed the filter,
+            // whether or not this shard then takes it (settlement pays for the bandwidth).
+            link.traffic.frames_received += u64::from(datagram.message_count());
+            link.traffic.bytes_received += datagram.bytes.len() as u64;
+        }
         let part = datagram.stream_part_key();
         // Credit is decided once per receive batch (in `flush`), for what was processed.
         link.grant.received(datagram.link_seq());
@@ -993,10 +999,6 @@ impl Relay {
                 if !self.accepts_data(&part, role) {
                     self.counters.increment(Counter::DatagramsNotJoined);
                     return;
-                }
-                if let Some(link) = self.links.get_mut(&link_id) {
-                    link.traffic.frames_received += u64::from(datagram.message_count());
-                    link.traffic.bytes_received += datagram.bytes.len() as u64;
                 }
                 let repair = datagram.flags() & FLAG_REPAIR != 0;
                 for frame in datagram.frames() {
