@@ -2,9 +2,26 @@
 //! peering over libp2p) on loopback, a real publisher and subscribers, the final JSON read back.
 
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// One `runnel dev` at a time: each is a whole network (nodes, anvil, clients), and two at
+/// once on a 2-core machine starve each other's meshing.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The last lines of each node log in `dir`, for a failure's message.
+fn log_tails(dir: &std::path::Path) -> String {
+    let mut tails = String::new();
+    for index in 0.. {
+        let Ok(log) = std::fs::read_to_string(dir.join(format!("node{index}.log"))) else { break };
+        let lines: Vec<&str> = log.lines().collect();
+        tails += &format!("--- node{index}.log (last 15 lines)\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n"));
+    }
+    tails
+}
 
 /// Runs `runnel dev ARGS --json` to completion in a work folder of its own; its summary.
 fn run_dev(name: &str, args: &[&str]) -> serde_json::Value {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = std::env::temp_dir().join(format!("runnel-dev-test-{name}-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("dev")
@@ -16,9 +33,10 @@ fn run_dev(name: &str, args: &[&str]) -> serde_json::Value {
         .stderr(Stdio::piped())
         .output()
         .expect("runnel dev starts");
+    let logs = if output.status.success() { String::new() } else { log_tails(&dir) };
     std::fs::remove_dir_all(&dir).ok();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "runnel dev failed ({}): {stderr}", output.status);
+    assert!(output.status.success(), "runnel dev failed ({}): {stderr}\n{logs}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().unwrap_or_else(|| panic!("no JSON line; stderr: {stderr}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line}"))

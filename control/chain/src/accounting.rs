@@ -11,6 +11,13 @@
 //! report alone: it needs a neighbor's receipt, and the neighbor's receipt alone does not
 //! pay it either.
 //!
+//! **Boundaries.** Nodes place an epoch's end on their own clocks, so a frame in flight at
+//! the boundary can be counted as sent in one epoch and received in the next: an honest
+//! receipt can exceed the sender's figure by what the link carries in the nodes' skew. A
+//! [`Tolerance`] (none unless [`Operator::with_tolerance`] sets one) credits such a receipt
+//! at the sender's figure — never more than the sender claims — and counts it as clamped;
+//! beyond the tolerance it is an over-claim.
+//!
 //! **How much.** The epoch's budget (DATA wei, at most funded − already earned) is split pro
 //! rata to credited bytes, rounded down per node with exact 512-bit intermediate products:
 //! the sum never exceeds the budget, and the rounding dust stays unallocated (it is still in
@@ -105,6 +112,31 @@ impl RejectionCounts {
     }
 }
 
+/// How far a receipt may exceed its sender's figures and still be credited (at the
+/// sender's figures): `permille` of them plus a fixed slack, per link and epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tolerance {
+    pub permille: u32,
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+impl Tolerance {
+    /// No excess at all.
+    pub const STRICT: Tolerance = Tolerance { permille: 0, bytes: 0, messages: 0 };
+
+    fn allows(slack: u64, permille: u32, sent: u64, received: u64) -> bool {
+        let bound = u128::from(sent) * (1000 + u128::from(permille)) / 1000 + u128::from(slack);
+        u128::from(received) <= bound
+    }
+
+    /// Whether a receipt of `received` bytes and messages fits what was `sent`.
+    fn fits(&self, sent: (u64, u64), received: (u64, u64)) -> bool {
+        Tolerance::allows(self.bytes, self.permille, sent.0, received.0)
+            && Tolerance::allows(self.messages, self.permille, sent.1, received.1)
+    }
+}
+
 /// What [`Operator::settle`] decided for one epoch.
 #[derive(Clone, Debug)]
 pub struct EpochSettlement {
@@ -120,6 +152,9 @@ pub struct EpochSettlement {
     pub earned: BTreeMap<Address, U256>,
     /// This epoch's rejections, reports and links.
     pub rejections: RejectionCounts,
+    /// Receipts above their sender's figures but within the [`Tolerance`], credited at the
+    /// sender's figures.
+    pub clamped: u64,
     /// Cumulative earnings after this epoch: commit its root as `epoch`.
     pub tree: EarningsTree,
 }
@@ -129,6 +164,7 @@ pub struct EpochSettlement {
 pub struct Operator {
     epoch: u64,
     reports_max: usize,
+    tolerance: Tolerance,
     /// This epoch's accepted reports, by node.
     reports: BTreeMap<[u8; 20], TrafficReport>,
     verifier: Verifier,
@@ -153,6 +189,7 @@ impl Operator {
         Ok(Operator {
             epoch: first_epoch,
             reports_max,
+            tolerance: Tolerance::STRICT,
             reports: BTreeMap::new(),
             verifier: Verifier::new(reports_max, 1),
             cumulative: BTreeMap::new(),
@@ -171,9 +208,29 @@ impl Operator {
         Ok(operator)
     }
 
+    /// Credits receipts up to `tolerance` above their sender's figures (see the module doc).
+    pub fn with_tolerance(mut self, tolerance: Tolerance) -> Operator {
+        self.tolerance = tolerance;
+        self
+    }
+
     /// The epoch being collected.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Moves on to collecting `epoch`, past epochs nobody reported in. Refused if reports of
+    /// the current epoch are held (settle them first) or `epoch` is not ahead.
+    pub fn skip_to(&mut self, epoch: u64) -> Result<(), ChainError> {
+        if epoch <= self.epoch || !self.reports.is_empty() {
+            return Err(ChainError::Invalid(format!(
+                "cannot skip from epoch {} to {epoch} holding {} reports",
+                self.epoch,
+                self.reports.len()
+            )));
+        }
+        self.epoch = epoch;
+        Ok(())
     }
 
     /// Accepts an encoded report from the network; returns its node.
@@ -226,7 +283,7 @@ impl Operator {
             )));
         }
         let mut rejections = self.epoch_rejections;
-        let credited_bytes = self.credit(&mut rejections);
+        let (credited_bytes, clamped) = self.credit(&mut rejections);
         let earned = split_pro_rata(budget, &credited_bytes);
         let mut cumulative = self.cumulative.clone();
         let mut allocated = U256::ZERO;
@@ -236,8 +293,17 @@ impl Operator {
             *cumulative.entry(*node).or_default() += *amount;
         }
         let tree = EarningsTree::new(cumulative.iter().map(|(node, amount)| (*node, *amount)))?;
-        let settlement =
-            EpochSettlement { epoch: self.epoch, budget, allocated, dust: budget - allocated, credited_bytes, earned, rejections, tree };
+        let settlement = EpochSettlement {
+            epoch: self.epoch,
+            budget,
+            allocated,
+            dust: budget - allocated,
+            credited_bytes,
+            earned,
+            rejections,
+            clamped,
+            tree,
+        };
         // Nothing fails past this point: the epoch is settled as a whole or not at all.
         self.cumulative = cumulative;
         self.total_earned += allocated;
@@ -249,9 +315,11 @@ impl Operator {
     }
 
     /// Every receipt of the epoch matched against its sender's report: bytes credited per
-    /// sender; rejected links counted into `rejections`.
-    fn credit(&self, rejections: &mut RejectionCounts) -> BTreeMap<Address, u128> {
+    /// sender and the receipts clamped to their sender's figures; rejected links counted
+    /// into `rejections`.
+    fn credit(&self, rejections: &mut RejectionCounts) -> (BTreeMap<Address, u128>, u64) {
         let mut credited: BTreeMap<Address, u128> = BTreeMap::new();
+        let mut clamped = 0;
         for (receiver, report) in &self.reports {
             for receipt in &report.links {
                 let sender = receipt.neighbor;
@@ -259,16 +327,21 @@ impl Operator {
                     rejections.count(Rejection::UnknownLink);
                     continue;
                 };
-                if receipt.bytes_received > sent.bytes_sent || receipt.messages_received > sent.messages_sent {
+                let (sent, received) = ((sent.bytes_sent, sent.messages_sent), (receipt.bytes_received, receipt.messages_received));
+                if !self.tolerance.fits(sent, received) {
                     rejections.count(Rejection::OverClaim);
                     continue;
                 }
-                if receipt.bytes_received > 0 {
-                    *credited.entry(Address::from(sender)).or_default() += u128::from(receipt.bytes_received);
+                if received.0 > sent.0 || received.1 > sent.1 {
+                    clamped += 1;
+                }
+                let bytes = received.0.min(sent.0);
+                if bytes > 0 {
+                    *credited.entry(Address::from(sender)).or_default() += u128::from(bytes);
                 }
             }
         }
-        credited
+        (credited, clamped)
     }
 
     /// `account`'s cumulative earnings.
@@ -418,5 +491,35 @@ mod tests {
         let epoch = operator.settle(U256::from(10), U256::from(10)).unwrap();
         assert_eq!(epoch.rejections.get(Rejection::OverClaim), 1);
         assert!(epoch.earned.is_empty());
+    }
+
+    // Goal: within the tolerance a receipt above the sender's figures is credited at the
+    // sender's figures (never more) and counted as clamped; one byte or message beyond it
+    // is an over-claim; skip_to moves past unreported epochs only when nothing is held.
+    #[test]
+    fn boundary_skew_within_the_tolerance_is_clamped() {
+        let (a, b, c) = (PublisherKey::generate(), PublisherKey::generate(), PublisherKey::generate());
+        let tolerance = Tolerance { permille: 100, bytes: 50, messages: 5 };
+        let mut operator = Operator::new(1, 10).unwrap().with_tolerance(tolerance);
+        // a sent b 1000 (bound 1000 + 100 + 50 = 1150) and b got 1150: clamped to 1000.
+        // a sent c 1000 and c got 1151: one byte over the bound.
+        operator.submit(&signed(&a, 1, vec![link(&b, 1_000, 0), link(&c, 1_000, 0)])).unwrap();
+        operator.submit(&signed(&b, 1, vec![link(&a, 0, 1_150)])).unwrap();
+        let over = LinkTraffic { neighbor: a.address(), bytes_sent: 0, messages_sent: 0, bytes_received: 1_151, messages_received: 100 };
+        operator.submit(&signed(&c, 1, vec![over])).unwrap();
+        let epoch = operator.settle(U256::from(1_000), U256::from(1_000)).unwrap();
+        assert_eq!(epoch.credited_bytes, BTreeMap::from([(address(&a), 1_000)]));
+        assert_eq!((epoch.clamped, epoch.rejections.get(Rejection::OverClaim)), (1, 1));
+        // Messages have their own bound: 100 sent allows 100 + 10 + 5 = 115.
+        let many = LinkTraffic { neighbor: a.address(), bytes_sent: 0, messages_sent: 0, bytes_received: 1_000, messages_received: 116 };
+        operator.submit(&signed(&a, 2, vec![link(&b, 1_000, 0)])).unwrap();
+        operator.submit(&signed(&b, 2, vec![many])).unwrap();
+        assert!(operator.skip_to(9).is_err(), "reports of epoch 2 are held");
+        let epoch = operator.settle(U256::ZERO, U256::from(1_000)).unwrap();
+        assert_eq!(epoch.rejections.get(Rejection::OverClaim), 1);
+        assert!(operator.skip_to(3).is_err(), "not ahead");
+        operator.skip_to(9).unwrap();
+        assert_eq!(operator.epoch(), 9);
+        assert_eq!(operator.submit(&signed(&a, 3, vec![])), Err(Rejection::WrongEpoch));
     }
 }
