@@ -366,7 +366,8 @@ impl Operator {
         all
     }
 
-    fn reject(&mut self, reason: Rejection) -> Rejection {
+    /// Counts a rejection decided outside `submit` (the [`crate::collector::Collector`]'s).
+    pub(crate) fn reject(&mut self, reason: Rejection) -> Rejection {
         self.epoch_rejections.count(reason);
         reason
     }

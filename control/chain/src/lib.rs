@@ -13,12 +13,15 @@
 //! - [`settlement`]: the RunnelSettlement contract: funding, commits, withdrawals.
 //! - [`accounting`]: the operator's sans-I/O accounting: signed traffic reports in,
 //!   cumulative earnings out (docs/settlement.md).
+//! - [`collector`]: the operator's intake: reports as they arrive, epochs closing on the
+//!   operator's clock.
 //!
 //! The chain is never on the dataplane's path: the control process turns the book into
 //! filter updates, which the dataplane and its XDP maps enforce as table lookups.
 
 pub mod accounting;
 pub mod anvil;
+pub mod collector;
 pub mod contracts;
 pub mod merkle;
 pub mod permissions;
