@@ -20,9 +20,9 @@
 //! commands (diffed, and part of the replayed state), and client links are admitted only
 //! with the registry's Publish or Subscribe permission.
 
-use crate::admin::{self, Route};
+use crate::admin::{self, Method, Refusal, Response};
 use crate::chain_watch::{self, ChainArgs, ChainWatch};
-use crate::traffic_reports::Reporter;
+use crate::traffic_reports::{Pusher, Reporter};
 use runnel_chain::permissions::PartPolicy;
 use runnel_core::counters::Counter;
 use runnel_core::filter::FilterUpdate;
@@ -80,6 +80,10 @@ pub struct ControlArgs {
     #[arg(long, env = "RUNNEL_SETTLEMENT_EPOCH_S", value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub settlement_epoch_s: u64,
+    /// The settlement operator (`runnel operator`) each signed report is sent to:
+    /// its base URL, `http://host:port`.
+    #[arg(long, env = "RUNNEL_SETTLEMENT_OPERATOR", value_name = "URL")]
+    pub settlement_operator: Option<String>,
 }
 
 /// How often the dataplane's counters are fetched.
@@ -415,7 +419,11 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
     let listener = TcpListener::bind(&args.admin).map_err(|e| format!("--admin {}: {e}", args.admin))?;
     let admin_address = listener.local_addr().map_err(|e| e.to_string())?;
     logln!("runnel control: admin on http://{admin_address} (/status, /metrics)");
-    let reporter = identity.as_ref().map(|identity| Reporter::new(args.settlement_epoch_s, identity.publisher_key().clone()));
+    let pusher = args.settlement_operator.as_deref().map(Pusher::start).transpose()?;
+    if pusher.is_some() && identity.is_none() {
+        return Err("--settlement-operator needs --key-file: reports are signed with the node's key".into());
+    }
+    let reporter = identity.as_ref().map(|identity| Reporter::new(args.settlement_epoch_s, identity.publisher_key().clone(), pusher));
     let view = Mutex::new(DataplaneView { reporter, ..DataplaneView::default() });
     let peering: Mutex<Option<PeeringState>> = Mutex::new(None);
     let counters = ControlCounters::default();
@@ -423,22 +431,24 @@ pub fn run(args: ControlArgs) -> Result<(), String> {
     let started = Instant::now();
     let result = std::thread::scope(|scope| {
         let server = scope.spawn(|| {
-            admin::serve(&listener, &stop, |route| {
+            admin::serve(&listener, &stop, |request| {
                 counters.admin_requests.fetch_add(1, Ordering::Relaxed);
+                if request.method != Method::Get {
+                    return Response::refused(Refusal::MethodNotAllowed);
+                }
                 let view = view.lock().expect("no panics while holding it");
                 let desired = desired.lock().expect("no panics while holding it");
                 let peering = peering.lock().expect("no panics while holding it");
                 let handle = peering.as_ref().map(|p| &p.handle);
-                match route {
-                    Route::Status => {
+                match request.path.as_str() {
+                    "/status" => {
                         let mut status = status_json(&args, &parts, &view, &desired, handle, &counters, started);
                         status["chain"] = chain.as_ref().map_or(Value::Null, |chain| chain_json(chain, &desired));
-                        (status.to_string(), "application/json")
+                        Response::json(&status)
                     }
-                    Route::Metrics => (metrics(&view, handle, &counters), "text/plain; version=0.0.4; charset=utf-8"),
-                    Route::SettlementReports => {
-                        (view.reporter.as_ref().map_or(Value::Null, Reporter::json).to_string(), "application/json")
-                    }
+                    "/metrics" => Response::metrics(metrics(&view, handle, &counters)),
+                    "/settlement/reports" => Response::json(&view.reporter.as_ref().map_or(Value::Null, Reporter::json)),
+                    _ => Response::refused(Refusal::NotFound),
                 }
             })
         });

@@ -18,6 +18,8 @@ mod control_cmd;
 mod dev;
 mod keygen;
 mod node_cmd;
+mod operator;
+mod payout_cmd;
 mod pubsub;
 mod signals;
 mod stream_cmd;
@@ -60,6 +62,14 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Streams on the chain's StreamRegistry: create, grant, revoke, info.
     Stream(stream_cmd::StreamArgs),
+    /// Run the settlement operator: take the nodes' signed traffic reports, commit each
+    /// epoch's earnings root, serve the proofs (docs/settlement.md).
+    Operator(operator::OperatorArgs),
+    /// A node's settlement earnings: earned, withdrawn, withdrawable now, frozen until when
+    /// (proofs from the operator, checked against the contract).
+    Earnings(payout_cmd::PayoutArgs),
+    /// Withdraw a node's earnings from the settlement contract with the operator's proof.
+    Withdraw(payout_cmd::WithdrawArgs),
 }
 
 fn main() {
@@ -74,6 +84,9 @@ fn main() {
         Command::Bench { args } => runnel_bench::cli::run(&args).map_err(|e| e.to_string()),
         Command::Keygen(args) => keygen::run(args),
         Command::Stream(args) => stream_cmd::run(args),
+        Command::Operator(args) => operator::run(args),
+        Command::Earnings(args) => payout_cmd::run_earnings(args),
+        Command::Withdraw(args) => payout_cmd::run_withdraw(args),
     };
     if let Err(error) = result {
         logln!("runnel: {error}");

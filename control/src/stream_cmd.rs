@@ -85,14 +85,7 @@ impl StreamArgs {
     }
 
     fn signer(&self) -> Result<Secret, String> {
-        if let Some(path) = &self.key_file {
-            let loaded = load_secret(path, PasswordSource::file_or_env(self.password_file.as_deref()), &Limits::DEFAULT)
-                .map_err(|e| format!("--key-file: {e}"))?;
-            return Ok(loaded.secret);
-        }
-        let text = std::env::var("RUNNEL_PRIVATE_KEY")
-            .map_err(|_| "a write needs an account: pass --key-file FILE or set RUNNEL_PRIVATE_KEY".to_string())?;
-        Secret::from_hex(text.trim()).ok_or_else(|| "RUNNEL_PRIVATE_KEY: not 64 hex digits".to_string())
+        load_signer(self.key_file.as_deref(), self.password_file.as_deref())
     }
 
     fn chain(&self, write: bool) -> Result<Chain, String> {
@@ -101,6 +94,19 @@ impl StreamArgs {
         Chain::connect(&self.chain_rpc, secret.as_ref().map(Secret::expose), config)
             .map_err(|e| format!("--chain-rpc {}: {e}", self.chain_rpc))
     }
+}
+
+/// The account that sends transactions: `key_file` (a 0600 key file or keystore), else the
+/// hex key in $RUNNEL_PRIVATE_KEY.
+pub fn load_signer(key_file: Option<&std::path::Path>, password_file: Option<&std::path::Path>) -> Result<Secret, String> {
+    if let Some(path) = key_file {
+        let loaded =
+            load_secret(path, PasswordSource::file_or_env(password_file), &Limits::DEFAULT).map_err(|e| format!("--key-file: {e}"))?;
+        return Ok(loaded.secret);
+    }
+    let text = std::env::var("RUNNEL_PRIVATE_KEY")
+        .map_err(|_| "a write needs an account: pass --key-file FILE or set RUNNEL_PRIVATE_KEY".to_string())?;
+    Secret::from_hex(text.trim()).ok_or_else(|| "RUNNEL_PRIVATE_KEY: not 64 hex digits".to_string())
 }
 
 pub fn run(args: StreamArgs) -> Result<(), String> {

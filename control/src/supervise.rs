@@ -17,6 +17,7 @@
 //! registry_block = 0                       # its deployment block
 //! chain_poll_ms = 250                      # how often the chain is read
 //! settlement_epoch_s = 60                  # seconds per signed traffic report
+//! settlement_operator = "http://10.0.0.9:7700"  # where each report is sent (`runnel operator`)
 //! ```
 //!
 //! Environment overrides the file: `RUNNEL_ADMIN`, `RUNNEL_KEY_FILE`, `RUNNEL_PASSWORD_FILE`,
@@ -67,6 +68,7 @@ struct ControlSection {
     registry_block: Option<u64>,
     chain_poll_ms: Option<u64>,
     settlement_epoch_s: Option<u64>,
+    settlement_operator: Option<String>,
 }
 
 fn default_admin() -> String {
@@ -175,6 +177,7 @@ pub fn run(config: &Path, section: toml::Table, status_interval: f64) -> Result<
     flag("RUNNEL_REGISTRY_BLOCK", "registry-block", section.registry_block.map(|b| b.to_string()).into_iter().collect());
     flag("RUNNEL_CHAIN_POLL_MS", "chain-poll-ms", section.chain_poll_ms.map(|ms| ms.to_string()).into_iter().collect());
     flag("RUNNEL_SETTLEMENT_EPOCH_S", "settlement-epoch-s", section.settlement_epoch_s.map(|s| s.to_string()).into_iter().collect());
+    flag("RUNNEL_SETTLEMENT_OPERATOR", "settlement-operator", section.settlement_operator.clone().into_iter().collect());
     if section.trust_peer_endpoints && std::env::var_os("RUNNEL_TRUST_PEER_ENDPOINTS").is_none() {
         control_args.push("--trust-peer-endpoints".into());
     }

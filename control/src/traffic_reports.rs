@@ -5,8 +5,10 @@
 //! links to that neighbor carried since the previous boundary: the differences of the
 //! dataplane's per-link counts (`/status` `traffic`), summed over the links to one neighbor
 //! (one per stream part). It signs the report with its own key ([`TrafficReport::sign`]) and
-//! keeps the newest [`REPORTS_KEPT`] for the settlement operator, who fetches them from
-//! `/settlement/reports`: they are signed, so the transport needs no trust.
+//! keeps the newest [`REPORTS_KEPT`] at `/settlement/reports`. With a settlement operator
+//! configured (`--settlement-operator URL`), a [`Pusher`] POSTs each new report to the
+//! operator's `/reports`, retrying failures; the reports are signed, so the transport needs
+//! no trust.
 //!
 //! Limits: control asks the dataplane for its counts as soon as an epoch ends, so a boundary
 //! is placed a loop turn late (≤ 100 ms) plus the shards' publishing interval (100 ms), on
@@ -14,11 +16,115 @@
 //! epoch and received in the next; counts of a link removed mid-epoch since its last
 //! status are lost; clients are not reported (they are not paid).
 
+use alloy::transports::http::reqwest;
 use runnel_node::ipc::WireLinkTraffic;
 use runnel_proto::crypto::PublisherKey;
 use runnel_proto::receipt::{LinkTraffic, TrafficReport};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Reports waiting to be sent to the operator; more are dropped (and counted).
+const PUSH_QUEUE: usize = 16;
+/// Attempts per report before it is given up (and counted).
+const PUSH_ATTEMPTS: u32 = 8;
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const PUSH_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// What the pusher did, for `/settlement/reports`.
+#[derive(Debug, Default)]
+struct PushStats {
+    pushed: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Sends signed reports to the operator's `POST /reports` from a thread of its own.
+#[derive(Debug)]
+pub struct Pusher {
+    operator: String,
+    queue: crossbeam_channel::Sender<(u64, Vec<u8>)>,
+    stats: Arc<PushStats>,
+}
+
+impl Pusher {
+    /// Starts sending to `operator` (its base URL, `http://host:port`).
+    pub fn start(operator: &str) -> Result<Pusher, String> {
+        let url = format!("{}/reports", operator.trim_end_matches('/'));
+        let parsed: reqwest::Url = url.parse().map_err(|e| format!("--settlement-operator {operator:?}: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("--settlement-operator {operator:?}: only http:// and https:// are supported"));
+        }
+        let client = reqwest::Client::builder().timeout(PUSH_TIMEOUT).build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let (queue, reports) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(PUSH_QUEUE);
+        let stats = Arc::new(PushStats::default());
+        let thread_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("report-push".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                for (epoch, bytes) in reports {
+                    runtime.block_on(push(&client, &parsed, epoch, bytes, &thread_stats));
+                }
+            })
+            .map_err(|e| format!("cannot start the report pusher: {e}"))?;
+        Ok(Pusher { operator: operator.to_string(), queue, stats })
+    }
+
+    fn send(&self, epoch: u64, bytes: Vec<u8>) {
+        if self.queue.try_send((epoch, bytes)).is_err() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            *self.stats.last_error.lock().expect("no panics while holding it") =
+                Some(format!("epoch {epoch}: {PUSH_QUEUE} reports already waiting for the operator; dropped"));
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "operator": self.operator,
+            "pushed": self.stats.pushed.load(Ordering::Relaxed),
+            "refused": self.stats.refused.load(Ordering::Relaxed),
+            "failed": self.stats.failed.load(Ordering::Relaxed),
+            "last_error": *self.stats.last_error.lock().expect("no panics while holding it"),
+        })
+    }
+}
+
+/// One report to the operator: retried on transport errors and server errors; a refusal
+/// (4xx: the operator checked it and said no) is final.
+async fn push(client: &reqwest::Client, url: &reqwest::Url, epoch: u64, bytes: Vec<u8>, stats: &PushStats) {
+    let mut backoff = Duration::from_millis(250);
+    for attempt in 1..=PUSH_ATTEMPTS {
+        let sent = client.post(url.clone()).header("content-type", "application/octet-stream").body(bytes.clone()).send().await;
+        let error = match sent {
+            Ok(response) if response.status().is_success() => {
+                stats.pushed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(response) if response.status().is_client_error() => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                let message = format!("epoch {epoch}: the operator refused the report ({status}): {}", body.trim());
+                logln!("runnel control: {message}");
+                *stats.last_error.lock().expect("no panics while holding it") = Some(message);
+                return;
+            }
+            Ok(response) => format!("the operator answered {}", response.status()),
+            Err(error) => error.to_string(),
+        };
+        *stats.last_error.lock().expect("no panics while holding it") = Some(format!("epoch {epoch}, attempt {attempt}: {error}"));
+        if attempt < PUSH_ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(PUSH_BACKOFF_MAX);
+        }
+    }
+    stats.failed.fetch_add(1, Ordering::Relaxed);
+    logln!("runnel control: epoch {epoch}: gave up sending the report to the operator after {PUSH_ATTEMPTS} attempts");
+}
 
 /// Reports kept for the operator to fetch.
 pub const REPORTS_KEPT: usize = 64;
@@ -30,6 +136,7 @@ pub struct Reporter {
     current: Option<(u64, BTreeMap<u32, WireLinkTraffic>)>,
     reports: VecDeque<(u64, Vec<u8>)>,
     errors: u64,
+    pusher: Option<Pusher>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -39,8 +146,9 @@ impl std::fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    pub fn new(epoch_s: u64, key: PublisherKey) -> Reporter {
-        Reporter { epoch_s: epoch_s.max(1), key, current: None, reports: VecDeque::new(), errors: 0 }
+    /// Reports every `epoch_s` seconds, signed with `key`, each sent on by `pusher` if any.
+    pub fn new(epoch_s: u64, key: PublisherKey, pusher: Option<Pusher>) -> Reporter {
+        Reporter { epoch_s: epoch_s.max(1), key, current: None, reports: VecDeque::new(), errors: 0, pusher }
     }
 
     /// The epoch at `now_unix_s` if it is past the one being counted: time for a fresh status,
@@ -85,7 +193,11 @@ impl Reporter {
                 if self.reports.len() == REPORTS_KEPT {
                     self.reports.pop_front();
                 }
-                self.reports.push_back((reported, signed.encode()));
+                let bytes = signed.encode();
+                if let Some(pusher) = &self.pusher {
+                    pusher.send(reported, bytes.clone());
+                }
+                self.reports.push_back((reported, bytes));
                 Some(reported)
             }
             Err(error) => {
@@ -102,6 +214,7 @@ impl Reporter {
             "node": runnel_proto::crypto::address_hex(&self.key.address()),
             "epoch_s": self.epoch_s,
             "sign_errors": self.errors,
+            "push": self.pusher.as_ref().map_or(Value::Null, Pusher::json),
             "reports": self.reports.iter().map(|(epoch, bytes)| json!({ "epoch": epoch, "report": hex::encode(bytes) })).collect::<Vec<_>>(),
         })
     }
@@ -122,7 +235,7 @@ mod tests {
     #[test]
     fn reports_are_per_epoch_deltas_per_neighbor() {
         let key = PublisherKey::generate();
-        let mut reporter = Reporter::new(10, key.clone());
+        let mut reporter = Reporter::new(10, key.clone(), None);
         let (a, b) = ([0xaa; 20], [0xbb; 20]);
         let neighbors = BTreeMap::from([(1, a), (2, a), (3, b)]);
         let links = |entries: &[WireLinkTraffic]| entries.iter().map(|t| (t.link_id, *t)).collect::<BTreeMap<_, _>>();

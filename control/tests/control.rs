@@ -120,7 +120,8 @@ fn control_drives_the_dataplane_and_serves_status_and_metrics() {
     assert!(metric(&page, "commands_submitted").is_some_and(|n| n >= 2), "the new control replayed its join");
 
     assert_eq!(get(admin, "/nope").0, 404);
-    assert_eq!(http(admin, "POST /status HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(http(admin, "POST /status HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
+    assert_eq!(http(admin, "POST /status HTTP/1.1\r\n\r\n").0, 411, "a POST must say how long its body is");
     assert_eq!(http(admin, "garbage\r\n\r\n").0, 400);
 }
 
