@@ -159,7 +159,7 @@ fn expected_earnings(by_epoch: &BTreeMap<u64, Vec<SignedReport>>, last: u64, fun
     };
     let mut cumulative: BTreeMap<Address, U256> = BTreeMap::new();
     let mut earned_total = U256::ZERO;
-    for (epoch, reports) in by_epoch.range(..=last) {
+    for reports in by_epoch.range(..=last).map(|(_, reports)| reports) {
         let by_node: BTreeMap<[u8; 20], _> = reports.iter().map(|r| (r.report().node, r.report())).collect();
         let mut credited: BTreeMap<Address, u128> = BTreeMap::new();
         for (receiver, report) in &by_node {
@@ -186,7 +186,6 @@ fn expected_earnings(by_epoch: &BTreeMap<u64, Vec<SignedReport>>, last: u64, fun
             *cumulative.entry(node).or_default() += share;
             earned_total += share;
         }
-        let _ = epoch;
     }
     cumulative
 }
